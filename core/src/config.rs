@@ -1,0 +1,394 @@
+//! Model configurations: serde mirrors of the checkpoints' own `config.json`
+//! (field names verbatim) and the normalised config the graph builders read.
+//!
+//! Presets are named constructors whose numbers come from `WAN_SPEC.md` §1.1.
+//! The architecture is never guessed from tensor counts: the config says it,
+//! and the weight accessor checks every shape against it.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Which Wan2.1 task a DiT serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    T2v,
+    I2v,
+}
+
+impl Task {
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::T2v => "t2v",
+            Task::I2v => "i2v",
+        }
+    }
+}
+
+/// `config.json` of an original Wan2.1 DiT (`WanModel`, ConfigMixin format).
+/// The release omits `patch_size`, `cross_attn_norm`, `qk_norm`, `text_dim`
+/// and `window_size`; they take the `WanModel.__init__` defaults.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct WanModelConfig {
+    #[serde(rename = "_class_name")]
+    pub class_name: String,
+    pub model_type: String,
+    #[serde(default = "default_patch")]
+    pub patch_size: [u32; 3],
+    pub text_len: u32,
+    pub in_dim: u32,
+    pub dim: u32,
+    pub ffn_dim: u32,
+    pub freq_dim: u32,
+    #[serde(default = "default_text_dim")]
+    pub text_dim: u32,
+    pub out_dim: u32,
+    pub num_heads: u32,
+    pub num_layers: u32,
+    #[serde(default = "default_window")]
+    pub window_size: [i64; 2],
+    #[serde(default = "default_true")]
+    pub qk_norm: bool,
+    #[serde(default = "default_true")]
+    pub cross_attn_norm: bool,
+    pub eps: f64,
+    /// Not in the official file (ORIG hard-codes 1280 for the CLIP width);
+    /// accepted when present.
+    #[serde(default)]
+    pub image_dim: Option<u32>,
+}
+
+/// `transformer/config.json` of a diffusers checkpoint (`WanTransformer3DModel`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct WanTransformer3DModelConfig {
+    #[serde(rename = "_class_name")]
+    pub class_name: String,
+    pub patch_size: [u32; 3],
+    pub num_attention_heads: u32,
+    pub attention_head_dim: u32,
+    pub in_channels: u32,
+    pub out_channels: u32,
+    pub text_dim: u32,
+    pub freq_dim: u32,
+    pub ffn_dim: u32,
+    pub num_layers: u32,
+    pub cross_attn_norm: bool,
+    pub qk_norm: Option<String>,
+    pub eps: f64,
+    pub image_dim: Option<u32>,
+    pub added_kv_proj_dim: Option<u32>,
+    #[serde(default = "default_rope_len")]
+    pub rope_max_seq_len: u32,
+    #[serde(default)]
+    pub pos_embed_seq_len: Option<u32>,
+}
+
+fn default_patch() -> [u32; 3] {
+    [1, 2, 2]
+}
+fn default_text_dim() -> u32 {
+    4096
+}
+fn default_window() -> [i64; 2] {
+    [-1, -1]
+}
+fn default_true() -> bool {
+    true
+}
+fn default_rope_len() -> u32 {
+    1024
+}
+
+/// The DiT configuration the graph builder reads, whatever the layout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DitConfig {
+    pub task: Task,
+    pub dim: u32,
+    pub ffn_dim: u32,
+    pub freq_dim: u32,
+    pub text_dim: u32,
+    pub in_dim: u32,
+    pub out_dim: u32,
+    pub num_heads: u32,
+    pub num_layers: u32,
+    pub eps: f64,
+    pub patch_size: [u32; 3],
+    /// CLIP width for I2V (`None` for T2V).
+    pub image_dim: Option<u32>,
+    /// Number of CLIP image tokens for I2V (257 for ViT-H/14 at 224).
+    pub image_tokens: u32,
+    /// RoPE table length per axis.
+    pub rope_max_seq_len: u32,
+    /// The text length the checkpoint was trained with (ORIG `text_len`).
+    pub text_len: u32,
+}
+
+impl DitConfig {
+    /// T2V-1.3B: dim 1536, ffn 8960, 12 heads, 30 layers.
+    pub fn t2v_1_3b() -> Self {
+        Self::preset(Task::T2v, 1536, 8960, 12, 30)
+    }
+    /// T2V-14B: dim 5120, ffn 13824, 40 heads, 40 layers.
+    pub fn t2v_14b() -> Self {
+        Self::preset(Task::T2v, 5120, 13824, 40, 40)
+    }
+    /// I2V-14B (480P and 720P share the architecture).
+    pub fn i2v_14b() -> Self {
+        Self::preset(Task::I2v, 5120, 13824, 40, 40)
+    }
+
+    /// Preset by the task key users know from `generate.py --task`.
+    pub fn from_preset_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "t2v-1.3B" => Self::t2v_1_3b(),
+            "t2v-14B" => Self::t2v_14b(),
+            "i2v-14B" => Self::i2v_14b(),
+            _ => return None,
+        })
+    }
+
+    fn preset(task: Task, dim: u32, ffn_dim: u32, num_heads: u32, num_layers: u32) -> Self {
+        DitConfig {
+            task,
+            dim,
+            ffn_dim,
+            freq_dim: 256,
+            text_dim: 4096,
+            in_dim: if task == Task::I2v { 36 } else { 16 },
+            out_dim: 16,
+            num_heads,
+            num_layers,
+            eps: 1e-6,
+            patch_size: [1, 2, 2],
+            image_dim: (task == Task::I2v).then_some(1280),
+            image_tokens: 257,
+            rope_max_seq_len: 1024,
+            text_len: 512,
+        }
+    }
+
+    pub fn head_dim(&self) -> u32 {
+        self.dim / self.num_heads
+    }
+
+    /// Real dimensions of the (t, h, w) RoPE sub-ranges of a head (§2.9):
+    /// `d - 4·⌊d/6⌋`, `2·⌊d/6⌋`, `2·⌊d/6⌋`.
+    pub fn rope_axes(&self) -> [u32; 3] {
+        let d = self.head_dim();
+        [d - 4 * (d / 6), 2 * (d / 6), 2 * (d / 6)]
+    }
+
+    /// From an original-layout `config.json`.
+    pub fn from_original(c: &WanModelConfig, file: &Path) -> Result<Self> {
+        let bad = |reason: String| Error::InvalidConfig {
+            file: file.to_path_buf(),
+            reason,
+        };
+        if c.class_name != "WanModel" {
+            return Err(bad(format!(
+                "_class_name is '{}', expected 'WanModel'",
+                c.class_name
+            )));
+        }
+        let task = match c.model_type.as_str() {
+            "t2v" | "t2i" => Task::T2v,
+            "i2v" => Task::I2v,
+            other => {
+                return Err(bad(format!(
+                    "model_type '{other}' is not supported (t2v, i2v)"
+                )));
+            }
+        };
+        if c.window_size != [-1, -1] {
+            return Err(bad(format!(
+                "window_size {:?}: only global attention (-1, -1) is supported",
+                c.window_size
+            )));
+        }
+        if !c.qk_norm || !c.cross_attn_norm {
+            return Err(bad(
+                "qk_norm and cross_attn_norm must be true (every Wan2.1 checkpoint)".into(),
+            ));
+        }
+        let cfg = DitConfig {
+            task,
+            dim: c.dim,
+            ffn_dim: c.ffn_dim,
+            freq_dim: c.freq_dim,
+            text_dim: c.text_dim,
+            in_dim: c.in_dim,
+            out_dim: c.out_dim,
+            num_heads: c.num_heads,
+            num_layers: c.num_layers,
+            eps: c.eps,
+            patch_size: c.patch_size,
+            image_dim: (task == Task::I2v).then(|| c.image_dim.unwrap_or(1280)),
+            image_tokens: 257,
+            rope_max_seq_len: 1024,
+            text_len: c.text_len,
+        };
+        cfg.validate().map_err(bad)?;
+        Ok(cfg)
+    }
+
+    /// From a diffusers `transformer/config.json`.
+    pub fn from_diffusers(c: &WanTransformer3DModelConfig, file: &Path) -> Result<Self> {
+        let bad = |reason: String| Error::InvalidConfig {
+            file: file.to_path_buf(),
+            reason,
+        };
+        if c.class_name != "WanTransformer3DModel" {
+            return Err(bad(format!(
+                "_class_name is '{}', expected 'WanTransformer3DModel'",
+                c.class_name
+            )));
+        }
+        if c.qk_norm.as_deref() != Some("rms_norm_across_heads") || !c.cross_attn_norm {
+            return Err(bad(format!(
+                "qk_norm {:?} / cross_attn_norm {}: only 'rms_norm_across_heads' with cross_attn_norm is supported",
+                c.qk_norm, c.cross_attn_norm
+            )));
+        }
+        if c.pos_embed_seq_len.is_some() {
+            return Err(bad(
+                "pos_embed_seq_len is set: FLF2V checkpoints are not supported".into(),
+            ));
+        }
+        let task = match (c.image_dim, c.added_kv_proj_dim) {
+            (None, None) => Task::T2v,
+            (Some(_), Some(_)) => Task::I2v,
+            _ => {
+                return Err(bad(
+                    "image_dim and added_kv_proj_dim must be both set (I2V) or both null (T2V)"
+                        .into(),
+                ));
+            }
+        };
+        let dim = c.num_attention_heads * c.attention_head_dim;
+        if let Some(kv) = c.added_kv_proj_dim {
+            if kv != dim {
+                return Err(bad(format!(
+                    "added_kv_proj_dim {kv} differs from the inner dim {dim}"
+                )));
+            }
+        }
+        let cfg = DitConfig {
+            task,
+            dim,
+            ffn_dim: c.ffn_dim,
+            freq_dim: c.freq_dim,
+            text_dim: c.text_dim,
+            in_dim: c.in_channels,
+            out_dim: c.out_channels,
+            num_heads: c.num_attention_heads,
+            num_layers: c.num_layers,
+            eps: c.eps,
+            patch_size: c.patch_size,
+            image_dim: c.image_dim,
+            image_tokens: 257,
+            rope_max_seq_len: c.rope_max_seq_len,
+            // diffusers has no trained text length; Wan2.1 uses 512.
+            text_len: 512,
+        };
+        cfg.validate().map_err(bad)?;
+        Ok(cfg)
+    }
+
+    /// Internal consistency; the error names the offending field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.patch_size != [1, 2, 2] {
+            return Err(format!(
+                "patch_size {:?}: only [1, 2, 2] is supported",
+                self.patch_size
+            ));
+        }
+        if self.num_heads == 0 || self.dim % self.num_heads != 0 {
+            return Err(format!(
+                "dim {} is not divisible by num_heads {}",
+                self.dim, self.num_heads
+            ));
+        }
+        if self.head_dim() % 2 != 0 || self.head_dim() < 6 {
+            return Err(format!(
+                "head dim {} must be even and at least 6 for the 3-D RoPE",
+                self.head_dim()
+            ));
+        }
+        if self.freq_dim % 2 != 0 || self.freq_dim == 0 {
+            return Err(format!("freq_dim {} must be even", self.freq_dim));
+        }
+        let want_in = match self.task {
+            Task::T2v => self.out_dim,
+            Task::I2v => self.out_dim * 2 + 4,
+        };
+        if self.in_dim != want_in {
+            return Err(format!(
+                "in_dim {} does not fit a {} model with out_dim {} (expected {want_in})",
+                self.in_dim,
+                self.task.name(),
+                self.out_dim
+            ));
+        }
+        for (name, v) in [
+            ("dim", self.dim),
+            ("ffn_dim", self.ffn_dim),
+            ("text_dim", self.text_dim),
+            ("num_layers", self.num_layers),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        if !(self.eps > 0.0 && self.eps < 1e-2) {
+            return Err(format!("eps {} is out of range", self.eps));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_split_follows_the_spec() {
+        assert_eq!(DitConfig::t2v_1_3b().rope_axes(), [44, 42, 42]);
+        let mut tiny = DitConfig::t2v_1_3b();
+        tiny.dim = 24;
+        tiny.num_heads = 2;
+        assert_eq!(tiny.rope_axes(), [4, 4, 4]);
+    }
+
+    #[test]
+    fn presets_are_consistent() {
+        for name in ["t2v-1.3B", "t2v-14B", "i2v-14B"] {
+            let c = DitConfig::from_preset_name(name).unwrap();
+            c.validate().unwrap();
+            assert_eq!(c.head_dim(), 128);
+        }
+        assert!(DitConfig::from_preset_name("t2v-2B").is_none());
+    }
+
+    #[test]
+    fn original_config_defaults_apply() {
+        let text = r#"{"_class_name":"WanModel","_diffusers_version":"0.30.0","dim":1536,
+            "eps":1e-06,"ffn_dim":8960,"freq_dim":256,"in_dim":16,"model_type":"t2v",
+            "num_heads":12,"num_layers":30,"out_dim":16,"text_len":512}"#;
+        let c: WanModelConfig = serde_json::from_str(text).unwrap();
+        let d = DitConfig::from_original(&c, Path::new("config.json")).unwrap();
+        assert_eq!(d, DitConfig::t2v_1_3b());
+    }
+
+    #[test]
+    fn inconsistent_config_is_refused() {
+        let mut c = DitConfig::t2v_1_3b();
+        c.in_dim = 36;
+        assert!(c.validate().unwrap_err().contains("in_dim"));
+        let mut c = DitConfig::t2v_1_3b();
+        c.num_heads = 7;
+        assert!(c.validate().unwrap_err().contains("num_heads"));
+    }
+}

@@ -1,0 +1,19 @@
+//! Shared vocabulary of the three wanrt stages.
+//!
+//! Nothing here does I/O beyond reading/writing the small JSON manifest: this
+//! crate is what lets `graphs`, `compiler` and `runtime` agree on shapes,
+//! names and dtypes without depending on each other.
+
+pub mod config;
+pub mod contract;
+pub mod dtype;
+pub mod error;
+pub mod manifest;
+pub mod profile;
+
+pub use config::{DitConfig, Task};
+pub use contract::{Dim, NetworkContract, NetworkKind, TensorSpec};
+pub use dtype::{DType, Precision};
+pub use error::{Error, ErrorKind};
+pub use manifest::Manifest;
+pub use profile::{BatchMode, Profile};

@@ -1,0 +1,757 @@
+//! A typed ONNX graph builder that streams weights to an external-data file.
+//!
+//! Every value carries its dtype, and every intermediate gets a `value_info`
+//! entry with it, so a graph can be read (and rewritten, see
+//! [`crate::emulate`]) without shape inference. Weights never accumulate in
+//! memory: each one is converted, written to `<graph>.onnx.data` and dropped,
+//! so an export's peak memory is about one tensor plus the graph proto.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use half::{bf16, f16};
+use sha2::{Digest, Sha256};
+use wanrt_core::DType;
+
+use crate::error::{Error, Result};
+use crate::onnx::*;
+use crate::weights::SourceTensor;
+
+/// A named, typed value of the graph.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Value {
+    pub name: String,
+    pub dtype: DType,
+}
+
+/// A dimension of a graph input: fixed, or a named symbol (`batch`).
+#[derive(Debug, Clone)]
+pub enum IoDim {
+    Fixed(i64),
+    Symbol(&'static str),
+}
+
+/// Tensors smaller than this stay inline in the proto.
+const INLINE_LIMIT: usize = 1024;
+/// Alignment of tensors in the external-data file: page-aligned offsets let
+/// ONNX Runtime map large weights instead of copying them.
+const ALIGN_LARGE: u64 = 4096;
+const ALIGN_SMALL: u64 = 64;
+
+struct ExternalData {
+    path: PathBuf,
+    location: String,
+    writer: BufWriter<File>,
+    offset: u64,
+    hasher: Sha256,
+}
+
+impl ExternalData {
+    fn append(&mut self, bytes: &[u8]) -> Result<(u64, u64)> {
+        let align = if bytes.len() as u64 >= ALIGN_LARGE {
+            ALIGN_LARGE
+        } else {
+            ALIGN_SMALL
+        };
+        let pad = (align - self.offset % align) % align;
+        let zeros = [0u8; ALIGN_LARGE as usize];
+        let io = |source| Error::Io {
+            file: self.path.clone(),
+            source,
+        };
+        self.writer.write_all(&zeros[..pad as usize]).map_err(io)?;
+        self.hasher.update(&zeros[..pad as usize]);
+        self.offset += pad;
+        let start = self.offset;
+        self.writer.write_all(bytes).map_err(|source| Error::Io {
+            file: self.path.clone(),
+            source,
+        })?;
+        self.hasher.update(bytes);
+        self.offset += bytes.len() as u64;
+        Ok((start, bytes.len() as u64))
+    }
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What an export produced besides the proto.
+pub struct ExportedGraph {
+    pub model: ModelProto,
+    /// `sha256:` of the external-data bytes.
+    pub weights_digest: String,
+    pub external_data_bytes: u64,
+    pub external_data: Option<PathBuf>,
+}
+
+/// Builds one ONNX graph.
+pub struct GraphBuilder<'i> {
+    name: String,
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    inputs: Vec<ValueInfoProto>,
+    outputs: Vec<ValueInfoProto>,
+    value_info: Vec<ValueInfoProto>,
+    scope: Vec<String>,
+    counters: HashMap<String, usize>,
+    consts: HashMap<String, Value>,
+    external: Option<ExternalData>,
+    interrupt: Option<&'i AtomicBool>,
+    progress: Option<Box<dyn FnMut(u64) + 'i>>,
+}
+
+pub fn attr_int(name: &str, i: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attr_type::INT,
+        i,
+        ..Default::default()
+    }
+}
+pub fn attr_float(name: &str, f: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attr_type::FLOAT,
+        f,
+        ..Default::default()
+    }
+}
+pub fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attr_type::INTS,
+        ints: ints.to_vec(),
+        ..Default::default()
+    }
+}
+pub fn attr_string(name: &str, s: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attr_type::STRING,
+        s: s.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Attribute constructors for [`GraphBuilder::op`].
+pub mod attr {
+    pub use super::{
+        attr_float as float, attr_int as int, attr_ints as ints, attr_string as string,
+    };
+}
+
+fn tensor_type(dtype: DType, dims: Option<&[IoDim]>) -> TypeProto {
+    let shape = dims.map(|dims| TensorShapeProto {
+        dim: dims
+            .iter()
+            .map(|d| tensor_shape_proto::Dimension {
+                value: Some(match d {
+                    IoDim::Fixed(n) => tensor_shape_proto::dimension::Value::DimValue(*n),
+                    IoDim::Symbol(s) => {
+                        tensor_shape_proto::dimension::Value::DimParam(s.to_string())
+                    }
+                }),
+            })
+            .collect(),
+    });
+    TypeProto {
+        value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+            elem_type: dtype.onnx_code(),
+            shape,
+        })),
+    }
+}
+
+/// Converts little-endian `src` elements to `to`, optionally transposing a
+/// 2-D `[rows, cols]` tensor to `[cols, rows]`.
+fn convert(src: &SourceTensor<'_>, to: DType, transpose: bool, name: &str) -> Result<Vec<u8>> {
+    let values = src.to_f32(name, "checkpoint")?;
+    let values = if transpose {
+        let (rows, cols) = (src.shape[0], src.shape[1]);
+        let mut t = vec![0f32; values.len()];
+        // Blocked transpose: stays cache-friendly for 13824 x 5120 weights.
+        const B: usize = 64;
+        for r0 in (0..rows).step_by(B) {
+            for c0 in (0..cols).step_by(B) {
+                for r in r0..(r0 + B).min(rows) {
+                    for c in c0..(c0 + B).min(cols) {
+                        t[c * rows + r] = values[r * cols + c];
+                    }
+                }
+            }
+        }
+        t
+    } else {
+        values
+    };
+    Ok(encode_f32(&values, to))
+}
+
+/// Encodes f32 values as `to` (round-to-nearest-even for half types).
+pub fn encode_f32(values: &[f32], to: DType) -> Vec<u8> {
+    match to {
+        DType::Float32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::Bfloat16 => values
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+        DType::Float16 => values
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        other => unreachable!("encode_f32 to {other}: only float types are weights"),
+    }
+}
+
+impl<'i> GraphBuilder<'i> {
+    /// A builder whose weights go to `external_path` (created now).
+    pub fn new(name: &str, external_path: Option<&Path>) -> Result<Self> {
+        let external = match external_path {
+            Some(path) => {
+                let file = File::create(path).map_err(|source| Error::Io {
+                    file: path.to_path_buf(),
+                    source,
+                })?;
+                Some(ExternalData {
+                    path: path.to_path_buf(),
+                    location: path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    writer: BufWriter::with_capacity(8 << 20, file),
+                    offset: 0,
+                    hasher: Sha256::new(),
+                })
+            }
+            None => None,
+        };
+        Ok(GraphBuilder {
+            name: name.to_string(),
+            nodes: Vec::new(),
+            initializers: Vec::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            value_info: Vec::new(),
+            scope: Vec::new(),
+            counters: HashMap::new(),
+            consts: HashMap::new(),
+            external,
+            interrupt: None,
+            progress: None,
+        })
+    }
+
+    /// Export stops with [`Error::Interrupted`] once `flag` is set.
+    pub fn with_interrupt(mut self, flag: &'i AtomicBool) -> Self {
+        self.interrupt = Some(flag);
+        self
+    }
+
+    /// Called with the byte count of each weight written.
+    pub fn with_progress(mut self, f: impl FnMut(u64) + 'i) -> Self {
+        self.progress = Some(Box::new(f));
+        self
+    }
+
+    /// Runs `f` with `part` pushed on the name scope.
+    pub fn scoped<T>(&mut self, part: &str, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.scope.push(part.to_string());
+        let r = f(self);
+        self.scope.pop();
+        r
+    }
+
+    fn scope_prefix(&self) -> String {
+        self.scope.join(".")
+    }
+
+    fn fresh(&mut self, what: &str) -> String {
+        let base = if self.scope.is_empty() {
+            what.to_string()
+        } else {
+            format!("{}/{what}", self.scope_prefix())
+        };
+        let n = self.counters.entry(base.clone()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            base
+        } else {
+            format!("{base}_{}", *n - 1)
+        }
+    }
+
+    pub fn input(&mut self, name: &str, dtype: DType, dims: &[IoDim]) -> Value {
+        self.inputs.push(ValueInfoProto {
+            name: name.into(),
+            r#type: Some(tensor_type(dtype, Some(dims))),
+            doc_string: String::new(),
+        });
+        Value {
+            name: name.into(),
+            dtype,
+        }
+    }
+
+    /// Marks `v` as the graph output `name` (through an Identity node).
+    pub fn output(&mut self, v: &Value, name: &str, dims: &[IoDim]) {
+        self.nodes.push(NodeProto {
+            input: vec![v.name.clone()],
+            output: vec![name.into()],
+            name: format!("{name}/Identity"),
+            op_type: "Identity".into(),
+            ..Default::default()
+        });
+        self.outputs.push(ValueInfoProto {
+            name: name.into(),
+            r#type: Some(tensor_type(v.dtype, Some(dims))),
+            doc_string: String::new(),
+        });
+    }
+
+    fn check_interrupt(&self) -> Result<()> {
+        match self.interrupt {
+            Some(flag) if flag.load(Ordering::Relaxed) => Err(Error::Interrupted),
+            _ => Ok(()),
+        }
+    }
+
+    fn add_initializer(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        dims: &[i64],
+        bytes: Vec<u8>,
+        doc: &str,
+    ) -> Result<Value> {
+        let mut t = TensorProto {
+            dims: dims.to_vec(),
+            data_type: dtype.onnx_code(),
+            name: name.into(),
+            doc_string: doc.into(),
+            ..Default::default()
+        };
+        match &mut self.external {
+            Some(ext) if bytes.len() >= INLINE_LIMIT => {
+                let (offset, length) = ext.append(&bytes)?;
+                t.data_location = DATA_LOCATION_EXTERNAL;
+                t.external_data = vec![
+                    StringStringEntryProto {
+                        key: "location".into(),
+                        value: ext.location.clone(),
+                    },
+                    StringStringEntryProto {
+                        key: "offset".into(),
+                        value: offset.to_string(),
+                    },
+                    StringStringEntryProto {
+                        key: "length".into(),
+                        value: length.to_string(),
+                    },
+                ];
+                if let Some(p) = &mut self.progress {
+                    p(length);
+                }
+            }
+            _ => t.raw_data = bytes,
+        }
+        self.initializers.push(t);
+        Ok(Value {
+            name: name.into(),
+            dtype,
+        })
+    }
+
+    /// Adds a checkpoint weight under its canonical `name`, stored as `store`.
+    /// A 2-D weight with `transpose` is stored as `[in, out]` for `x · W`.
+    pub fn weight(
+        &mut self,
+        name: &str,
+        src: &SourceTensor<'_>,
+        store: DType,
+        transpose: bool,
+    ) -> Result<Value> {
+        self.check_interrupt()?;
+        let mut dims: Vec<i64> = src.shape.iter().map(|&d| d as i64).collect();
+        let doc = if transpose {
+            dims.reverse();
+            "transposed from the checkpoint's [out, in] to [in, out]"
+        } else {
+            ""
+        };
+        let bytes = convert(src, store, transpose, name)?;
+        self.add_initializer(name, store, &dims, bytes, doc)
+    }
+
+    /// A float constant computed by the exporter (RoPE tables, frequencies).
+    pub fn const_f32(
+        &mut self,
+        name: &str,
+        dims: &[i64],
+        values: &[f32],
+        store: DType,
+    ) -> Result<Value> {
+        let full = if self.scope.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.scope_prefix())
+        };
+        if let Some(v) = self.consts.get(&full) {
+            return Ok(v.clone());
+        }
+        let v = self.add_initializer(
+            &full,
+            store,
+            dims,
+            encode_f32(values, store),
+            "computed by wan-compile",
+        )?;
+        self.consts.insert(full, v.clone());
+        Ok(v)
+    }
+
+    /// A named int64 tensor (position ids); external when large.
+    pub fn const_i64_tensor(&mut self, name: &str, dims: &[i64], values: &[i64]) -> Result<Value> {
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.add_initializer(name, DType::Int64, dims, bytes, "computed by wan-compile")
+    }
+
+    /// A shared int64 constant (shapes, axes), deduplicated by value.
+    pub fn const_i64(&mut self, values: &[i64]) -> Value {
+        let key = format!("i64{values:?}");
+        if let Some(v) = self.consts.get(&key) {
+            return v.clone();
+        }
+        let name = format!(
+            "const_i64_{}",
+            values
+                .iter()
+                .map(|v| v.to_string().replace('-', "m"))
+                .collect::<Vec<_>>()
+                .join("_")
+        );
+        self.initializers.push(TensorProto {
+            dims: vec![values.len() as i64],
+            data_type: DType::Int64.onnx_code(),
+            name: name.clone(),
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        let v = Value {
+            name,
+            dtype: DType::Int64,
+        };
+        self.consts.insert(key, v.clone());
+        v
+    }
+
+    /// A scalar float constant of `dtype`, shared.
+    pub fn scalar(&mut self, value: f32, dtype: DType) -> Value {
+        let key = format!("scalar{value:e}{dtype}");
+        if let Some(v) = self.consts.get(&key) {
+            return v.clone();
+        }
+        let name = format!(
+            "const_{}_{}",
+            dtype.name(),
+            format!("{value:e}").replace(['-', '.'], "_")
+        );
+        self.initializers.push(TensorProto {
+            dims: vec![],
+            data_type: dtype.onnx_code(),
+            name: name.clone(),
+            raw_data: encode_f32(&[value], dtype),
+            ..Default::default()
+        });
+        let v = Value { name, dtype };
+        self.consts.insert(key, v.clone());
+        v
+    }
+
+    /// Adds a node with one output of `out_dtype`.
+    pub fn op(
+        &mut self,
+        op_type: &str,
+        inputs: &[&Value],
+        attrs: Vec<AttributeProto>,
+        out_dtype: DType,
+    ) -> Value {
+        self.op_n(op_type, inputs, attrs, &[out_dtype]).remove(0)
+    }
+
+    /// Adds a node with several outputs.
+    pub fn op_n(
+        &mut self,
+        op_type: &str,
+        inputs: &[&Value],
+        attrs: Vec<AttributeProto>,
+        out_dtypes: &[DType],
+    ) -> Vec<Value> {
+        let node_name = self.fresh(op_type);
+        let outputs: Vec<Value> = out_dtypes
+            .iter()
+            .enumerate()
+            .map(|(i, &dtype)| Value {
+                name: if out_dtypes.len() == 1 {
+                    node_name.clone()
+                } else {
+                    format!("{node_name}:{i}")
+                },
+                dtype,
+            })
+            .collect();
+        for v in &outputs {
+            self.value_info.push(ValueInfoProto {
+                name: v.name.clone(),
+                r#type: Some(tensor_type(v.dtype, None)),
+                doc_string: String::new(),
+            });
+        }
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|v| v.name.clone()).collect(),
+            output: outputs.iter().map(|v| v.name.clone()).collect(),
+            name: node_name,
+            op_type: op_type.into(),
+            attribute: attrs,
+            ..Default::default()
+        });
+        outputs
+    }
+
+    // ---- elementwise -------------------------------------------------
+
+    fn binary(&mut self, op: &str, a: &Value, b: &Value) -> Value {
+        debug_assert_eq!(a.dtype, b.dtype, "{op}({}, {})", a.name, b.name);
+        self.op(op, &[a, b], vec![], a.dtype)
+    }
+    pub fn add(&mut self, a: &Value, b: &Value) -> Value {
+        self.binary("Add", a, b)
+    }
+    pub fn sub(&mut self, a: &Value, b: &Value) -> Value {
+        self.binary("Sub", a, b)
+    }
+    pub fn mul(&mut self, a: &Value, b: &Value) -> Value {
+        self.binary("Mul", a, b)
+    }
+    pub fn matmul(&mut self, a: &Value, b: &Value) -> Value {
+        self.binary("MatMul", a, b)
+    }
+    pub fn sigmoid(&mut self, x: &Value) -> Value {
+        self.op("Sigmoid", &[x], vec![], x.dtype)
+    }
+    /// SiLU as `x · sigmoid(x)` (ONNX has no SiLU op; TensorRT fuses this).
+    pub fn silu(&mut self, x: &Value) -> Value {
+        let s = self.sigmoid(x);
+        self.mul(x, &s)
+    }
+    /// GELU; `tanh` selects the tanh approximation.
+    pub fn gelu(&mut self, x: &Value, tanh: bool) -> Value {
+        let attrs = if tanh {
+            vec![attr_string("approximate", "tanh")]
+        } else {
+            vec![]
+        };
+        self.op("Gelu", &[x], attrs, x.dtype)
+    }
+    pub fn sin(&mut self, x: &Value) -> Value {
+        self.op("Sin", &[x], vec![], x.dtype)
+    }
+    pub fn cos(&mut self, x: &Value) -> Value {
+        self.op("Cos", &[x], vec![], x.dtype)
+    }
+
+    /// Casts to `to`; a no-op when `x` already has that dtype.
+    pub fn cast(&mut self, x: &Value, to: DType) -> Value {
+        if x.dtype == to {
+            return x.clone();
+        }
+        self.op(
+            "Cast",
+            &[x],
+            vec![attr_int("to", to.onnx_code() as i64)],
+            to,
+        )
+    }
+
+    // ---- shapes --------------------------------------------------------
+
+    pub fn reshape(&mut self, x: &Value, shape: &[i64]) -> Value {
+        let s = self.const_i64(shape);
+        self.op("Reshape", &[x, &s], vec![], x.dtype)
+    }
+    pub fn transpose(&mut self, x: &Value, perm: &[i64]) -> Value {
+        self.op("Transpose", &[x], vec![attr_ints("perm", perm)], x.dtype)
+    }
+    pub fn unsqueeze(&mut self, x: &Value, axes: &[i64]) -> Value {
+        let a = self.const_i64(axes);
+        self.op("Unsqueeze", &[x, &a], vec![], x.dtype)
+    }
+    pub fn concat(&mut self, xs: &[&Value], axis: i64) -> Value {
+        let dtype = xs[0].dtype;
+        self.op("Concat", xs, vec![attr_int("axis", axis)], dtype)
+    }
+    /// Splits `x` into `n` equal parts along `axis`.
+    pub fn split(&mut self, x: &Value, axis: i64, n: usize) -> Vec<Value> {
+        let dtypes = vec![x.dtype; n];
+        self.op_n(
+            "Split",
+            &[x],
+            vec![attr_int("axis", axis), attr_int("num_outputs", n as i64)],
+            &dtypes,
+        )
+    }
+    /// `Shape(x)[start..end]`.
+    pub fn shape_of(&mut self, x: &Value, start: i64, end: i64) -> Value {
+        self.op(
+            "Shape",
+            &[x],
+            vec![attr_int("start", start), attr_int("end", end)],
+            DType::Int64,
+        )
+    }
+    pub fn expand(&mut self, x: &Value, shape: &Value) -> Value {
+        self.op("Expand", &[x, shape], vec![], x.dtype)
+    }
+
+    // ---- normalisation, attention, convolution -------------------------
+
+    /// LayerNormalization over the last axis (statistics in the input type).
+    pub fn layer_norm(
+        &mut self,
+        x: &Value,
+        scale: &Value,
+        bias: Option<&Value>,
+        eps: f32,
+    ) -> Value {
+        let mut ins = vec![x, scale];
+        if let Some(b) = bias {
+            ins.push(b);
+        }
+        self.op(
+            "LayerNormalization",
+            &ins,
+            vec![attr_int("axis", -1), attr_float("epsilon", eps)],
+            x.dtype,
+        )
+    }
+    /// RMSNormalization over the last axis.
+    pub fn rms_norm(&mut self, x: &Value, scale: &Value, eps: f32) -> Value {
+        self.op(
+            "RMSNormalization",
+            &[x, scale],
+            vec![attr_int("axis", -1), attr_float("epsilon", eps)],
+            x.dtype,
+        )
+    }
+    /// Scaled dot-product attention on `[b, s, heads·d]` tensors (opset 23
+    /// `Attention`, scale 1/√d).
+    pub fn attention(&mut self, q: &Value, k: &Value, v: &Value, heads: u32) -> Value {
+        self.op(
+            "Attention",
+            &[q, k, v],
+            vec![
+                attr_int("q_num_heads", heads as i64),
+                attr_int("kv_num_heads", heads as i64),
+            ],
+            q.dtype,
+        )
+    }
+    /// Interleaved rotary embedding of `[b, s, heads·d]` (opset 23
+    /// `RotaryEmbedding`), tables `[positions, d/2]` gathered by `pos`.
+    pub fn rotary(
+        &mut self,
+        x: &Value,
+        cos: &Value,
+        sin: &Value,
+        pos: &Value,
+        heads: u32,
+    ) -> Value {
+        self.op(
+            "RotaryEmbedding",
+            &[x, cos, sin, pos],
+            vec![
+                attr_int("interleaved", 1),
+                attr_int("num_heads", heads as i64),
+            ],
+            x.dtype,
+        )
+    }
+    pub fn conv(
+        &mut self,
+        x: &Value,
+        w: &Value,
+        b: Option<&Value>,
+        kernel: &[i64],
+        strides: &[i64],
+        pads: &[i64],
+    ) -> Value {
+        let mut ins = vec![x, w];
+        if let Some(b) = b {
+            ins.push(b);
+        }
+        self.op(
+            "Conv",
+            &ins,
+            vec![
+                attr_ints("kernel_shape", kernel),
+                attr_ints("strides", strides),
+                attr_ints("pads", pads),
+            ],
+            x.dtype,
+        )
+    }
+
+    /// Finishes the graph, flushing the external data.
+    pub fn finish(self, doc: &str) -> Result<ExportedGraph> {
+        let (weights_digest, external_data_bytes, external_data) = match self.external {
+            Some(mut ext) => {
+                ext.writer.flush().map_err(|source| Error::Io {
+                    file: ext.path.clone(),
+                    source,
+                })?;
+                let file = ext.writer.into_inner().map_err(|e| Error::Io {
+                    file: ext.path.clone(),
+                    source: e.into_error(),
+                })?;
+                file.sync_all().map_err(|source| Error::Io {
+                    file: ext.path.clone(),
+                    source,
+                })?;
+                let digest = format!("sha256:{}", hex(&ext.hasher.finalize()));
+                (digest, ext.offset, Some(ext.path))
+            }
+            None => (String::from("sha256:inline"), 0, None),
+        };
+        let graph = GraphProto {
+            node: self.nodes,
+            name: self.name,
+            initializer: self.initializers,
+            doc_string: doc.into(),
+            input: self.inputs,
+            output: self.outputs,
+            value_info: self.value_info,
+        };
+        let model = ModelProto {
+            ir_version: IR_VERSION,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: OPSET,
+            }],
+            producer_name: "wanrt".into(),
+            producer_version: env!("CARGO_PKG_VERSION").into(),
+            graph: Some(graph),
+            ..Default::default()
+        };
+        Ok(ExportedGraph {
+            model,
+            weights_digest,
+            external_data_bytes,
+            external_data,
+        })
+    }
+}

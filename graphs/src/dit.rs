@@ -1,0 +1,428 @@
+//! The Wan2.1 diffusion transformer (DiT) as a typed ONNX graph.
+//!
+//! Mirrors `wan/modules/model.py::WanModel` of the official repository
+//! (`WAN_SPEC.md` §2), for T2V (16 input channels) and I2V (36 channels, CLIP
+//! tokens through `img_emb`, separate `k_img`/`v_img` attention summed with
+//! the text attention before the output projection).
+//!
+//! Contract ([`NetworkContract::dit`]): inputs `hidden_states [B, C_in, F', H',
+//! W']`, `timestep [B]`, `encoder_hidden_states [B, L, text_dim]`, for I2V
+//! `encoder_hidden_states_image [B, 257, image_dim]`; output `noise_pred [B,
+//! 16, F', H', W']`; float32 at the boundary for every precision.
+//!
+//! Precision map (§2.11): with `bf16`/`fp16` the patch embedding, text and
+//! image MLPs, q/k/v/o projections, attention and FFN run in the half type;
+//! the sinusoid, time MLP, modulation, every LayerNorm and RMSNorm, RoPE, the
+//! residual stream, the gates and the output head stay float32.
+//!
+//! Weights are addressed by their original Wan2.1 names, which also name the
+//! ONNX initializers and nodes (`blocks.3.self_attn.q/MatMul`).
+
+use wanrt_core::{DType, Dim, DitConfig, NetworkContract, Precision, Profile, Task};
+
+use crate::builder::{GraphBuilder, IoDim, Value};
+use crate::error::{Error, Result};
+use crate::weights::Weights;
+
+/// Options of a DiT export.
+#[derive(Debug, Clone, Default)]
+pub struct DitOptions {
+    pub precision: Precision,
+    /// Adds the golden intermediates (`intermediate.temb`, `...block_0_out`,
+    /// ...) as extra float32 outputs, for hunting numeric mismatches.
+    pub debug_outputs: bool,
+}
+
+/// ORIG computes the sinusoid frequencies in float64.
+fn sinusoid_freqs(freq_dim: u32) -> Vec<f32> {
+    let half = freq_dim / 2;
+    (0..half)
+        .map(|i| 10000f64.powf(-(i as f64) / half as f64) as f32)
+        .collect()
+}
+
+/// Cos/sin tables `[tokens, head_dim/2]` of the 3-D RoPE (§2.9), computed in
+/// float64 and rounded once, as ORIG does. Pair `j` of the head belongs to
+/// the t, h or w axis by the contiguous split of [`DitConfig::rope_axes`].
+pub fn rope_tables(cfg: &DitConfig, grid: (u32, u32, u32)) -> (Vec<f32>, Vec<f32>) {
+    let axes = cfg.rope_axes();
+    // (axis, frequency) for each rotation pair, in head order t, h, w.
+    let mut pairs = Vec::new();
+    for (axis, &dims) in axes.iter().enumerate() {
+        for j in 0..dims / 2 {
+            let freq = 10000f64.powf(-(2.0 * j as f64) / dims as f64);
+            pairs.push((axis, freq));
+        }
+    }
+    let (f, h, w) = grid;
+    let n = (f * h * w) as usize;
+    let mut cos = Vec::with_capacity(n * pairs.len());
+    let mut sin = Vec::with_capacity(n * pairs.len());
+    for fi in 0..f {
+        for hi in 0..h {
+            for wi in 0..w {
+                let pos = [fi as f64, hi as f64, wi as f64];
+                for &(axis, freq) in &pairs {
+                    let angle = pos[axis] * freq;
+                    cos.push(angle.cos() as f32);
+                    sin.push(angle.sin() as f32);
+                }
+            }
+        }
+    }
+    (cos, sin)
+}
+
+fn io_dims(shape: &[Dim]) -> Vec<IoDim> {
+    shape
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => IoDim::Fixed(*n as i64),
+            Dim::Batch => IoDim::Symbol("batch"),
+        })
+        .collect()
+}
+
+struct Dit<'a, 'b, 'i> {
+    b: &'a mut GraphBuilder<'i>,
+    w: Weights<'b>,
+    cfg: &'a DitConfig,
+    /// Compute dtype of the matrix work.
+    c: DType,
+    eps: f32,
+    ones_d: Value,
+    one: Value,
+}
+
+const F32: DType = DType::Float32;
+
+impl Dit<'_, '_, '_> {
+    /// A float32 parameter (norm weights, modulation tables).
+    fn param(&mut self, name: &str, shape: &[usize]) -> Result<Value> {
+        let (full, t) = self.w.get(name, shape)?;
+        self.b.weight(&full, &t, F32, false)
+    }
+
+    /// `x · Wᵀ + b` in `store` precision (output in `store`).
+    fn linear(
+        &mut self,
+        prefix: &str,
+        x: &Value,
+        inf: u32,
+        outf: u32,
+        store: DType,
+    ) -> Result<Value> {
+        let w = self.w.pp(prefix);
+        let (wn, wt) = w.get("weight", &[outf as usize, inf as usize])?;
+        let (bn, bt) = w.get("bias", &[outf as usize])?;
+        let b = &mut *self.b;
+        b.scoped(prefix, |b| {
+            let wv = b.weight(&wn, &wt, store, true)?;
+            let bv = b.weight(&bn, &bt, store, false)?;
+            let x = b.cast(x, store);
+            let y = b.matmul(&x, &wv);
+            Ok(b.add(&y, &bv))
+        })
+    }
+
+    /// Linear layer followed by the full-width RMSNorm `norm`, in float32.
+    fn linear_rms(&mut self, lin: &str, norm: &str, x: &Value, inf: u32) -> Result<Value> {
+        let d = self.cfg.dim;
+        let y = self.linear(lin, x, inf, d, self.c)?;
+        let scale = self.param(&format!("{norm}.weight"), &[d as usize])?;
+        let y = self.b.cast(&y, F32);
+        Ok(self.b.rms_norm(&y, &scale, self.eps))
+    }
+
+    /// `LN(x)·(1 + scale) + shift` in float32, LN without affine parameters.
+    fn modulated_norm(&mut self, x: &Value, shift: &Value, scale: &Value) -> Value {
+        let h = self.b.layer_norm(x, &self.ones_d.clone(), None, self.eps);
+        let one = self.one.clone();
+        let s1 = self.b.add(scale, &one);
+        let h = self.b.mul(&h, &s1);
+        self.b.add(&h, shift)
+    }
+
+    fn self_attn(&mut self, p: &str, h: &Value, rope: &(Value, Value, Value)) -> Result<Value> {
+        let (d, heads, c) = (self.cfg.dim, self.cfg.num_heads, self.c);
+        let q = self.linear_rms(&format!("{p}.q"), &format!("{p}.norm_q"), h, d)?;
+        let k = self.linear_rms(&format!("{p}.k"), &format!("{p}.norm_k"), h, d)?;
+        let v = self.linear(&format!("{p}.v"), h, d, d, c)?;
+        let b = &mut *self.b;
+        let o = b.scoped(p, |b| {
+            // [b, n, heads·d_h]: RoPE per head on the 3-D layout, in float32.
+            let q = b.rotary(&q, &rope.0, &rope.1, &rope.2, heads);
+            let k = b.rotary(&k, &rope.0, &rope.1, &rope.2, heads);
+            let q = b.cast(&q, c);
+            let k = b.cast(&k, c);
+            Ok(b.attention(&q, &k, &v, heads))
+        })?;
+        self.linear(&format!("{p}.o"), &o, d, d, c)
+    }
+
+    fn cross_attn(
+        &mut self,
+        p: &str,
+        h: &Value,
+        ctx: &Value,
+        img: Option<&Value>,
+    ) -> Result<Value> {
+        let (d, heads, c) = (self.cfg.dim, self.cfg.num_heads, self.c);
+        let q = self.linear_rms(&format!("{p}.q"), &format!("{p}.norm_q"), h, d)?;
+        let k = self.linear_rms(&format!("{p}.k"), &format!("{p}.norm_k"), ctx, d)?;
+        let v = self.linear(&format!("{p}.v"), ctx, d, d, c)?;
+        let q = self.b.cast(&q, c);
+        let k = self.b.cast(&k, c);
+        let mut o = self.b.scoped(p, |b| Ok(b.attention(&q, &k, &v, heads)))?;
+        if let Some(img) = img {
+            let ki = self.linear_rms(&format!("{p}.k_img"), &format!("{p}.norm_k_img"), img, d)?;
+            let vi = self.linear(&format!("{p}.v_img"), img, d, d, c)?;
+            let ki = self.b.cast(&ki, c);
+            o = self.b.scoped(p, |b| {
+                let oi = b.attention(&q, &ki, &vi, heads);
+                // The two results are summed before the shared projection.
+                Ok(b.add(&o, &oi))
+            })?;
+        }
+        self.linear(&format!("{p}.o"), &o, d, d, c)
+    }
+}
+
+/// Builds the DiT graph into `b`, reading weights through `w`.
+pub fn build(
+    b: &mut GraphBuilder<'_>,
+    w: Weights<'_>,
+    cfg: &DitConfig,
+    profile: &Profile,
+    opts: &DitOptions,
+) -> Result<()> {
+    cfg.validate().map_err(Error::Invalid)?;
+    let contract = NetworkContract::dit(cfg, profile).map_err(|e| Error::Invalid(e.to_string()))?;
+    let c = opts.precision.compute_dtype();
+    let (d, in_dim, out_dim) = (cfg.dim, cfg.in_dim, cfg.out_dim);
+    let (fp, hp, wp) = profile.patch_grid();
+    let n_tokens = (fp * hp * wp) as i64;
+    let [pt, ph, pw] = cfg.patch_size.map(|v| v as i64);
+
+    let mut inputs = Vec::new();
+    for spec in &contract.inputs {
+        inputs.push(b.input(&spec.name, spec.dtype, &io_dims(&spec.shape)));
+    }
+    let (hidden, timestep, text) = (&inputs[0], &inputs[1], &inputs[2]);
+    let image = inputs.get(3);
+    let mut debug: Vec<(String, Value)> = Vec::new();
+
+    let ones_d = b.const_f32("norm_ones", &[d as i64], &vec![1.0; d as usize], F32)?;
+    let one = b.scalar(1.0, F32);
+    let mut dit = Dit {
+        b,
+        w,
+        cfg,
+        c,
+        eps: cfg.eps as f32,
+        ones_d,
+        one,
+    };
+
+    // Patch embedding: Conv3d with kernel = stride = (1, 2, 2).
+    let (wn, wt) = dit.w.get(
+        "patch_embedding.weight",
+        &[
+            d as usize,
+            in_dim as usize,
+            pt as usize,
+            ph as usize,
+            pw as usize,
+        ],
+    )?;
+    let (bn, bt) = dit.w.get("patch_embedding.bias", &[d as usize])?;
+    let mut x = dit.b.scoped("patch_embedding", |b| {
+        let wv = b.weight(&wn, &wt, c, false)?;
+        let bv = b.weight(&bn, &bt, c, false)?;
+        let x = b.cast(hidden, c);
+        let x = b.conv(&x, &wv, Some(&bv), &[pt, ph, pw], &[pt, ph, pw], &[0; 6]); // [b, d, F_p, H_p, W_p]
+        let x = b.reshape(&x, &[0, d as i64, -1]); // [b, d, n]
+        let x = b.transpose(&x, &[0, 2, 1]); // [b, n, d]
+        Ok(b.cast(&x, F32))
+    })?;
+    debug.push(("patch_embedding".into(), x.clone()));
+
+    // Time embedding, all float32: sinusoid (cos half first) → MLP → 6 mods.
+    let freqs = sinusoid_freqs(cfg.freq_dim);
+    let (e, e0) = {
+        let b = &mut *dit.b;
+        let sinusoid = b.scoped("time_embedding", |b| {
+            let f = b.const_f32("freqs", &[1, freqs.len() as i64], &freqs, F32)?;
+            let t = b.unsqueeze(timestep, &[1]); // [b, 1]
+            let args = b.mul(&t, &f); // [b, freq_dim/2]
+            let (co, si) = (b.cos(&args), b.sin(&args));
+            Ok(b.concat(&[&co, &si], 1)) // [b, freq_dim]
+        })?;
+        let e = dit.linear("time_embedding.0", &sinusoid, cfg.freq_dim, d, F32)?;
+        let e = dit.b.silu(&e);
+        let e = dit.linear("time_embedding.2", &e, d, d, F32)?; // [b, d]
+        let s = dit.b.silu(&e);
+        let e0 = dit.linear("time_projection.1", &s, d, 6 * d, F32)?; // [b, 6d]
+        debug.push(("temb".into(), e.clone()));
+        debug.push(("timestep_proj".into(), e0.clone()));
+        let e0 = dit.b.reshape(&e0, &[0, 6, d as i64]); // [b, 6, d]
+        (e, e0)
+    };
+
+    // Text embedding: Linear → GELU(tanh) → Linear, all L rows kept (§2.4).
+    let ctx = dit.linear("text_embedding.0", text, cfg.text_dim, d, c)?;
+    let ctx = dit.b.gelu(&ctx, true);
+    let ctx = dit.linear("text_embedding.2", &ctx, d, d, c)?; // [b, L, d]
+    debug.push(("text_context".into(), ctx.clone()));
+
+    // Image embedding (I2V): LN → Linear → GELU(erf) → Linear → LN (§2.5).
+    let img_ctx = match (cfg.task, image) {
+        (Task::I2v, Some(image)) => {
+            let id = cfg.image_dim.unwrap_or(1280);
+            let g0 = dit.param("img_emb.proj.0.weight", &[id as usize])?;
+            let b0 = dit.param("img_emb.proj.0.bias", &[id as usize])?;
+            let y = dit.b.layer_norm(image, &g0, Some(&b0), 1e-5);
+            let y = dit.linear("img_emb.proj.1", &y, id, id, c)?;
+            let y = dit.b.gelu(&y, false);
+            let y = dit.linear("img_emb.proj.3", &y, id, d, c)?;
+            let g4 = dit.param("img_emb.proj.4.weight", &[d as usize])?;
+            let b4 = dit.param("img_emb.proj.4.bias", &[d as usize])?;
+            let y = dit.b.cast(&y, F32);
+            let y = dit.b.layer_norm(&y, &g4, Some(&b4), 1e-5); // [b, 257, d]
+            debug.push(("image_context".into(), y.clone()));
+            Some(dit.b.cast(&y, c))
+        }
+        _ => None,
+    };
+
+    // RoPE tables for this profile and the position ids [b, n].
+    let (cos, sin) = rope_tables(cfg, (fp, hp, wp));
+    let half = (cfg.head_dim() / 2) as i64;
+    let rope = {
+        let b = &mut *dit.b;
+        b.scoped("rope", |b| {
+            let cos = b.const_f32("cos", &[n_tokens, half], &cos, F32)?;
+            let sin = b.const_f32("sin", &[n_tokens, half], &sin, F32)?;
+            let ids: Vec<i64> = (0..n_tokens).collect();
+            let ids = b.const_i64_tensor("rope.positions", &[1, n_tokens], &ids)?;
+            let bn = b.shape_of(&x, 0, 2); // [b, n]
+            let pos = b.expand(&ids, &bn);
+            Ok((cos, sin, pos))
+        })?
+    };
+
+    for i in 0..cfg.num_layers {
+        let p = format!("blocks.{i}");
+        let m = dit.param(&format!("{p}.modulation"), &[1, 6, d as usize])?;
+        let mods = dit.b.scoped(&p, |b| {
+            let mods = b.add(&m, &e0); // [b, 6, d]
+            Ok(b.split(&mods, 1, 6)) // 6 × [b, 1, d]
+        })?;
+        let [s1, c1, g1, s2, c2, g2] = <[Value; 6]>::try_from(mods).expect("split gives 6");
+
+        // Self-attention with modulation and gate.
+        let h = dit.modulated_norm(&x, &s1, &c1);
+        let y = dit.self_attn(&format!("{p}.self_attn"), &h, &rope)?;
+        x = dit.b.scoped(&p, |b| {
+            let y = b.cast(&y, F32);
+            let y = b.mul(&y, &g1);
+            Ok(b.add(&x, &y))
+        })?;
+
+        // Cross-attention: affine LN (`norm3`), no modulation, no gate.
+        let g3 = dit.param(&format!("{p}.norm3.weight"), &[d as usize])?;
+        let b3 = dit.param(&format!("{p}.norm3.bias"), &[d as usize])?;
+        let h = dit.b.layer_norm(&x, &g3, Some(&b3), cfg.eps as f32);
+        let y = dit.cross_attn(&format!("{p}.cross_attn"), &h, &ctx, img_ctx.as_ref())?;
+        x = dit.b.scoped(&p, |b| {
+            let y = b.cast(&y, F32);
+            Ok(b.add(&x, &y))
+        })?;
+
+        // FFN with modulation and gate.
+        let h = dit.modulated_norm(&x, &s2, &c2);
+        let y = dit.linear(&format!("{p}.ffn.0"), &h, d, cfg.ffn_dim, c)?;
+        let y = dit.b.gelu(&y, true);
+        let y = dit.linear(&format!("{p}.ffn.2"), &y, cfg.ffn_dim, d, c)?;
+        x = dit.b.scoped(&p, |b| {
+            let y = b.cast(&y, F32);
+            let y = b.mul(&y, &g2);
+            Ok(b.add(&x, &y))
+        })?;
+        debug.push((format!("block_{i}_out"), x.clone()));
+    }
+
+    // Head, float32: modulation from `e` (before the projection).
+    let mh = dit.param("head.modulation", &[1, 2, d as usize])?;
+    let (shift, scale) = dit.b.scoped("head", |b| {
+        let e1 = b.unsqueeze(&e, &[1]); // [b, 1, d]
+        let m = b.add(&mh, &e1); // [b, 2, d]
+        let mut parts = b.split(&m, 1, 2);
+        let scale = parts.pop().expect("two parts");
+        Ok((parts.pop().expect("two parts"), scale))
+    })?;
+    let h = dit.modulated_norm(&x, &shift, &scale);
+    let patch_out = (pt * ph * pw) as u32 * out_dim;
+    let out = dit.linear("head.head", &h, d, patch_out, F32)?; // [b, n, 64]
+    debug.push(("proj_out".into(), out.clone()));
+
+    // Unpatchify: feature ((p·2 + q)·2 + r)·16 + c of token (f, h, w) goes to
+    // (c, f·1 + p, h·2 + q, w·2 + r) (§2.8).
+    let b = &mut *dit.b;
+    let noise = b.scoped("unpatchify", |b| {
+        let y = b.reshape(
+            &out,
+            &[0, fp as i64, hp as i64, wp as i64, ph, pw, out_dim as i64],
+        ); // [b, F_p, H_p, W_p, 2, 2, c]
+        let y = b.transpose(&y, &[0, 6, 1, 2, 4, 3, 5]); // [b, c, F_p, H_p, 2, W_p, 2]
+        Ok(b.reshape(
+            &y,
+            &[0, out_dim as i64, fp as i64, hp as i64 * ph, wp as i64 * pw],
+        )) // [b, c, F', H', W']
+    })?;
+    let out_spec = &contract.outputs[0];
+    b.output(&noise, &out_spec.name, &io_dims(&out_spec.shape));
+    if opts.debug_outputs {
+        for (name, v) in debug {
+            let v = b.cast(&v, F32);
+            b.output(&v, &format!("intermediate.{name}"), &[]);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_tables_follow_axis_split() {
+        let mut cfg = DitConfig::t2v_1_3b();
+        cfg.dim = 24;
+        cfg.num_heads = 2; // head dim 12 → axes 4/4/4 → 2 pairs each
+        let (cos, sin) = rope_tables(&cfg, (2, 3, 4));
+        assert_eq!(cos.len(), 24 * 6);
+        // Token (f=1, h=2, w=3) is index (1·3 + 2)·4 + 3 = 23.
+        let row = &sin[23 * 6..24 * 6];
+        let expect = [
+            (1.0f64).sin(),
+            (1.0f64 * 0.01).sin(),
+            (2.0f64).sin(),
+            (2.0f64 * 0.01).sin(),
+            (3.0f64).sin(),
+            (3.0f64 * 0.01).sin(),
+        ];
+        for (a, b) in row.iter().zip(expect) {
+            assert!((*a as f64 - b).abs() < 1e-7, "{a} vs {b}");
+        }
+        assert_eq!(cos[0], 1.0);
+    }
+
+    #[test]
+    fn sinusoid_starts_at_one() {
+        let f = sinusoid_freqs(256);
+        assert_eq!(f.len(), 128);
+        assert_eq!(f[0], 1.0);
+        assert!((f[64] as f64 - 0.01).abs() < 1e-9);
+    }
+}
