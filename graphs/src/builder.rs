@@ -299,7 +299,8 @@ impl<'i> GraphBuilder<'i> {
     }
 
     /// Marks `v` as the graph output `name` (through an Identity node).
-    pub fn output(&mut self, v: &Value, name: &str, dims: &[IoDim]) {
+    /// `dims: None` leaves the shape to inference (debug outputs).
+    pub fn output(&mut self, v: &Value, name: &str, dims: Option<&[IoDim]>) {
         self.nodes.push(NodeProto {
             input: vec![v.name.clone()],
             output: vec![name.into()],
@@ -309,7 +310,7 @@ impl<'i> GraphBuilder<'i> {
         });
         self.outputs.push(ValueInfoProto {
             name: name.into(),
-            r#type: Some(tensor_type(v.dtype, Some(dims))),
+            r#type: Some(tensor_type(v.dtype, dims)),
             doc_string: String::new(),
         });
     }

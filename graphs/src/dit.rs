@@ -210,7 +210,8 @@ pub fn build(
     }
     let (hidden, timestep, text) = (&inputs[0], &inputs[1], &inputs[2]);
     let image = inputs.get(3);
-    let mut debug: Vec<(String, Value)> = Vec::new();
+    let mut debug: Vec<(String, Value, Vec<i64>)> = Vec::new();
+    let (n, dd, l) = (n_tokens, cfg.dim as i64, profile.text_len as i64);
 
     let ones_d = b.const_f32("norm_ones", &[d as i64], &vec![1.0; d as usize], F32)?;
     let one = b.scalar(1.0, F32);
@@ -245,7 +246,7 @@ pub fn build(
         let x = b.transpose(&x, &[0, 2, 1]); // [b, n, d]
         Ok(b.cast(&x, F32))
     })?;
-    debug.push(("patch_embedding".into(), x.clone()));
+    debug.push(("patch_embedding".into(), x.clone(), vec![n, dd]));
 
     // Time embedding, all float32: sinusoid (cos half first) → MLP → 6 mods.
     let freqs = sinusoid_freqs(cfg.freq_dim);
@@ -263,8 +264,8 @@ pub fn build(
         let e = dit.linear("time_embedding.2", &e, d, d, F32)?; // [b, d]
         let s = dit.b.silu(&e);
         let e0 = dit.linear("time_projection.1", &s, d, 6 * d, F32)?; // [b, 6d]
-        debug.push(("temb".into(), e.clone()));
-        debug.push(("timestep_proj".into(), e0.clone()));
+        debug.push(("temb".into(), e.clone(), vec![dd]));
+        debug.push(("timestep_proj".into(), e0.clone(), vec![6 * dd]));
         let e0 = dit.b.reshape(&e0, &[0, 6, d as i64]); // [b, 6, d]
         (e, e0)
     };
@@ -273,7 +274,7 @@ pub fn build(
     let ctx = dit.linear("text_embedding.0", text, cfg.text_dim, d, c)?;
     let ctx = dit.b.gelu(&ctx, true);
     let ctx = dit.linear("text_embedding.2", &ctx, d, d, c)?; // [b, L, d]
-    debug.push(("text_context".into(), ctx.clone()));
+    debug.push(("text_context".into(), ctx.clone(), vec![l, dd]));
 
     // Image embedding (I2V): LN → Linear → GELU(erf) → Linear → LN (§2.5).
     let img_ctx = match (cfg.task, image) {
@@ -289,7 +290,7 @@ pub fn build(
             let b4 = dit.param("img_emb.proj.4.bias", &[d as usize])?;
             let y = dit.b.cast(&y, F32);
             let y = dit.b.layer_norm(&y, &g4, Some(&b4), 1e-5); // [b, 257, d]
-            debug.push(("image_context".into(), y.clone()));
+            debug.push(("image_context".into(), y.clone(), vec![cfg.image_tokens as i64, dd]));
             Some(dit.b.cast(&y, c))
         }
         _ => None,
@@ -349,7 +350,7 @@ pub fn build(
             let y = b.mul(&y, &g2);
             Ok(b.add(&x, &y))
         })?;
-        debug.push((format!("block_{i}_out"), x.clone()));
+        debug.push((format!("block_{i}_out"), x.clone(), vec![n, dd]));
     }
 
     // Head, float32: modulation from `e` (before the projection).
@@ -364,7 +365,7 @@ pub fn build(
     let h = dit.modulated_norm(&x, &shift, &scale);
     let patch_out = (pt * ph * pw) as u32 * out_dim;
     let out = dit.linear("head.head", &h, d, patch_out, F32)?; // [b, n, 64]
-    debug.push(("proj_out".into(), out.clone()));
+    debug.push(("proj_out".into(), out.clone(), vec![n, patch_out as i64]));
 
     // Unpatchify: feature ((p·2 + q)·2 + r)·16 + c of token (f, h, w) goes to
     // (c, f·1 + p, h·2 + q, w·2 + r) (§2.8).
@@ -381,11 +382,14 @@ pub fn build(
         )) // [b, c, F', H', W']
     })?;
     let out_spec = &contract.outputs[0];
-    b.output(&noise, &out_spec.name, &io_dims(&out_spec.shape));
+    b.output(&noise, &out_spec.name, Some(&io_dims(&out_spec.shape)));
     if opts.debug_outputs {
-        for (name, v) in debug {
+        let batch = io_dims(&out_spec.shape)[0].clone();
+        for (name, v, rest) in debug {
             let v = b.cast(&v, F32);
-            b.output(&v, &format!("intermediate.{name}"), &[]);
+            let mut dims = vec![batch.clone()];
+            dims.extend(rest.into_iter().map(IoDim::Fixed));
+            b.output(&v, &format!("intermediate.{name}"), Some(&dims));
         }
     }
     Ok(())

@@ -53,6 +53,12 @@ pub trait WeightSource {
     fn tensor(&self, name: &str) -> Result<Option<SourceTensor<'_>>>;
     /// A human-readable place (directory or file) for error messages.
     fn location(&self, name: &str) -> String;
+    /// The tensor, when the caller knows the shape it needs. Stored
+    /// checkpoints ignore the hint (the accessor compares shapes); generated
+    /// weights use it.
+    fn tensor_with_shape(&self, name: &str, _shape: &[usize]) -> Result<Option<SourceTensor<'_>>> {
+        self.tensor(name)
+    }
 }
 
 /// Name-prefixing, shape-checking accessor.
@@ -92,7 +98,7 @@ impl<'s> Weights<'s> {
         let location = self.source.location(&name);
         let t = self
             .source
-            .tensor(&name)?
+            .tensor_with_shape(&name, shape)?
             .ok_or_else(|| Error::TensorMissing {
                 name: name.clone(),
                 location: location.clone(),

@@ -1,1 +1,159 @@
-fn main() {}
+//! `wan-compile`: Wan2.1 checkpoint → typed ONNX graphs → artifact directory.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use wanrt_compiler::export::{compile, CompileOptions, ModelSource};
+use wanrt_core::profile::{DEFAULT_FRAMES, DEFAULT_TEXT_LEN};
+use wanrt_core::{BatchMode, NetworkKind, Precision, Profile};
+
+/// Compile a Wan2.1 model (original or diffusers layout) into typed ONNX
+/// graphs for one resolution profile.
+#[derive(Parser, Debug)]
+#[command(name = "wan-compile", version)]
+struct Args {
+    /// Model directory (original Wan2.1 or diffusers layout, detected).
+    #[arg(long, conflicts_with = "synthetic", required_unless_present = "synthetic")]
+    model: Option<PathBuf>,
+    /// Random weights at a real config instead of a checkpoint:
+    /// t2v-1.3B, t2v-14B or i2v-14B.
+    #[arg(long)]
+    synthetic: Option<String>,
+    /// Output artifact directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Built-in profile: 480p, 480p-portrait, 720p, 720p-portrait
+    /// (default: 720p, or 480p for the 1.3B model, as the official CLI).
+    #[arg(long, conflicts_with_all = ["width", "height"])]
+    profile: Option<String>,
+    /// Custom width (multiple of 16).
+    #[arg(long, requires = "height")]
+    width: Option<u32>,
+    /// Custom height (multiple of 16).
+    #[arg(long, requires = "width")]
+    height: Option<u32>,
+    /// Frame count, 4k+1 (default 81).
+    #[arg(long)]
+    frames: Option<u32>,
+    /// Text length in tokens (default 512).
+    #[arg(long)]
+    text_len: Option<u32>,
+    /// Batch of the graphs: a number (static shapes; the runtime loops) or
+    /// `dynamic`.
+    #[arg(long, default_value = "1")]
+    batch: String,
+    /// Precision written into the graphs.
+    #[arg(long, default_value = "bf16")]
+    precision: Precision,
+    /// Networks to compile, comma-separated (default: all the model has).
+    #[arg(long, value_delimiter = ',')]
+    networks: Vec<NetworkKind>,
+    /// Also output the reference intermediates (for numeric debugging).
+    #[arg(long)]
+    debug_outputs: bool,
+    /// Replace artifacts already in --out.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+fn profile(args: &Args, default: &str) -> Result<Profile> {
+    let frames = args.frames.unwrap_or(DEFAULT_FRAMES);
+    let text_len = args.text_len.unwrap_or(DEFAULT_TEXT_LEN);
+    let p = match (args.width, args.height, &args.profile) {
+        (Some(w), Some(h), _) => Profile::custom(w, h, frames, text_len)?,
+        (_, _, name) => {
+            let mut p = Profile::builtin(name.as_deref().unwrap_or(default))?;
+            if args.frames.is_some() || args.text_len.is_some() {
+                p = Profile::custom(p.width, p.height, frames, text_len)?;
+                p.name = name.clone().unwrap_or_else(|| default.to_string());
+            }
+            p
+        }
+    };
+    let batch = match args.batch.as_str() {
+        "dynamic" => BatchMode::Dynamic,
+        n => BatchMode::Fixed(
+            n.parse()
+                .with_context(|| format!("--batch: '{n}' is neither a number nor 'dynamic'"))?,
+        ),
+    };
+    Ok(p.with_batch(batch)?)
+}
+
+fn run() -> Result<()> {
+    let args = Args::parse();
+    let model = match (&args.model, &args.synthetic) {
+        (Some(dir), _) => ModelSource::Dir(dir.clone()),
+        (None, Some(preset)) => ModelSource::Synthetic(preset.clone()),
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let default_profile = match &args.synthetic {
+        Some(p) if p == "t2v-1.3B" => "480p",
+        _ => "720p",
+    };
+    let interrupt = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupt.clone();
+        ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
+            .context("installing the Ctrl-C handler")?;
+    }
+    let opts = CompileOptions {
+        model,
+        out: args.out.clone(),
+        profile: profile(&args, default_profile)?,
+        precision: args.precision,
+        networks: args.networks.clone(),
+        debug_outputs: args.debug_outputs,
+        overwrite: args.overwrite,
+        show_progress: true,
+        interrupt: Some(interrupt),
+    };
+    let start = std::time::Instant::now();
+    let (manifest, reports) = compile(&opts)?;
+    for r in &reports {
+        eprintln!(
+            "{}: {} nodes, graph {} KiB, weights {:.1} MiB, {:.1} s",
+            r.network,
+            r.nodes,
+            r.graph_bytes / 1024,
+            r.weight_bytes as f64 / (1 << 20) as f64,
+            r.elapsed.as_secs_f64()
+        );
+    }
+    let peak = peak_rss_mib().map(|m| format!(", peak RSS {m:.0} MiB")).unwrap_or_default();
+    eprintln!(
+        "wrote {} ({} network{}, {} {}x{}x{}, {}) in {:.1} s{peak}",
+        args.out.display(),
+        manifest.networks.len(),
+        if manifest.networks.len() == 1 { "" } else { "s" },
+        opts.profile.name,
+        opts.profile.width,
+        opts.profile.height,
+        opts.profile.frames,
+        opts.precision,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`).
+fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wan-compile: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Typed errors of the compiler.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The model directory is neither layout.
+    UnknownLayout,
+    /// A file the layout requires is missing.
+    MissingFile,
+    /// A checkpoint file is corrupt or truncated.
+    CorruptCheckpoint,
+    /// A config file is invalid.
+    InvalidConfig,
+    /// A tensor is missing from the checkpoint.
+    TensorMissing,
+    /// A tensor has another shape than the config implies.
+    ShapeMismatch,
+    /// A tensor has a dtype that cannot be exported.
+    DTypeUnsupported,
+    /// The checkpoint holds tensors no network uses (config/weights mismatch).
+    UnusedTensors,
+    /// An invalid flag (profile, precision, network, preset).
+    InvalidArgument,
+    /// The output directory cannot be written or holds artifacts already.
+    Output,
+    /// The export was interrupted.
+    Interrupted,
+    Io,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{dir}: unknown model layout: {reason}")]
+    UnknownLayout { dir: PathBuf, reason: String },
+    #[error("{file}: missing ({reason})")]
+    MissingFile { file: PathBuf, reason: String },
+    #[error("{file}: {reason}")]
+    Checkpoint { file: PathBuf, reason: String },
+    #[error("{file}: invalid config: {reason}")]
+    Config { file: PathBuf, reason: String },
+    #[error("{dir}: {} tensors are not used by the {network} graph (first: {}); the config does not match the weights", names.len(), names.first().map(String::as_str).unwrap_or(""))]
+    UnusedTensors {
+        dir: PathBuf,
+        network: String,
+        names: Vec<String>,
+    },
+    #[error(transparent)]
+    Core(#[from] wanrt_core::Error),
+    #[error(transparent)]
+    Graph(#[from] wanrt_graphs::Error),
+    #[error("{flag}: {reason}")]
+    InvalidArgument { flag: String, reason: String },
+    #[error("output directory {dir}: {reason}")]
+    Output { dir: PathBuf, reason: String },
+    #[error("{file}: {source}")]
+    Io {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        use wanrt_graphs::ErrorKind as G;
+        match self {
+            Error::UnknownLayout { .. } => ErrorKind::UnknownLayout,
+            Error::MissingFile { .. } => ErrorKind::MissingFile,
+            Error::Checkpoint { .. } => ErrorKind::CorruptCheckpoint,
+            Error::Config { .. } => ErrorKind::InvalidConfig,
+            Error::UnusedTensors { .. } => ErrorKind::UnusedTensors,
+            Error::Core(e) => match e.kind() {
+                wanrt_core::ErrorKind::InvalidProfile => ErrorKind::InvalidArgument,
+                wanrt_core::ErrorKind::InvalidConfig => ErrorKind::InvalidConfig,
+                wanrt_core::ErrorKind::Io => ErrorKind::Io,
+                _ => ErrorKind::InvalidConfig,
+            },
+            Error::Graph(e) => match e.kind() {
+                G::TensorMissing => ErrorKind::TensorMissing,
+                G::ShapeMismatch => ErrorKind::ShapeMismatch,
+                G::DTypeUnsupported => ErrorKind::DTypeUnsupported,
+                G::Source => ErrorKind::CorruptCheckpoint,
+                G::Io => ErrorKind::Io,
+                G::Invalid => ErrorKind::InvalidConfig,
+                G::Interrupted => ErrorKind::Interrupted,
+            },
+            Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
+            Error::Output { .. } => ErrorKind::Output,
+            Error::Io { .. } => ErrorKind::Io,
+        }
+    }
+
+    pub fn io(file: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            file: file.to_path_buf(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

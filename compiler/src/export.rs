@@ -1,0 +1,275 @@
+//! `wan-compile`'s driver: checkpoint → typed ONNX graphs → artifact directory.
+//!
+//! Everything is written into a staging directory inside `--out` and moved
+//! into place only when every network is done, manifest last; an error or
+//! Ctrl-C removes the staging directory, so nothing half-written is left.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wanrt_core::manifest::{ModelInfo, NetworkEntry, Tools};
+use wanrt_core::{DitConfig, Manifest, NetworkContract, NetworkKind, Precision, Profile};
+use wanrt_graphs::builder::hex;
+use wanrt_graphs::dit::{self, DitOptions};
+use wanrt_graphs::onnx::{IR_VERSION, OPSET};
+use wanrt_graphs::{GraphBuilder, WeightSource, Weights};
+
+use crate::checkpoint::{Checkpoint, ModelDir};
+use crate::error::{Error, Result};
+use crate::synthetic::SyntheticSource;
+
+/// Where the weights come from.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// A model directory in either layout.
+    Dir(PathBuf),
+    /// Random weights at a preset's real config (`t2v-1.3B`, ...).
+    Synthetic(String),
+}
+
+/// What to compile.
+#[derive(Debug, Clone)]
+pub struct CompileOptions {
+    pub model: ModelSource,
+    pub out: PathBuf,
+    pub profile: Profile,
+    pub precision: Precision,
+    /// Empty: every network the model has (that this version compiles).
+    pub networks: Vec<NetworkKind>,
+    pub debug_outputs: bool,
+    pub overwrite: bool,
+    pub show_progress: bool,
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+/// What one network's export took.
+#[derive(Debug, Clone)]
+pub struct NetworkReport {
+    pub network: NetworkKind,
+    pub graph_bytes: u64,
+    pub weight_bytes: u64,
+    pub nodes: usize,
+    pub elapsed: Duration,
+}
+
+/// The networks this version compiles.
+pub const SUPPORTED: [NetworkKind; 1] = [NetworkKind::Dit];
+
+/// Removes the staging directory unless disarmed.
+struct Staging {
+    dir: PathBuf,
+    armed: bool,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn file_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex(&Sha256::digest(bytes)))
+}
+
+fn tools() -> Tools {
+    Tools {
+        wanrt: env!("CARGO_PKG_VERSION").to_string(),
+        onnx_opset: OPSET,
+        onnx_ir_version: IR_VERSION,
+    }
+}
+
+/// Prepares `out`: creatable, writable, and not holding artifacts unless
+/// `overwrite`.
+fn prepare_out(out: &Path, overwrite: bool) -> Result<Staging> {
+    let fail = |reason: String| Error::Output {
+        dir: out.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(out).map_err(|e| fail(format!("cannot create it: {e} (--out)")))?;
+    if Manifest::path(out).exists() && !overwrite {
+        return Err(fail(
+            "it already holds compiled artifacts (manifest.json); pass --overwrite to replace them".into(),
+        ));
+    }
+    let dir = out.join(format!(".wanrt-staging-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).map_err(|e| fail(format!("not writable: {e} (--out)")))?;
+    Ok(Staging { dir, armed: true })
+}
+
+fn progress_bar(show: bool, what: &str) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg}: {bytes} weights written ({binary_bytes_per_sec}, {elapsed})")
+            .expect("static template"),
+    );
+    pb.set_message(what.to_string());
+    pb.enable_steady_tick(Duration::from_millis(200));
+    pb
+}
+
+/// Exports the DiT into `staging`.
+fn export_dit(
+    source: &dyn WeightSource,
+    cfg: &DitConfig,
+    opts: &CompileOptions,
+    staging: &Path,
+) -> Result<(NetworkEntry, NetworkReport)> {
+    let start = Instant::now();
+    let name = NetworkKind::Dit.name();
+    let onnx_file = format!("{name}.onnx");
+    let data_file = format!("{onnx_file}.data");
+    let pb = progress_bar(opts.show_progress, "dit");
+    let mut builder = GraphBuilder::new(name, Some(&staging.join(&data_file)))?
+        .with_progress(|n| pb.inc(n));
+    if let Some(flag) = &opts.interrupt {
+        builder = builder.with_interrupt(flag);
+    }
+    let dopts = DitOptions {
+        precision: opts.precision,
+        debug_outputs: opts.debug_outputs,
+    };
+    dit::build(&mut builder, Weights::new(source), cfg, &opts.profile, &dopts)?;
+    let exported = builder.finish(&format!(
+        "Wan2.1 DiT ({}), profile {} {}x{}x{}, precision {}",
+        cfg.task.name(),
+        opts.profile.name,
+        opts.profile.width,
+        opts.profile.height,
+        opts.profile.frames,
+        opts.precision
+    ))?;
+    pb.finish_and_clear();
+    let nodes = exported.model.graph.as_ref().map_or(0, |g| g.node.len());
+    let bytes = exported.model.to_bytes();
+    let path = staging.join(&onnx_file);
+    let mut f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+    f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&path, e))?;
+    let contract = NetworkContract::dit(cfg, &opts.profile)?;
+    let entry = NetworkEntry {
+        file: onnx_file,
+        external_data: Some(data_file),
+        external_data_bytes: exported.external_data_bytes,
+        precision: opts.precision,
+        profile: opts.profile.clone(),
+        config: serde_json::to_value(cfg).expect("config serialises"),
+        weights_digest: exported.weights_digest,
+        graph_digest: file_digest(&bytes),
+        inputs: contract.inputs,
+        outputs: contract.outputs,
+        tools: tools(),
+    };
+    let report = NetworkReport {
+        network: NetworkKind::Dit,
+        graph_bytes: bytes.len() as u64,
+        weight_bytes: exported.external_data_bytes,
+        nodes,
+        elapsed: start.elapsed(),
+    };
+    Ok((entry, report))
+}
+
+/// Compiles the requested networks into `opts.out`.
+pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> {
+    let networks = if opts.networks.is_empty() {
+        SUPPORTED.to_vec()
+    } else {
+        opts.networks.clone()
+    };
+    for n in &networks {
+        if !SUPPORTED.contains(n) {
+            return Err(Error::InvalidArgument {
+                flag: "--networks".into(),
+                reason: format!("'{n}' cannot be compiled by this version yet (supported: dit)"),
+            });
+        }
+    }
+    // Open the model before touching the output directory.
+    let (cfg, checkpoint, synthetic, info) = match &opts.model {
+        ModelSource::Dir(dir) => {
+            let md = ModelDir::open(dir)?;
+            let cfg = md.dit_config()?;
+            let ck = md.dit_weights()?;
+            let info = ModelInfo {
+                task: cfg.task,
+                layout: md.layout.name().to_string(),
+                source: dir.display().to_string(),
+            };
+            (cfg, Some((ck, md)), None, info)
+        }
+        ModelSource::Synthetic(preset) => {
+            let cfg = DitConfig::from_preset_name(preset).ok_or_else(|| Error::InvalidArgument {
+                flag: "--synthetic".into(),
+                reason: format!("unknown preset '{preset}' (t2v-1.3B, t2v-14B, i2v-14B)"),
+            })?;
+            let info = ModelInfo {
+                task: cfg.task,
+                layout: format!("synthetic:{preset}"),
+                source: String::new(),
+            };
+            (cfg, None, Some(SyntheticSource::new(preset)), info)
+        }
+    };
+    NetworkContract::dit(&cfg, &opts.profile)?;
+
+    let mut staging = prepare_out(&opts.out, opts.overwrite)?;
+    let mut manifest = Manifest::new(info);
+    let mut reports = Vec::new();
+    for n in networks {
+        match n {
+            NetworkKind::Dit => {
+                let source: &dyn WeightSource = match (&checkpoint, &synthetic) {
+                    (Some((ck, _)), _) => ck as &Checkpoint,
+                    (None, Some(s)) => s,
+                    (None, None) => unreachable!("one source is always set"),
+                };
+                let (entry, report) = export_dit(source, &cfg, opts, &staging.dir)?;
+                if let Some((ck, md)) = &checkpoint {
+                    let mut unused = ck.unused();
+                    if !unused.is_empty() {
+                        unused.sort();
+                        return Err(Error::UnusedTensors {
+                            dir: md.dit_dir.clone(),
+                            network: "dit".into(),
+                            names: unused,
+                        });
+                    }
+                }
+                manifest.networks.insert(n, entry);
+                reports.push(report);
+            }
+            other => unreachable!("{other} was checked above"),
+        }
+    }
+    let mpath = Manifest::path(&staging.dir);
+    std::fs::write(&mpath, manifest.to_json()).map_err(|e| Error::io(&mpath, e))?;
+
+    // Move into place: every network file first, the manifest last, so a
+    // manifest only ever describes files that are all there.
+    let mut files: Vec<String> = manifest
+        .networks
+        .values()
+        .flat_map(|e| std::iter::once(e.file.clone()).chain(e.external_data.clone()))
+        .collect();
+    files.push(wanrt_core::manifest::MANIFEST_FILE.to_string());
+    if opts.overwrite {
+        let _ = std::fs::remove_file(Manifest::path(&opts.out));
+    }
+    for f in &files {
+        let (from, to) = (staging.dir.join(f), opts.out.join(f));
+        std::fs::rename(&from, &to).map_err(|e| Error::io(&to, e))?;
+    }
+    staging.armed = true;
+    drop(staging);
+    Ok((manifest, reports))
+}
