@@ -6,8 +6,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -95,7 +95,8 @@ fn prepare_out(out: &Path, overwrite: bool) -> Result<Staging> {
     std::fs::create_dir_all(out).map_err(|e| fail(format!("cannot create it: {e} (--out)")))?;
     if Manifest::path(out).exists() && !overwrite {
         return Err(fail(
-            "it already holds compiled artifacts (manifest.json); pass --overwrite to replace them".into(),
+            "it already holds compiled artifacts (manifest.json); pass --overwrite to replace them"
+                .into(),
         ));
     }
     let dir = out.join(format!(".wanrt-staging-{}", std::process::id()));
@@ -110,8 +111,10 @@ fn progress_bar(show: bool, what: &str) -> indicatif::ProgressBar {
     }
     let pb = indicatif::ProgressBar::new_spinner();
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {msg}: {bytes} weights written ({binary_bytes_per_sec}, {elapsed})")
-            .expect("static template"),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg}: {bytes} weights written ({binary_bytes_per_sec}, {elapsed})",
+        )
+        .expect("static template"),
     );
     pb.set_message(what.to_string());
     pb.enable_steady_tick(Duration::from_millis(200));
@@ -130,8 +133,8 @@ fn export_dit(
     let onnx_file = format!("{name}.onnx");
     let data_file = format!("{onnx_file}.data");
     let pb = progress_bar(opts.show_progress, "dit");
-    let mut builder = GraphBuilder::new(name, Some(&staging.join(&data_file)))?
-        .with_progress(|n| pb.inc(n));
+    let mut builder =
+        GraphBuilder::new(name, Some(&staging.join(&data_file)))?.with_progress(|n| pb.inc(n));
     if let Some(flag) = &opts.interrupt {
         builder = builder.with_interrupt(flag);
     }
@@ -139,7 +142,13 @@ fn export_dit(
         precision: opts.precision,
         debug_outputs: opts.debug_outputs,
     };
-    dit::build(&mut builder, Weights::new(source), cfg, &opts.profile, &dopts)?;
+    dit::build(
+        &mut builder,
+        Weights::new(source),
+        cfg,
+        &opts.profile,
+        &dopts,
+    )?;
     let exported = builder.finish(&format!(
         "Wan2.1 DiT ({}), profile {} {}x{}x{}, precision {}",
         cfg.task.name(),
@@ -154,7 +163,9 @@ fn export_dit(
     let bytes = exported.model.to_bytes();
     let path = staging.join(&onnx_file);
     let mut f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
-    f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&path, e))?;
+    f.write_all(&bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(&path, e))?;
     let contract = NetworkContract::dit(cfg, &opts.profile)?;
     let entry = NetworkEntry {
         file: onnx_file,
@@ -208,10 +219,11 @@ pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> 
             (cfg, Some((ck, md)), None, info)
         }
         ModelSource::Synthetic(preset) => {
-            let cfg = DitConfig::from_preset_name(preset).ok_or_else(|| Error::InvalidArgument {
-                flag: "--synthetic".into(),
-                reason: format!("unknown preset '{preset}' (t2v-1.3B, t2v-14B, i2v-14B)"),
-            })?;
+            let cfg =
+                DitConfig::from_preset_name(preset).ok_or_else(|| Error::InvalidArgument {
+                    flag: "--synthetic".into(),
+                    reason: format!("unknown preset '{preset}' (t2v-1.3B, t2v-14B, i2v-14B)"),
+                })?;
             let info = ModelInfo {
                 task: cfg.task,
                 layout: format!("synthetic:{preset}"),

@@ -30,8 +30,9 @@ impl SplitMix {
 
 fn seed_of(name: &str) -> u64 {
     // FNV-1a.
-    name.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Generates any requested tensor, stored as `dtype`.
@@ -80,7 +81,11 @@ impl WeightSource for SyntheticSource {
         Ok(None)
     }
 
-    fn tensor_with_shape(&self, name: &str, shape: &[usize]) -> wanrt_graphs::Result<Option<SourceTensor<'_>>> {
+    fn tensor_with_shape(
+        &self,
+        name: &str,
+        shape: &[usize],
+    ) -> wanrt_graphs::Result<Option<SourceTensor<'_>>> {
         Ok(Some(SourceTensor {
             dtype: self.dtype,
             shape: shape.to_vec(),
@@ -100,13 +105,27 @@ mod tests {
     #[test]
     fn deterministic_and_scaled() {
         let s = SyntheticSource::new("t2v-1.3B");
-        let a = s.tensor_with_shape("blocks.0.self_attn.q.weight", &[64, 64]).unwrap().unwrap();
-        let b = s.tensor_with_shape("blocks.0.self_attn.q.weight", &[64, 64]).unwrap().unwrap();
+        let a = s
+            .tensor_with_shape("blocks.0.self_attn.q.weight", &[64, 64])
+            .unwrap()
+            .unwrap();
+        let b = s
+            .tensor_with_shape("blocks.0.self_attn.q.weight", &[64, 64])
+            .unwrap()
+            .unwrap();
         assert_eq!(a.data, b.data);
         let v = a.to_f32("x", "y").unwrap();
         assert!(v.iter().all(|x| x.abs() <= 0.125));
-        let n = s.tensor_with_shape("blocks.0.norm3.weight", &[64]).unwrap().unwrap();
-        assert!(n.to_f32("x", "y").unwrap().iter().all(|x| (x - 1.0).abs() <= 0.1));
+        let n = s
+            .tensor_with_shape("blocks.0.norm3.weight", &[64])
+            .unwrap()
+            .unwrap();
+        assert!(
+            n.to_f32("x", "y")
+                .unwrap()
+                .iter()
+                .all(|x| (x - 1.0).abs() <= 0.1)
+        );
         assert!(s.tensor("anything").unwrap().is_none());
     }
 }

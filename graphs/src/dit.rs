@@ -130,17 +130,28 @@ impl Dit<'_, '_, '_> {
         let d = self.cfg.dim;
         let y = self.linear(lin, x, inf, d, self.c)?;
         let scale = self.param(&format!("{norm}.weight"), &[d as usize])?;
-        let y = self.b.cast(&y, F32);
-        Ok(self.b.rms_norm(&y, &scale, self.eps))
+        let eps = self.eps;
+        self.b.scoped(norm, |b| {
+            let y = b.cast(&y, F32);
+            Ok(b.rms_norm(&y, &scale, eps))
+        })
     }
 
     /// `LN(x)·(1 + scale) + shift` in float32, LN without affine parameters.
-    fn modulated_norm(&mut self, x: &Value, shift: &Value, scale: &Value) -> Value {
-        let h = self.b.layer_norm(x, &self.ones_d.clone(), None, self.eps);
-        let one = self.one.clone();
-        let s1 = self.b.add(scale, &one);
-        let h = self.b.mul(&h, &s1);
-        self.b.add(&h, shift)
+    fn modulated_norm(
+        &mut self,
+        scope: &str,
+        x: &Value,
+        shift: &Value,
+        scale: &Value,
+    ) -> Result<Value> {
+        let (ones, one, eps) = (self.ones_d.clone(), self.one.clone(), self.eps);
+        self.b.scoped(scope, |b| {
+            let h = b.layer_norm(x, &ones, None, eps);
+            let s1 = b.add(scale, &one);
+            let h = b.mul(&h, &s1);
+            Ok(b.add(&h, shift))
+        })
     }
 
     fn self_attn(&mut self, p: &str, h: &Value, rope: &(Value, Value, Value)) -> Result<Value> {
@@ -171,14 +182,17 @@ impl Dit<'_, '_, '_> {
         let q = self.linear_rms(&format!("{p}.q"), &format!("{p}.norm_q"), h, d)?;
         let k = self.linear_rms(&format!("{p}.k"), &format!("{p}.norm_k"), ctx, d)?;
         let v = self.linear(&format!("{p}.v"), ctx, d, d, c)?;
-        let q = self.b.cast(&q, c);
-        let k = self.b.cast(&k, c);
-        let mut o = self.b.scoped(p, |b| Ok(b.attention(&q, &k, &v, heads)))?;
+        let mut o = self.b.scoped(p, |b| {
+            let q = b.cast(&q, c);
+            let k = b.cast(&k, c);
+            Ok(b.attention(&q, &k, &v, heads))
+        })?;
         if let Some(img) = img {
             let ki = self.linear_rms(&format!("{p}.k_img"), &format!("{p}.norm_k_img"), img, d)?;
             let vi = self.linear(&format!("{p}.v_img"), img, d, d, c)?;
-            let ki = self.b.cast(&ki, c);
             o = self.b.scoped(p, |b| {
+                let q = b.cast(&q, c);
+                let ki = b.cast(&ki, c);
                 let oi = b.attention(&q, &ki, &vi, heads);
                 // The two results are summed before the shared projection.
                 Ok(b.add(&o, &oi))
@@ -260,19 +274,23 @@ pub fn build(
             Ok(b.concat(&[&co, &si], 1)) // [b, freq_dim]
         })?;
         let e = dit.linear("time_embedding.0", &sinusoid, cfg.freq_dim, d, F32)?;
-        let e = dit.b.silu(&e);
+        let e = dit.b.scoped("time_embedding.1", |b| Ok(b.silu(&e)))?;
         let e = dit.linear("time_embedding.2", &e, d, d, F32)?; // [b, d]
-        let s = dit.b.silu(&e);
+        let s = dit.b.scoped("time_projection.0", |b| Ok(b.silu(&e)))?;
         let e0 = dit.linear("time_projection.1", &s, d, 6 * d, F32)?; // [b, 6d]
         debug.push(("temb".into(), e.clone(), vec![dd]));
         debug.push(("timestep_proj".into(), e0.clone(), vec![6 * dd]));
-        let e0 = dit.b.reshape(&e0, &[0, 6, d as i64]); // [b, 6, d]
+        let e0 = dit
+            .b
+            .scoped("time_projection", |b| Ok(b.reshape(&e0, &[0, 6, d as i64])))?; // [b, 6, d]
         (e, e0)
     };
 
     // Text embedding: Linear → GELU(tanh) → Linear, all L rows kept (§2.4).
     let ctx = dit.linear("text_embedding.0", text, cfg.text_dim, d, c)?;
-    let ctx = dit.b.gelu(&ctx, true);
+    let ctx = dit
+        .b
+        .scoped("text_embedding.1", |b| Ok(b.gelu(&ctx, true)))?;
     let ctx = dit.linear("text_embedding.2", &ctx, d, d, c)?; // [b, L, d]
     debug.push(("text_context".into(), ctx.clone(), vec![l, dd]));
 
@@ -282,16 +300,24 @@ pub fn build(
             let id = cfg.image_dim.unwrap_or(1280);
             let g0 = dit.param("img_emb.proj.0.weight", &[id as usize])?;
             let b0 = dit.param("img_emb.proj.0.bias", &[id as usize])?;
-            let y = dit.b.layer_norm(image, &g0, Some(&b0), 1e-5);
+            let y = dit.b.scoped("img_emb.proj.0", |b| {
+                Ok(b.layer_norm(image, &g0, Some(&b0), 1e-5))
+            })?;
             let y = dit.linear("img_emb.proj.1", &y, id, id, c)?;
-            let y = dit.b.gelu(&y, false);
+            let y = dit.b.scoped("img_emb.proj.2", |b| Ok(b.gelu(&y, false)))?;
             let y = dit.linear("img_emb.proj.3", &y, id, d, c)?;
             let g4 = dit.param("img_emb.proj.4.weight", &[d as usize])?;
             let b4 = dit.param("img_emb.proj.4.bias", &[d as usize])?;
-            let y = dit.b.cast(&y, F32);
-            let y = dit.b.layer_norm(&y, &g4, Some(&b4), 1e-5); // [b, 257, d]
-            debug.push(("image_context".into(), y.clone(), vec![cfg.image_tokens as i64, dd]));
-            Some(dit.b.cast(&y, c))
+            let y = dit.b.scoped("img_emb.proj.4", |b| {
+                let y = b.cast(&y, F32);
+                Ok(b.layer_norm(&y, &g4, Some(&b4), 1e-5)) // [b, 257, d]
+            })?;
+            debug.push((
+                "image_context".into(),
+                y.clone(),
+                vec![cfg.image_tokens as i64, dd],
+            ));
+            Some(dit.b.scoped("img_emb", |b| Ok(b.cast(&y, c)))?)
         }
         _ => None,
     };
@@ -322,7 +348,7 @@ pub fn build(
         let [s1, c1, g1, s2, c2, g2] = <[Value; 6]>::try_from(mods).expect("split gives 6");
 
         // Self-attention with modulation and gate.
-        let h = dit.modulated_norm(&x, &s1, &c1);
+        let h = dit.modulated_norm(&format!("{p}.norm1"), &x, &s1, &c1)?;
         let y = dit.self_attn(&format!("{p}.self_attn"), &h, &rope)?;
         x = dit.b.scoped(&p, |b| {
             let y = b.cast(&y, F32);
@@ -333,7 +359,9 @@ pub fn build(
         // Cross-attention: affine LN (`norm3`), no modulation, no gate.
         let g3 = dit.param(&format!("{p}.norm3.weight"), &[d as usize])?;
         let b3 = dit.param(&format!("{p}.norm3.bias"), &[d as usize])?;
-        let h = dit.b.layer_norm(&x, &g3, Some(&b3), cfg.eps as f32);
+        let h = dit.b.scoped(&format!("{p}.norm3"), |b| {
+            Ok(b.layer_norm(&x, &g3, Some(&b3), cfg.eps as f32))
+        })?;
         let y = dit.cross_attn(&format!("{p}.cross_attn"), &h, &ctx, img_ctx.as_ref())?;
         x = dit.b.scoped(&p, |b| {
             let y = b.cast(&y, F32);
@@ -341,9 +369,11 @@ pub fn build(
         })?;
 
         // FFN with modulation and gate.
-        let h = dit.modulated_norm(&x, &s2, &c2);
+        let h = dit.modulated_norm(&format!("{p}.norm2"), &x, &s2, &c2)?;
         let y = dit.linear(&format!("{p}.ffn.0"), &h, d, cfg.ffn_dim, c)?;
-        let y = dit.b.gelu(&y, true);
+        let y = dit
+            .b
+            .scoped(&format!("{p}.ffn.1"), |b| Ok(b.gelu(&y, true)))?;
         let y = dit.linear(&format!("{p}.ffn.2"), &y, cfg.ffn_dim, d, c)?;
         x = dit.b.scoped(&p, |b| {
             let y = b.cast(&y, F32);
@@ -362,7 +392,7 @@ pub fn build(
         let scale = parts.pop().expect("two parts");
         Ok((parts.pop().expect("two parts"), scale))
     })?;
-    let h = dit.modulated_norm(&x, &shift, &scale);
+    let h = dit.modulated_norm("head.norm", &x, &shift, &scale)?;
     let patch_out = (pt * ph * pw) as u32 * out_dim;
     let out = dit.linear("head.head", &h, d, patch_out, F32)?; // [b, n, 64]
     debug.push(("proj_out".into(), out.clone(), vec![n, patch_out as i64]));

@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use wanrt_compiler::export::{compile, CompileOptions, ModelSource};
+use wanrt_compiler::export::{CompileOptions, ModelSource, compile};
 use wanrt_core::profile::{DEFAULT_FRAMES, DEFAULT_TEXT_LEN};
 use wanrt_core::{BatchMode, NetworkKind, Precision, Profile};
 
@@ -17,7 +17,11 @@ use wanrt_core::{BatchMode, NetworkKind, Precision, Profile};
 #[command(name = "wan-compile", version)]
 struct Args {
     /// Model directory (original Wan2.1 or diffusers layout, detected).
-    #[arg(long, conflicts_with = "synthetic", required_unless_present = "synthetic")]
+    #[arg(
+        long,
+        conflicts_with = "synthetic",
+        required_unless_present = "synthetic"
+    )]
     model: Option<PathBuf>,
     /// Random weights at a real config instead of a checkpoint:
     /// t2v-1.3B, t2v-14B or i2v-14B.
@@ -124,12 +128,18 @@ fn run() -> Result<()> {
             r.elapsed.as_secs_f64()
         );
     }
-    let peak = peak_rss_mib().map(|m| format!(", peak RSS {m:.0} MiB")).unwrap_or_default();
+    let peak = peak_rss_mib()
+        .map(|m| format!(", peak RSS {m:.0} MiB"))
+        .unwrap_or_default();
     eprintln!(
         "wrote {} ({} network{}, {} {}x{}x{}, {}) in {:.1} s{peak}",
         args.out.display(),
         manifest.networks.len(),
-        if manifest.networks.len() == 1 { "" } else { "s" },
+        if manifest.networks.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
         opts.profile.name,
         opts.profile.width,
         opts.profile.height,

@@ -1,0 +1,193 @@
+//! Loading an artifact directory and executing its networks.
+//!
+//! [`Artifacts::open`] validates the manifest and the files it lists (format
+//! version, presence, external-data size, graph digest) before anything is
+//! loaded. [`Artifacts::load`] creates a session on the chosen backend;
+//! [`Network::run`] checks inputs against the compiled contract, loops over
+//! the batch when the engine's batch is fixed, and returns outputs by name.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wanrt_core::manifest::NetworkEntry;
+use wanrt_core::{DType, Manifest, NetworkKind, Precision};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::tensorfile::HostTensor;
+
+/// A validated artifact directory.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Artifacts {
+    /// Reads `manifest.json` and checks every file it lists.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let fail = |reason: String| Error::Artifacts {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        if !dir.is_dir() {
+            return Err(fail("not a directory (--engines)".into()));
+        }
+        let manifest = Manifest::read(dir)?;
+        for (kind, net) in &manifest.networks {
+            let graph = dir.join(&net.file);
+            let bytes = std::fs::read(&graph)
+                .map_err(|e| fail(format!("network {kind}: {}: {e}", graph.display())))?;
+            let digest = format!("sha256:{}", hex(&Sha256::digest(&bytes)));
+            if digest != net.graph_digest {
+                return Err(fail(format!(
+                    "network {kind}: {} does not match its digest in manifest.json (modified or from another compile)",
+                    net.file
+                )));
+            }
+            if let Some(data) = &net.external_data {
+                let p = dir.join(data);
+                let len = std::fs::metadata(&p)
+                    .map_err(|e| fail(format!("network {kind}: {}: {e}", p.display())))?
+                    .len();
+                if len != net.external_data_bytes {
+                    return Err(fail(format!(
+                        "network {kind}: {data} has {len} bytes, the manifest says {} (truncated or replaced)",
+                        net.external_data_bytes
+                    )));
+                }
+            }
+        }
+        Ok(Artifacts {
+            dir: dir.to_path_buf(),
+            manifest,
+        })
+    }
+
+    pub fn entry(&self, kind: NetworkKind) -> Result<&NetworkEntry> {
+        Ok(self.manifest.network(kind, &self.dir)?)
+    }
+
+    /// Creates a session for `kind` on `backend`.
+    pub fn load(&self, kind: NetworkKind, backend: Backend) -> Result<Network> {
+        let entry = self.entry(kind)?.clone();
+        if backend == Backend::OrtCpu && entry.precision == Precision::Bf16 {
+            return Err(Error::arg(
+                "--backend",
+                format!(
+                    "network {kind} was compiled in bf16, which ONNX Runtime's CPU provider has no kernels for; \
+                     use ort-cuda, ort-tensorrt or tensorrt, or compile with --precision fp32 or fp16"
+                ),
+            ));
+        }
+        let session = crate::session::create(&self.dir.join(&entry.file), backend)?;
+        Ok(Network {
+            kind,
+            entry,
+            session,
+        })
+    }
+}
+
+/// A loaded network.
+pub struct Network {
+    pub kind: NetworkKind,
+    pub entry: NetworkEntry,
+    session: ort::session::Session,
+}
+
+impl Network {
+    /// The engine's batch when it is static.
+    pub fn fixed_batch(&self) -> Option<u64> {
+        self.entry.profile.batch.fixed().map(u64::from)
+    }
+
+    /// Runs the network on `inputs` (by contract name; extra tensors are
+    /// ignored). Any batch size works: a fixed-batch engine is called once
+    /// per slice.
+    pub fn run(
+        &mut self,
+        inputs: &BTreeMap<String, HostTensor>,
+    ) -> Result<BTreeMap<String, HostTensor>> {
+        let net = self.kind.name();
+        let mut batch = None;
+        let mut ordered = Vec::new();
+        for spec in &self.entry.inputs {
+            let t = inputs.get(&spec.name).ok_or_else(|| {
+                Error::Core(wanrt_core::Error::ContractMismatch {
+                    network: net.into(),
+                    tensor: spec.name.clone(),
+                    reason: "missing from the input".into(),
+                })
+            })?;
+            spec.check(net, t.dtype, &t.shape)?;
+            match batch {
+                None => batch = Some(t.shape[0]),
+                Some(b) if b != t.shape[0] => {
+                    return Err(Error::Core(wanrt_core::Error::ContractMismatch {
+                        network: net.into(),
+                        tensor: spec.name.clone(),
+                        reason: format!("batch {} differs from the other inputs' {b}", t.shape[0]),
+                    }));
+                }
+                _ => {}
+            }
+            ordered.push((spec.name.clone(), t));
+        }
+        let batch = batch.unwrap_or(1);
+        let step = self.fixed_batch().unwrap_or(batch);
+        if batch % step != 0 {
+            return Err(Error::Core(wanrt_core::Error::ContractMismatch {
+                network: net.into(),
+                tensor: ordered.first().map(|(n, _)| n.clone()).unwrap_or_default(),
+                reason: format!(
+                    "batch {batch} is not a multiple of the engine's fixed batch {step}"
+                ),
+            }));
+        }
+        let mut chunks: Vec<BTreeMap<String, HostTensor>> = Vec::new();
+        for start in (0..batch).step_by(step as usize) {
+            let slice: Vec<(String, HostTensor)> = ordered
+                .iter()
+                .map(|(n, t)| {
+                    let t = if step == batch {
+                        (*t).clone()
+                    } else {
+                        t.slice_batch(start, start + step)
+                    };
+                    (n.clone(), t)
+                })
+                .collect();
+            chunks.push(crate::session::run(&mut self.session, net, &slice)?);
+        }
+        let mut out = BTreeMap::new();
+        let names: Vec<String> = chunks
+            .first()
+            .map(|c| c.keys().cloned().collect())
+            .unwrap_or_default();
+        for name in names {
+            let parts: Vec<HostTensor> =
+                chunks.iter_mut().filter_map(|c| c.remove(&name)).collect();
+            let joined = HostTensor::concat_batch(&parts).ok_or_else(|| Error::Inference {
+                network: net.into(),
+                reason: format!("output {name} changed shape between batch slices"),
+            })?;
+            out.insert(name, joined);
+        }
+        Ok(out)
+    }
+
+    /// The dtype the contract gives an input.
+    pub fn input_dtype(&self, name: &str) -> Option<DType> {
+        self.entry
+            .inputs
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.dtype)
+    }
+}

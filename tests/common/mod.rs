@@ -1,0 +1,145 @@
+//! Shared helpers of the integration tests: fixture paths, compiling a tiny
+//! case into a temporary artifact directory, and tolerance checks.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use wanrt::compiler::{CompileOptions, ModelSource, compile};
+use wanrt::core::{BatchMode, Precision, Profile};
+use wanrt::runtime::{HostTensor, tensorfile};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A golden case: `t2v-tiny` or `i2v-tiny`.
+pub struct Case {
+    pub name: &'static str,
+    pub dir: PathBuf,
+    pub text_len: u32,
+}
+
+pub const CASES: [&str; 2] = ["t2v-tiny", "i2v-tiny"];
+
+impl Case {
+    pub fn new(name: &'static str) -> Self {
+        let dir = fixtures().join(name);
+        let case: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+        let text_len = case["max_sequence_length"].as_u64().unwrap() as u32;
+        Case {
+            name,
+            dir,
+            text_len,
+        }
+    }
+
+    /// The case's size, frames and text length.
+    pub fn profile(&self, batch: BatchMode) -> Profile {
+        Profile::custom(32, 32, 9, self.text_len)
+            .unwrap()
+            .with_batch(batch)
+            .unwrap()
+    }
+
+    pub fn golden(&self, file: &str) -> BTreeMap<String, HostTensor> {
+        tensorfile::read(&self.dir.join("golden").join(file)).unwrap()
+    }
+
+    /// `model/` (diffusers layout) or `model/original/`.
+    pub fn model_dir(&self, original: bool) -> PathBuf {
+        if original {
+            self.dir.join("model/original")
+        } else {
+            self.dir.join("model")
+        }
+    }
+
+    /// Compiles the DiT of this case into a fresh temporary directory.
+    pub fn compile_dit(
+        &self,
+        original: bool,
+        precision: Precision,
+        batch: BatchMode,
+    ) -> tempfile::TempDir {
+        let out = tempfile::tempdir().unwrap();
+        let opts = CompileOptions {
+            model: ModelSource::Dir(self.model_dir(original)),
+            out: out.path().to_path_buf(),
+            profile: self.profile(batch),
+            precision,
+            networks: vec![],
+            debug_outputs: false,
+            overwrite: true,
+            show_progress: false,
+            interrupt: None,
+        };
+        compile(&opts).unwrap_or_else(|e| {
+            panic!(
+                "compiling {} ({}): {e}",
+                self.name,
+                if original { "original" } else { "diffusers" }
+            )
+        });
+        out
+    }
+}
+
+/// `|a − b| ≤ atol + rtol·|b|` everywhere; panics with the worst element.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0usize, 0f32);
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(a.is_finite(), "{what}[{i}] = {a}");
+        let ratio = (a - b).abs() / (atol + rtol * b.abs());
+        if ratio > worst.1 {
+            worst = (i, ratio);
+        }
+    }
+    let (i, r) = worst;
+    let max_abs = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    eprintln!("{what}: max |a-b| {max_abs:.3e}, worst ratio to tolerance {r:.3}");
+    assert!(
+        r <= 1.0,
+        "{what}: element {i} is {} vs {} (|a-b| {:.3e} > {atol} + {rtol}·|b|)",
+        got[i],
+        want[i],
+        (got[i] - want[i]).abs()
+    );
+}
+
+/// Relative L2 error ‖a − b‖ / ‖b‖ and max error relative to max |b|.
+pub fn rel_errors(got: &[f32], want: &[f32]) -> (f64, f64) {
+    let (mut num, mut den, mut max_err, mut max_ref) = (0f64, 0f64, 0f64, 0f64);
+    for (a, b) in got.iter().zip(want) {
+        let (a, b) = (*a as f64, *b as f64);
+        num += (a - b) * (a - b);
+        den += b * b;
+        max_err = max_err.max((a - b).abs());
+        max_ref = max_ref.max(b.abs());
+    }
+    ((num / den).sqrt(), max_err / max_ref)
+}
+
+/// The DiT inputs of the golden file.
+pub fn dit_inputs(golden: &BTreeMap<String, HostTensor>) -> BTreeMap<String, HostTensor> {
+    golden
+        .iter()
+        .filter(|(k, _)| {
+            matches!(
+                k.as_str(),
+                "hidden_states"
+                    | "timestep"
+                    | "encoder_hidden_states"
+                    | "encoder_hidden_states_image"
+            )
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}

@@ -1,0 +1,89 @@
+//! The text dump of each tiny graph is checked in (`tests/expected/`), so a
+//! change of an exported graph shows up in review. After an intended change,
+//! regenerate with `WANRT_BLESS=1 cargo test --test graph_dump` and review
+//! the diff.
+
+mod common;
+
+use common::{CASES, Case};
+use wanrt::core::{BatchMode, Precision};
+use wanrt::graphs::dump::dump;
+use wanrt::graphs::onnx::ModelProto;
+
+fn check(case: &'static str, precision: Precision) {
+    let c = Case::new(case);
+    let out = c.compile_dit(false, precision, BatchMode::Fixed(1));
+    let model =
+        ModelProto::from_bytes(&std::fs::read(out.path().join("dit.onnx")).unwrap()).unwrap();
+    let text = dump(&model);
+    let expected = common::fixtures()
+        .parent()
+        .unwrap()
+        .join("expected")
+        .join(format!("dit-{case}-{precision}.txt"));
+    if std::env::var_os("WANRT_BLESS").is_some() {
+        std::fs::write(&expected, &text).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&expected).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with WANRT_BLESS=1 to create it)",
+            expected.display()
+        )
+    });
+    if text != want {
+        let first = text
+            .lines()
+            .zip(want.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(text.lines().count().min(want.lines().count()));
+        panic!(
+            "graph dump of {case}/{precision} differs from {} at line {}:\n  got:  {}\n  want: {}\n(if intended: WANRT_BLESS=1 cargo test --test graph_dump)",
+            expected.display(),
+            first + 1,
+            text.lines().nth(first).unwrap_or("<end>"),
+            want.lines().nth(first).unwrap_or("<end>")
+        );
+    }
+}
+
+#[test]
+fn dit_fp32_dumps_match() {
+    for case in CASES {
+        check(case, Precision::Fp32);
+    }
+}
+
+#[test]
+fn dit_bf16_dump_matches() {
+    check("t2v-tiny", Precision::Bf16);
+}
+
+#[test]
+fn both_layouts_give_the_same_graph() {
+    let c = Case::new("i2v-tiny");
+    let a = c.compile_dit(false, Precision::Fp32, BatchMode::Fixed(1));
+    let b = c.compile_dit(true, Precision::Fp32, BatchMode::Fixed(1));
+    let read = |d: &std::path::Path| std::fs::read(d.join("dit.onnx")).unwrap();
+    assert_eq!(
+        read(a.path()),
+        read(b.path()),
+        "graph protos differ between layouts"
+    );
+    let digest = |d: &std::path::Path| {
+        wanrt::runtime::Artifacts::open(d)
+            .unwrap()
+            .manifest
+            .networks
+            .values()
+            .next()
+            .unwrap()
+            .weights_digest
+            .clone()
+    };
+    assert_eq!(
+        digest(a.path()),
+        digest(b.path()),
+        "weights differ between layouts"
+    );
+}
