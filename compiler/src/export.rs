@@ -29,6 +29,8 @@ pub enum ModelSource {
     Dir(PathBuf),
     /// Random weights at a preset's real config (`t2v-1.3B`, ...).
     Synthetic(String),
+    /// Random weights at any config (benches, tests).
+    SyntheticConfig { name: String, config: DitConfig },
 }
 
 /// What to compile.
@@ -230,6 +232,14 @@ pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> 
                 source: String::new(),
             };
             (cfg, None, Some(SyntheticSource::new(preset)), info)
+        }
+        ModelSource::SyntheticConfig { name, config } => {
+            let info = ModelInfo {
+                task: config.task,
+                layout: format!("synthetic:{name}"),
+                source: String::new(),
+            };
+            (config.clone(), None, Some(SyntheticSource::new(name)), info)
         }
     };
     NetworkContract::dit(&cfg, &opts.profile)?;

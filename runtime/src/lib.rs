@@ -6,9 +6,31 @@
 //! dynamically) or natively on TensorRT when this build found it. It links no
 //! build-time code: no graph builder, no protobuf writer, no checkpoint
 //! loader.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use wanrt_runtime::{Artifacts, Backend, tensorfile};
+//! use wanrt_core::NetworkKind;
+//!
+//! let artifacts = Artifacts::open(Path::new("engines/t2v-480p"))?;
+//! let mut dit = artifacts.load(NetworkKind::Dit, Backend::OrtCpu)?;
+//! let inputs = tensorfile::read(Path::new("dit-inputs.safetensors"))?;
+//! let outputs = dit.run(&inputs)?;
+//! tensorfile::write(Path::new("noise_pred.safetensors"), &outputs, false)?;
+//! # Ok::<(), wanrt_runtime::Error>(())
+//! ```
 
+pub mod backend;
+pub mod engine;
 pub mod error;
+pub mod ortlib;
+pub mod schedule;
+pub mod session;
 pub mod tensorfile;
+pub mod text;
+pub mod trt;
 
+pub use backend::Backend;
+pub use engine::{Artifacts, Network};
 pub use error::{Error, ErrorKind, Result};
 pub use tensorfile::HostTensor;
