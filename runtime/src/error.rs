@@ -26,6 +26,8 @@ pub enum ErrorKind {
     /// The run was interrupted (Ctrl-C).
     Interrupted,
     Io,
+    /// A tokenizer file is missing, unreadable or not a tokenizer.
+    Tokenizer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("tokenizer {file}: {reason}")]
+    Tokenizer { file: PathBuf, reason: String },
 }
 
 impl Error {
@@ -77,6 +81,7 @@ impl Error {
             Error::Inference { .. } => ErrorKind::Inference,
             Error::Interrupted => ErrorKind::Interrupted,
             Error::Io { .. } => ErrorKind::Io,
+            Error::Tokenizer { .. } => ErrorKind::Tokenizer,
         }
     }
 
