@@ -11,4 +11,4 @@ pub mod export;
 pub mod synthetic;
 
 pub use error::{Error, ErrorKind, Result};
-pub use export::{compile, CompileOptions, ModelSource};
+pub use export::{CompileOptions, ModelSource, compile};

@@ -12,18 +12,20 @@
 //! under their original names through the one renaming table
 //! (`wanrt_graphs::names`).
 
+pub mod pickle;
+pub mod pth;
 pub mod safetensors;
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use wanrt_core::config::{WanModelConfig, WanTransformer3DModelConfig};
 use wanrt_core::DitConfig;
+use wanrt_core::config::{WanModelConfig, WanTransformer3DModelConfig};
 use wanrt_graphs::{SourceTensor, WeightSource};
 
-use crate::error::{Error, Result};
 use self::safetensors::SafetensorsSet;
+use crate::error::{Error, Result};
 
 /// The two checkpoint layouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +61,9 @@ fn class_name(config: &Path) -> Result<Option<String>> {
         file: config.to_path_buf(),
         reason: format!("not valid JSON: {e}"),
     })?;
-    Ok(v.get("_class_name").and_then(|c| c.as_str()).map(str::to_string))
+    Ok(v.get("_class_name")
+        .and_then(|c| c.as_str())
+        .map(str::to_string))
 }
 
 impl ModelDir {
@@ -155,7 +159,11 @@ impl Checkpoint {
     /// Stored names no graph asked for: a config/weights mismatch.
     pub fn unused(&self) -> Vec<String> {
         let used = self.used.borrow();
-        self.set.names().filter(|n| !used.contains(*n)).map(str::to_string).collect()
+        self.set
+            .names()
+            .filter(|n| !used.contains(*n))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Bytes of all tensors.

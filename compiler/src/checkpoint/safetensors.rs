@@ -5,8 +5,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype, Metadata};
 use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, Metadata};
 use wanrt_core::DType;
 use wanrt_graphs::SourceTensor;
 
@@ -49,8 +49,11 @@ impl Shard {
             file: path.to_path_buf(),
             reason,
         };
-        let (header_len, meta) = SafeTensors::read_metadata(&mmap[..])
-            .map_err(|e| corrupt(format!("not a valid safetensors file (corrupt or truncated): {e}")))?;
+        let (header_len, meta) = SafeTensors::read_metadata(&mmap[..]).map_err(|e| {
+            corrupt(format!(
+                "not a valid safetensors file (corrupt or truncated): {e}"
+            ))
+        })?;
         let data_start = 8 + header_len;
         // read_metadata checks the header; check that every tensor's bytes are
         // really in the file, so a truncated download fails here, by name.
@@ -66,7 +69,9 @@ impl Shard {
             }
             let numel: usize = info.shape.iter().product();
             if dtype_of(info.dtype).is_some_and(|d| numel * d.size() != e - s) {
-                return Err(corrupt(format!("tensor '{name}': size does not match its shape")));
+                return Err(corrupt(format!(
+                    "tensor '{name}': size does not match its shape"
+                )));
             }
         }
         Ok(Shard {
@@ -85,15 +90,20 @@ impl SafetensorsSet {
         let index_path = dir.join(format!("{stem}.safetensors.index.json"));
         let single = dir.join(format!("{stem}.safetensors"));
         let files: Vec<PathBuf> = if index_path.is_file() {
-            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
-                file: index_path.clone(),
-                reason: format!("not valid JSON: {e}"),
-            })?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Checkpoint {
-                file: index_path.clone(),
-                reason: "no weight_map".into(),
-            })?;
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+                    file: index_path.clone(),
+                    reason: format!("not valid JSON: {e}"),
+                })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::Checkpoint {
+                    file: index_path.clone(),
+                    reason: "no weight_map".into(),
+                })?;
             let mut files: Vec<PathBuf> = Vec::new();
             for f in map.values() {
                 let f = f.as_str().ok_or_else(|| Error::Checkpoint {

@@ -1,0 +1,116 @@
+//! Wan-VAE configuration (`WAN_SPEC.md` §5.1, §5.6).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// `vae/config.json` of a diffusers checkpoint (`AutoencoderKLWan`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct AutoencoderKlWanConfig {
+    #[serde(rename = "_class_name")]
+    pub class_name: String,
+    pub base_dim: u32,
+    pub z_dim: u32,
+    pub dim_mult: Vec<u32>,
+    pub num_res_blocks: u32,
+    pub attn_scales: Vec<f64>,
+    pub temperal_downsample: Vec<bool>,
+    pub latents_mean: Vec<f32>,
+    pub latents_std: Vec<f32>,
+    #[serde(default)]
+    pub is_residual: bool,
+    #[serde(default)]
+    pub patch_size: Option<u32>,
+}
+
+/// The VAE the graph builders and the runtime read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VaeConfig {
+    pub base_dim: u32,
+    pub z_dim: u32,
+    pub dim_mult: Vec<u32>,
+    pub num_res_blocks: u32,
+    pub temperal_downsample: Vec<bool>,
+    /// Latent normalisation: `z = (mu − mean) / std` (encode), inverse on decode.
+    pub latents_mean: Vec<f32>,
+    pub latents_std: Vec<f32>,
+}
+
+impl VaeConfig {
+    /// The Wan2.1 VAE. The original release has no config file: the official
+    /// code hard-codes this architecture and these latent statistics (§5.6),
+    /// so for the original layout this preset *is* the checkpoint's config.
+    pub fn wan21() -> Self {
+        VaeConfig {
+            base_dim: 96,
+            z_dim: 16,
+            dim_mult: vec![1, 2, 4, 4],
+            num_res_blocks: 2,
+            temperal_downsample: vec![false, true, true],
+            latents_mean: vec![
+                -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134,
+                -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+            ],
+            latents_std: vec![
+                2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526,
+                2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+            ],
+        }
+    }
+
+    pub fn from_diffusers(c: &AutoencoderKlWanConfig, file: &Path) -> Result<Self> {
+        let bad = |reason: String| Error::InvalidConfig {
+            file: file.to_path_buf(),
+            reason,
+        };
+        if c.class_name != "AutoencoderKLWan" {
+            return Err(bad(format!(
+                "_class_name '{}' is not AutoencoderKLWan",
+                c.class_name
+            )));
+        }
+        if c.is_residual || c.patch_size.is_some() {
+            return Err(bad(
+                "is_residual / patch_size: the Wan2.2 VAE is not supported".into(),
+            ));
+        }
+        if !c.attn_scales.is_empty() {
+            return Err(bad("attn_scales must be empty (Wan2.1 VAE)".into()));
+        }
+        if c.dim_mult.len() != c.temperal_downsample.len() + 1 {
+            return Err(bad(
+                "dim_mult needs one entry more than temperal_downsample".into(),
+            ));
+        }
+        let z = c.z_dim as usize;
+        if c.latents_mean.len() != z || c.latents_std.len() != z {
+            return Err(bad(format!(
+                "latents_mean/latents_std must have z_dim = {z} entries"
+            )));
+        }
+        if c.latents_std.iter().any(|s| !(*s > 0.0)) {
+            return Err(bad("latents_std must be positive".into()));
+        }
+        Ok(VaeConfig {
+            base_dim: c.base_dim,
+            z_dim: c.z_dim,
+            dim_mult: c.dim_mult.clone(),
+            num_res_blocks: c.num_res_blocks,
+            temperal_downsample: c.temperal_downsample.clone(),
+            latents_mean: c.latents_mean.clone(),
+            latents_std: c.latents_std.clone(),
+        })
+    }
+
+    /// Temporal compression: 2 per downsampling stage.
+    pub fn temporal_stride(&self) -> u32 {
+        1 << self.temperal_downsample.iter().filter(|&&t| t).count()
+    }
+
+    /// Spatial compression: 2 per stage.
+    pub fn spatial_stride(&self) -> u32 {
+        1 << self.temperal_downsample.len()
+    }
+}
