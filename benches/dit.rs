@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use criterion::{criterion_group, criterion_main, Criterion};
-use wanrt::compiler::{compile, CompileOptions, ModelSource};
+use criterion::{Criterion, criterion_group, criterion_main};
+use wanrt::compiler::{CompileOptions, ModelSource, compile};
 use wanrt::core::{BatchMode, DitConfig, NetworkContract, NetworkKind, Precision, Profile};
 use wanrt::runtime::{Artifacts, Backend, HostTensor};
 
@@ -45,7 +45,11 @@ fn inputs(cfg: &DitConfig, profile: &Profile) -> BTreeMap<String, HostTensor> {
                     state ^= state << 13;
                     state ^= state >> 7;
                     state ^= state << 17;
-                    if spec.name == "timestep" { 500.0 } else { (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5 }
+                    if spec.name == "timestep" {
+                        500.0
+                    } else {
+                        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                    }
                 })
                 .collect();
             (spec.name.clone(), HostTensor::from_f32(shape, &values))
@@ -55,8 +59,22 @@ fn inputs(cfg: &DitConfig, profile: &Profile) -> BTreeMap<String, HostTensor> {
 
 fn bench_dit(c: &mut Criterion) {
     let setups = [
-        Setup { label: "small-64x64x9", dim: 256, heads: 2, layers: 2, ffn: 1024, profile: Profile::custom(64, 64, 9, 64).unwrap() },
-        Setup { label: "medium-320x192x17", dim: 768, heads: 6, layers: 4, ffn: 3072, profile: Profile::custom(320, 192, 17, 128).unwrap() },
+        Setup {
+            label: "small-64x64x9",
+            dim: 256,
+            heads: 2,
+            layers: 2,
+            ffn: 1024,
+            profile: Profile::custom(64, 64, 9, 64).unwrap(),
+        },
+        Setup {
+            label: "medium-320x192x17",
+            dim: 768,
+            heads: 6,
+            layers: 4,
+            ffn: 3072,
+            profile: Profile::custom(320, 192, 17, 128).unwrap(),
+        },
     ];
     let mut group = c.benchmark_group("ort-cpu/dit");
     group.sample_size(10);
@@ -65,7 +83,10 @@ fn bench_dit(c: &mut Criterion) {
         let profile = s.profile.clone().with_batch(BatchMode::Fixed(1)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         compile(&CompileOptions {
-            model: ModelSource::SyntheticConfig { name: s.label.into(), config: cfg.clone() },
+            model: ModelSource::SyntheticConfig {
+                name: s.label.into(),
+                config: cfg.clone(),
+            },
             out: dir.path().to_path_buf(),
             profile: profile.clone(),
             precision: Precision::Fp32,

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::Case;
-use wanrt::compiler::{compile, CompileOptions, ErrorKind, ModelSource};
+use wanrt::compiler::{CompileOptions, ErrorKind, ModelSource, compile};
 use wanrt::core::{BatchMode, NetworkKind, Precision, Profile};
-use wanrt::runtime::{tensorfile, Artifacts, Backend, HostTensor};
+use wanrt::runtime::{Artifacts, Backend, HostTensor, tensorfile};
 
 /// A writable copy of the t2v-tiny diffusers transformer directory.
 fn copy_transformer() -> (tempfile::TempDir, PathBuf) {
@@ -42,13 +42,18 @@ fn opts(model: &Path, out: &Path) -> CompileOptions {
 /// every string of `names`, and an output directory left without artifacts.
 fn expect_error(model: &Path, kind: ErrorKind, names: &[&str]) {
     let out = tempfile::tempdir().unwrap();
-    let e = compile(&opts(model, out.path())).err().expect("compile must fail");
+    let e = compile(&opts(model, out.path()))
+        .err()
+        .expect("compile must fail");
     let msg = e.to_string();
     assert_eq!(e.kind(), kind, "{msg}");
     for n in names {
         assert!(msg.contains(n), "'{msg}' does not name '{n}'");
     }
-    let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert!(left.is_empty(), "half-written files left: {left:?}");
 }
 
@@ -65,7 +70,11 @@ fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut BTreeMap<String, HostTenso
 fn missing_weights_file() {
     let (_t, dir) = copy_transformer();
     std::fs::remove_file(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
-    expect_error(&dir, ErrorKind::MissingFile, &["diffusion_pytorch_model.safetensors"]);
+    expect_error(
+        &dir,
+        ErrorKind::MissingFile,
+        &["diffusion_pytorch_model.safetensors"],
+    );
 }
 
 #[test]
@@ -76,7 +85,11 @@ fn truncated_weights_file() {
     for cut in [len - 1, len / 2, 100, 4] {
         let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
         file.set_len(cut).unwrap();
-        expect_error(&dir, ErrorKind::CorruptCheckpoint, &["diffusion_pytorch_model.safetensors"]);
+        expect_error(
+            &dir,
+            ErrorKind::CorruptCheckpoint,
+            &["diffusion_pytorch_model.safetensors"],
+        );
     }
 }
 
@@ -87,7 +100,11 @@ fn corrupt_weights_file() {
     let mut bytes = std::fs::read(&f).unwrap();
     bytes[12] = b'#'; // inside the JSON header
     std::fs::write(&f, &bytes).unwrap();
-    expect_error(&dir, ErrorKind::CorruptCheckpoint, &["diffusion_pytorch_model.safetensors"]);
+    expect_error(
+        &dir,
+        ErrorKind::CorruptCheckpoint,
+        &["diffusion_pytorch_model.safetensors"],
+    );
 }
 
 #[test]
@@ -97,7 +114,11 @@ fn missing_tensor_is_named() {
         t.remove("blocks.1.attn2.to_k.weight").unwrap();
     });
     // Named by its canonical name and by the name it was looked for under.
-    expect_error(&dir, ErrorKind::TensorMissing, &["blocks.1.cross_attn.k.weight", "blocks.1.attn2.to_k.weight"]);
+    expect_error(
+        &dir,
+        ErrorKind::TensorMissing,
+        &["blocks.1.cross_attn.k.weight", "blocks.1.attn2.to_k.weight"],
+    );
 }
 
 #[test]
@@ -108,7 +129,11 @@ fn wrong_shape_is_named() {
         let v = w.to_f32().unwrap();
         *w = HostTensor::from_f32(vec![32, 24], &v[..32 * 24]);
     });
-    expect_error(&dir, ErrorKind::ShapeMismatch, &["blocks.0.ffn.0.weight", "[32, 24]", "[64, 24]"]);
+    expect_error(
+        &dir,
+        ErrorKind::ShapeMismatch,
+        &["blocks.0.ffn.0.weight", "[32, 24]", "[64, 24]"],
+    );
 }
 
 #[test]
@@ -119,16 +144,27 @@ fn wrong_dtype_is_named() {
         let n = w.numel();
         *w = HostTensor::from_i64(vec![n as u64], &vec![0; n]);
     });
-    expect_error(&dir, ErrorKind::DTypeUnsupported, &["head.head.bias", "int64"]);
+    expect_error(
+        &dir,
+        ErrorKind::DTypeUnsupported,
+        &["head.head.bias", "int64"],
+    );
 }
 
 #[test]
 fn extra_tensor_means_config_mismatch() {
     let (_t, dir) = copy_transformer();
     rewrite_weights(&dir, |t| {
-        t.insert("blocks.0.attn2.add_k_proj.weight".into(), HostTensor::from_f32(vec![1], &[0.0]));
+        t.insert(
+            "blocks.0.attn2.add_k_proj.weight".into(),
+            HostTensor::from_f32(vec![1], &[0.0]),
+        );
     });
-    expect_error(&dir, ErrorKind::UnusedTensors, &["blocks.0.attn2.add_k_proj.weight"]);
+    expect_error(
+        &dir,
+        ErrorKind::UnusedTensors,
+        &["blocks.0.attn2.add_k_proj.weight"],
+    );
 }
 
 #[test]
@@ -140,10 +176,20 @@ fn half_precision_checkpoints_are_read() {
             for v in t.values_mut() {
                 let vals = v.to_f32().unwrap();
                 v.data = match dtype {
-                    "bf16" => vals.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
-                    _ => vals.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+                    "bf16" => vals
+                        .iter()
+                        .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                        .collect(),
+                    _ => vals
+                        .iter()
+                        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                        .collect(),
                 };
-                v.dtype = if dtype == "bf16" { wanrt::core::DType::Bfloat16 } else { wanrt::core::DType::Float16 };
+                v.dtype = if dtype == "bf16" {
+                    wanrt::core::DType::Bfloat16
+                } else {
+                    wanrt::core::DType::Float16
+                };
             }
         });
         assert!(f.exists());
@@ -155,9 +201,21 @@ fn half_precision_checkpoints_are_read() {
 #[test]
 fn unknown_layout() {
     let tmp = tempfile::tempdir().unwrap();
-    expect_error(tmp.path(), ErrorKind::UnknownLayout, &[&tmp.path().display().to_string()]);
-    std::fs::write(tmp.path().join("config.json"), r#"{"_class_name": "UNet2DConditionModel"}"#).unwrap();
-    expect_error(tmp.path(), ErrorKind::UnknownLayout, &["UNet2DConditionModel"]);
+    expect_error(
+        tmp.path(),
+        ErrorKind::UnknownLayout,
+        &[&tmp.path().display().to_string()],
+    );
+    std::fs::write(
+        tmp.path().join("config.json"),
+        r#"{"_class_name": "UNet2DConditionModel"}"#,
+    )
+    .unwrap();
+    expect_error(
+        tmp.path(),
+        ErrorKind::UnknownLayout,
+        &["UNet2DConditionModel"],
+    );
     let missing = tmp.path().join("nope");
     expect_error(&missing, ErrorKind::UnknownLayout, &["nope"]);
 }
@@ -166,16 +224,26 @@ fn unknown_layout() {
 fn invalid_config() {
     let (_t, dir) = copy_transformer();
     let f = dir.join("config.json");
-    let text = std::fs::read_to_string(&f).unwrap().replace("\"num_attention_heads\": 2", "\"num_attention_heads\": 5");
+    let text = std::fs::read_to_string(&f)
+        .unwrap()
+        .replace("\"num_attention_heads\": 2", "\"num_attention_heads\": 5");
     std::fs::write(&f, text).unwrap();
-    expect_error(&dir, ErrorKind::ShapeMismatch, &["patch_embedding.weight", "[60, 16, 1, 2, 2]"]);
+    expect_error(
+        &dir,
+        ErrorKind::ShapeMismatch,
+        &["patch_embedding.weight", "[60, 16, 1, 2, 2]"],
+    );
     std::fs::write(&f, "{ not json").unwrap();
     expect_error(&dir, ErrorKind::InvalidConfig, &["config.json"]);
 }
 
 #[test]
 fn invalid_profiles_name_the_flag() {
-    for (w, h, f, flag) in [(30, 32, 9, "--width"), (32, 40, 9, "--height"), (32, 32, 8, "--frames")] {
+    for (w, h, f, flag) in [
+        (30, 32, 9, "--width"),
+        (32, 40, 9, "--height"),
+        (32, 32, 8, "--frames"),
+    ] {
         let e = Profile::custom(w, h, f, 32).unwrap_err();
         assert!(e.to_string().contains(flag), "{e}");
     }
@@ -201,7 +269,10 @@ fn unwritable_output_directory() {
     std::fs::write(&file, b"x").unwrap();
     let e = compile(&opts(&dir, &file.join("out"))).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::Output, "{e}");
-    assert!(e.to_string().contains("plain-file") && e.to_string().contains("--out"), "{e}");
+    assert!(
+        e.to_string().contains("plain-file") && e.to_string().contains("--out"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -213,15 +284,24 @@ fn existing_artifacts_are_not_overwritten_unless_asked() {
     let e = compile(&opts(&dir, out.path())).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::Output, "{e}");
     assert!(e.to_string().contains("--overwrite"), "{e}");
-    assert_eq!(std::fs::read(out.path().join("manifest.json")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(out.path().join("manifest.json")).unwrap(),
+        before
+    );
     let mut o = opts(&dir, out.path());
     o.overwrite = true;
     compile(&o).unwrap();
     // A failed compile with --overwrite keeps the previous artifacts intact.
     std::fs::remove_file(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
     assert!(compile(&o).is_err());
-    let names: Vec<_> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert!(names.iter().all(|n| !n.starts_with(".wanrt-staging")), "{names:?}");
+    let names: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with(".wanrt-staging")),
+        "{names:?}"
+    );
     Artifacts::open(out.path()).unwrap();
 }
 
@@ -250,7 +330,12 @@ fn runtime_refuses_tampered_artifacts() {
     let out = compiled();
     let data = out.path().join("dit.onnx.data");
     let len = std::fs::metadata(&data).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&data).unwrap().set_len(len - 8).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_len(len - 8)
+        .unwrap();
     let e = Artifacts::open(out.path()).unwrap_err();
     assert_eq!(e.kind(), R::Artifacts);
     assert!(e.to_string().contains("dit.onnx.data"), "{e}");
@@ -268,7 +353,9 @@ fn runtime_refuses_tampered_artifacts() {
     // Another format version.
     let out = compiled();
     let m = out.path().join("manifest.json");
-    let text = std::fs::read_to_string(&m).unwrap().replace("\"version\": 1", "\"version\": 7");
+    let text = std::fs::read_to_string(&m)
+        .unwrap()
+        .replace("\"version\": 1", "\"version\": 7");
     std::fs::write(&m, text).unwrap();
     let e = Artifacts::open(out.path()).unwrap_err();
     assert_eq!(e.kind(), R::Artifacts);
@@ -277,7 +364,10 @@ fn runtime_refuses_tampered_artifacts() {
     // A missing network.
     let out = compiled();
     let a = Artifacts::open(out.path()).unwrap();
-    let e = a.load(NetworkKind::VaeDecoder, Backend::OrtCpu).err().unwrap();
+    let e = a
+        .load(NetworkKind::VaeDecoder, Backend::OrtCpu)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("vae_decoder"), "{e}");
 }
 
@@ -289,10 +379,16 @@ fn runtime_refuses_inputs_of_another_profile() {
     let mut dit = a.load(NetworkKind::Dit, Backend::OrtCpu).unwrap();
     let golden = Case::new("t2v-tiny").golden("dit.safetensors");
     let mut inputs = common::dit_inputs(&golden);
-    inputs.insert("hidden_states".into(), HostTensor::from_f32(vec![2, 16, 3, 8, 8], &vec![0.0; 2 * 16 * 3 * 64]));
+    inputs.insert(
+        "hidden_states".into(),
+        HostTensor::from_f32(vec![2, 16, 3, 8, 8], &vec![0.0; 2 * 16 * 3 * 64]),
+    );
     let e = dit.run(&inputs).unwrap_err();
     assert_eq!(e.kind(), R::ContractMismatch);
-    assert!(e.to_string().contains("hidden_states") && e.to_string().contains("[2, 16, 3, 8, 8]"), "{e}");
+    assert!(
+        e.to_string().contains("hidden_states") && e.to_string().contains("[2, 16, 3, 8, 8]"),
+        "{e}"
+    );
     let mut inputs = common::dit_inputs(&golden);
     inputs.remove("timestep");
     let e = dit.run(&inputs).unwrap_err();

@@ -71,7 +71,13 @@ enum Command {
     },
 }
 
-fn compare(input: &PathBuf, reference: &PathBuf, names: &[String], atol: f32, rtol: f32) -> Result<()> {
+fn compare(
+    input: &PathBuf,
+    reference: &PathBuf,
+    names: &[String],
+    atol: f32,
+    rtol: f32,
+) -> Result<()> {
     let a = tensorfile::read(input)?;
     let b = tensorfile::read(reference)?;
     let names: Vec<String> = if names.is_empty() {
@@ -86,7 +92,12 @@ fn compare(input: &PathBuf, reference: &PathBuf, names: &[String], atol: f32, rt
             (Some(x), Some(y)) => (x, y),
             _ => anyhow::bail!("--tensor {name}: not in both files"),
         };
-        anyhow::ensure!(x.shape == y.shape, "{name}: shape {:?} vs reference {:?}", x.shape, y.shape);
+        anyhow::ensure!(
+            x.shape == y.shape,
+            "{name}: shape {:?} vs reference {:?}",
+            x.shape,
+            y.shape
+        );
         let (xv, yv) = match (x.to_f32(), y.to_f32()) {
             (Some(xv), Some(yv)) => (xv, yv),
             _ => anyhow::bail!("{name}: not a float tensor"),
@@ -96,15 +107,27 @@ fn compare(input: &PathBuf, reference: &PathBuf, names: &[String], atol: f32, rt
         for (p, q) in xv.iter().zip(&yv) {
             let d = (p - q).abs();
             max_abs = max_abs.max(d);
-            worst = worst.max(if d.is_nan() { f32::INFINITY } else { d / (atol + rtol * q.abs()) });
+            worst = worst.max(if d.is_nan() {
+                f32::INFINITY
+            } else {
+                d / (atol + rtol * q.abs())
+            });
         }
         let verdict = if worst <= 1.0 { "ok" } else { "MISMATCH" };
-        println!("{name:<40} {:?} max|a-b| {max_abs:.3e}  worst/tol {worst:.3}  {verdict}", x.shape);
+        println!(
+            "{name:<40} {:?} max|a-b| {max_abs:.3e}  worst/tol {worst:.3}  {verdict}",
+            x.shape
+        );
         if worst > 1.0 {
             failed.push(name.clone());
         }
     }
-    anyhow::ensure!(failed.is_empty(), "{} tensor(s) outside |a-b| <= {atol} + {rtol}*|b|: {}", failed.len(), failed.join(", "));
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} tensor(s) outside |a-b| <= {atol} + {rtol}*|b|: {}",
+        failed.len(),
+        failed.join(", ")
+    );
     Ok(())
 }
 
@@ -147,10 +170,21 @@ fn run() -> Result<()> {
             );
             Ok(())
         }
-        Command::Inspect { engines, load, backend } => {
+        Command::Inspect {
+            engines,
+            load,
+            backend,
+        } => {
             let artifacts = Artifacts::open(&engines)?;
             let m = &artifacts.manifest;
-            println!("{} (format {} v{}), {} model, layout {}", engines.display(), m.format, m.version, m.model.task.name(), m.model.layout);
+            println!(
+                "{} (format {} v{}), {} model, layout {}",
+                engines.display(),
+                m.format,
+                m.version,
+                m.model.task.name(),
+                m.model.layout
+            );
             for (kind, e) in &m.networks {
                 let p = &e.profile;
                 println!(
@@ -175,7 +209,10 @@ fn run() -> Result<()> {
                 if load {
                     let start = std::time::Instant::now();
                     artifacts.load(*kind, backend)?;
-                    println!("    loaded on {backend} in {:.1} s", start.elapsed().as_secs_f64());
+                    println!(
+                        "    loaded on {backend} in {:.1} s",
+                        start.elapsed().as_secs_f64()
+                    );
                 }
             }
             Ok(())
