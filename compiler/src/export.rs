@@ -59,7 +59,9 @@ pub struct NetworkReport {
 }
 
 /// The networks this version compiles.
-pub const SUPPORTED: [NetworkKind; 1] = [NetworkKind::Dit];
+/// The networks this version compiles (the others are refused with a typed
+/// error naming `--networks`).
+pub const SUPPORTED: &[NetworkKind] = &[NetworkKind::Dit];
 
 /// Removes the staging directory unless disarmed.
 struct Staging {
@@ -123,43 +125,35 @@ fn progress_bar(show: bool, what: &str) -> indicatif::ProgressBar {
     pb
 }
 
-/// Exports the DiT into `staging`.
-fn export_dit(
-    source: &dyn WeightSource,
-    cfg: &DitConfig,
+/// What a network's export needs besides its graph-building closure.
+pub struct GraphJob {
+    pub kind: NetworkKind,
+    pub contract: NetworkContract,
+    /// The network's config, as recorded in the manifest.
+    pub config: serde_json::Value,
+    pub doc: String,
+}
+
+/// Builds one graph into `staging` (`<name>.onnx` + `<name>.onnx.data`) and
+/// returns its manifest entry.
+pub fn export_graph(
+    job: GraphJob,
     opts: &CompileOptions,
     staging: &Path,
+    build: impl FnOnce(&mut GraphBuilder<'_>) -> wanrt_graphs::Result<()>,
 ) -> Result<(NetworkEntry, NetworkReport)> {
     let start = Instant::now();
-    let name = NetworkKind::Dit.name();
+    let name = job.kind.name();
     let onnx_file = format!("{name}.onnx");
     let data_file = format!("{onnx_file}.data");
-    let pb = progress_bar(opts.show_progress, "dit");
+    let pb = progress_bar(opts.show_progress, name);
     let mut builder =
         GraphBuilder::new(name, Some(&staging.join(&data_file)))?.with_progress(|n| pb.inc(n));
     if let Some(flag) = &opts.interrupt {
         builder = builder.with_interrupt(flag);
     }
-    let dopts = DitOptions {
-        precision: opts.precision,
-        debug_outputs: opts.debug_outputs,
-    };
-    dit::build(
-        &mut builder,
-        Weights::new(source),
-        cfg,
-        &opts.profile,
-        &dopts,
-    )?;
-    let exported = builder.finish(&format!(
-        "Wan2.1 DiT ({}), profile {} {}x{}x{}, precision {}",
-        cfg.task.name(),
-        opts.profile.name,
-        opts.profile.width,
-        opts.profile.height,
-        opts.profile.frames,
-        opts.precision
-    ))?;
+    build(&mut builder)?;
+    let exported = builder.finish(&job.doc)?;
     pb.finish_and_clear();
     let nodes = exported.model.graph.as_ref().map_or(0, |g| g.node.len());
     let bytes = exported.model.to_bytes();
@@ -168,22 +162,21 @@ fn export_dit(
     f.write_all(&bytes)
         .and_then(|_| f.sync_all())
         .map_err(|e| Error::io(&path, e))?;
-    let contract = NetworkContract::dit(cfg, &opts.profile)?;
     let entry = NetworkEntry {
         file: onnx_file,
         external_data: Some(data_file),
         external_data_bytes: exported.external_data_bytes,
         precision: opts.precision,
         profile: opts.profile.clone(),
-        config: serde_json::to_value(cfg).expect("config serialises"),
+        config: job.config,
         weights_digest: exported.weights_digest,
         graph_digest: file_digest(&bytes),
-        inputs: contract.inputs,
-        outputs: contract.outputs,
+        inputs: job.contract.inputs,
+        outputs: job.contract.outputs,
         tools: tools(),
     };
     let report = NetworkReport {
-        network: NetworkKind::Dit,
+        network: job.kind,
         graph_bytes: bytes.len() as u64,
         weight_bytes: exported.external_data_bytes,
         nodes,
@@ -192,21 +185,78 @@ fn export_dit(
     Ok((entry, report))
 }
 
+/// Fails if the checkpoint holds tensors the graph did not use.
+fn check_unused(ck: &Checkpoint, kind: NetworkKind) -> Result<()> {
+    let unused = ck.unused();
+    if unused.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::UnusedTensors {
+            dir: PathBuf::from(ck.describe()),
+            network: kind.name().into(),
+            names: unused,
+        })
+    }
+}
+
+fn precision_doc(opts: &CompileOptions) -> String {
+    let p = &opts.profile;
+    format!(
+        "profile {} {}x{}x{} text {}, precision {}",
+        p.name, p.width, p.height, p.frames, p.text_len, opts.precision
+    )
+}
+
+/// Exports the DiT.
+fn export_dit(
+    source: &dyn WeightSource,
+    cfg: &DitConfig,
+    opts: &CompileOptions,
+    staging: &Path,
+) -> Result<(NetworkEntry, NetworkReport)> {
+    let job = GraphJob {
+        kind: NetworkKind::Dit,
+        contract: NetworkContract::dit(cfg, &opts.profile)?,
+        config: serde_json::to_value(cfg).expect("config serialises"),
+        doc: format!("Wan2.1 DiT ({}), {}", cfg.task.name(), precision_doc(opts)),
+    };
+    let dopts = DitOptions {
+        precision: opts.precision,
+        debug_outputs: opts.debug_outputs,
+    };
+    export_graph(job, opts, staging, |b| {
+        dit::build(b, Weights::new(source), cfg, &opts.profile, &dopts)
+    })
+}
+
+/// Exports the UMT5 text encoder and copies its tokenizer.
+fn export_text_encoder(
+    md: &ModelDir,
+    opts: &CompileOptions,
+    staging: &Path,
+) -> Result<(NetworkEntry, NetworkReport)> {
+    let _ = (md, opts, staging);
+    Err(Error::InvalidArgument {
+        flag: "--networks".into(),
+        reason: "text_encoder cannot be compiled by this version yet".into(),
+    })
+}
+
+/// Exports the CLIP image encoder.
+fn export_image_encoder(
+    md: &ModelDir,
+    opts: &CompileOptions,
+    staging: &Path,
+) -> Result<(NetworkEntry, NetworkReport)> {
+    let _ = (md, opts, staging);
+    Err(Error::InvalidArgument {
+        flag: "--networks".into(),
+        reason: "image_encoder cannot be compiled by this version yet".into(),
+    })
+}
+
 /// Compiles the requested networks into `opts.out`.
 pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> {
-    let networks = if opts.networks.is_empty() {
-        SUPPORTED.to_vec()
-    } else {
-        opts.networks.clone()
-    };
-    for n in &networks {
-        if !SUPPORTED.contains(n) {
-            return Err(Error::InvalidArgument {
-                flag: "--networks".into(),
-                reason: format!("'{n}' cannot be compiled by this version yet (supported: dit)"),
-            });
-        }
-    }
     // Open the model before touching the output directory.
     let (cfg, checkpoint, synthetic, info) = match &opts.model {
         ModelSource::Dir(dir) => {
@@ -243,46 +293,96 @@ pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> 
         }
     };
     NetworkContract::dit(&cfg, &opts.profile)?;
+    let available = match &checkpoint {
+        Some((_, md)) => md.networks(cfg.task),
+        None => vec![NetworkKind::Dit],
+    };
+    let networks: Vec<NetworkKind> = if opts.networks.is_empty() {
+        available
+            .iter()
+            .copied()
+            .filter(|n| SUPPORTED.contains(n))
+            .collect()
+    } else {
+        let mut v = opts.networks.clone();
+        v.sort();
+        v.dedup();
+        v
+    };
+    for n in &networks {
+        let supported: Vec<&str> = SUPPORTED.iter().map(|k| k.name()).collect();
+        if !SUPPORTED.contains(n) {
+            return Err(Error::InvalidArgument {
+                flag: "--networks".into(),
+                reason: format!(
+                    "'{n}' cannot be compiled by this version yet (supported: {})",
+                    supported.join(", ")
+                ),
+            });
+        }
+        if !available.contains(n) {
+            return Err(Error::InvalidArgument {
+                flag: "--networks".into(),
+                reason: format!(
+                    "this {} model has no '{n}' (it has: {})",
+                    cfg.task.name(),
+                    available
+                        .iter()
+                        .map(|k| k.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+    }
 
     let mut staging = prepare_out(&opts.out, opts.overwrite)?;
     let mut manifest = Manifest::new(info);
     let mut reports = Vec::new();
     for n in networks {
-        match n {
-            NetworkKind::Dit => {
-                let source: &dyn WeightSource = match (&checkpoint, &synthetic) {
-                    (Some((ck, _)), _) => ck as &Checkpoint,
-                    (None, Some(s)) => s,
-                    (None, None) => unreachable!("one source is always set"),
-                };
-                let (entry, report) = export_dit(source, &cfg, opts, &staging.dir)?;
-                if let Some((ck, md)) = &checkpoint {
-                    let mut unused = ck.unused();
-                    if !unused.is_empty() {
-                        unused.sort();
-                        return Err(Error::UnusedTensors {
-                            dir: md.dit_dir.clone(),
-                            network: "dit".into(),
-                            names: unused,
-                        });
-                    }
-                }
-                manifest.networks.insert(n, entry);
-                reports.push(report);
+        let (entry, report) = match (n, &checkpoint) {
+            (NetworkKind::Dit, Some((ck, _))) => {
+                let r = export_dit(ck, &cfg, opts, &staging.dir)?;
+                check_unused(ck, n)?;
+                r
             }
-            other => unreachable!("{other} was checked above"),
-        }
+            (NetworkKind::Dit, None) => {
+                let s = synthetic
+                    .as_ref()
+                    .expect("a synthetic source without a checkpoint");
+                export_dit(s, &cfg, opts, &staging.dir)?
+            }
+            (NetworkKind::TextEncoder, Some((_, md))) => {
+                export_text_encoder(md, opts, &staging.dir)?
+            }
+            (NetworkKind::ImageEncoder, Some((_, md))) => {
+                export_image_encoder(md, opts, &staging.dir)?
+            }
+            (other, _) => {
+                return Err(Error::InvalidArgument {
+                    flag: "--networks".into(),
+                    reason: format!(
+                        "'{other}' cannot be compiled from this source by this version"
+                    ),
+                });
+            }
+        };
+        manifest.networks.insert(n, entry);
+        reports.push(report);
     }
+    // Files a network adds beside its graph (tokenizer, cached embeddings).
+    let extra: Vec<String> = std::fs::read_dir(&staging.dir)
+        .map_err(|e| Error::io(&staging.dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
     let mpath = Manifest::path(&staging.dir);
     std::fs::write(&mpath, manifest.to_json()).map_err(|e| Error::io(&mpath, e))?;
 
     // Move into place: every network file first, the manifest last, so a
     // manifest only ever describes files that are all there.
-    let mut files: Vec<String> = manifest
-        .networks
-        .values()
-        .flat_map(|e| std::iter::once(e.file.clone()).chain(e.external_data.clone()))
-        .collect();
+    let mut files: Vec<String> = extra;
+    files.retain(|f| f != wanrt_core::manifest::MANIFEST_FILE);
+    files.sort();
     files.push(wanrt_core::manifest::MANIFEST_FILE.to_string());
     if opts.overwrite {
         let _ = std::fs::remove_file(Manifest::path(&opts.out));

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{DitConfig, Task};
+use crate::config::{ClipVisionConfig, DitConfig, Task, Umt5Config};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::profile::{BatchMode, Profile};
@@ -236,6 +236,47 @@ impl NetworkContract {
             &[cfg.out_dim as u64, f, h, w],
         )];
         Ok(NetworkContract { inputs, outputs })
+    }
+
+    /// Text encoder: `input_ids`, `attention_mask [B, text_len]` int64 →
+    /// `last_hidden_state [B, text_len, d_model]` (the raw encoder output;
+    /// trimming and zero-padding are the runtime's).
+    pub fn text_encoder(cfg: &Umt5Config, profile: &Profile) -> Self {
+        let b = batch_dim(profile);
+        let l = profile.text_len as u64;
+        NetworkContract {
+            inputs: vec![
+                TensorSpec::new("input_ids", DType::Int64, b, &[l]),
+                TensorSpec::new("attention_mask", DType::Int64, b, &[l]),
+            ],
+            outputs: vec![TensorSpec::new(
+                "last_hidden_state",
+                DType::Float32,
+                b,
+                &[l, cfg.d_model as u64],
+            )],
+        }
+    }
+
+    /// Image encoder: `pixel_values [B, 3, S, S]` (CLIP-normalised) →
+    /// `image_embeds [B, tokens, width]` (penultimate block, no final norm).
+    pub fn image_encoder(cfg: &ClipVisionConfig, profile: &Profile) -> Self {
+        let b = batch_dim(profile);
+        let s = cfg.image_size as u64;
+        NetworkContract {
+            inputs: vec![TensorSpec::new(
+                "pixel_values",
+                DType::Float32,
+                b,
+                &[3, s, s],
+            )],
+            outputs: vec![TensorSpec::new(
+                "image_embeds",
+                DType::Float32,
+                b,
+                &[cfg.tokens() as u64, cfg.width as u64],
+            )],
+        }
     }
 
     pub fn input(&self, name: &str) -> Option<&TensorSpec> {

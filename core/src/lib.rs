@@ -11,7 +11,7 @@ pub mod error;
 pub mod manifest;
 pub mod profile;
 
-pub use config::{DitConfig, Task};
+pub use config::{ClipVisionConfig, DitConfig, Task, Umt5Config, VaeConfig};
 pub use contract::{Dim, NetworkContract, NetworkKind, TensorSpec};
 pub use dtype::{DType, Precision};
 pub use error::{Error, ErrorKind};

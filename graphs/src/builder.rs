@@ -50,29 +50,27 @@ struct ExternalData {
 }
 
 impl ExternalData {
-    fn append(&mut self, bytes: &[u8]) -> Result<(u64, u64)> {
-        let align = if bytes.len() as u64 >= ALIGN_LARGE {
+    /// Pads to the alignment for a tensor of `len` bytes; returns its offset.
+    fn begin(&mut self, len: usize) -> Result<u64> {
+        let align = if len as u64 >= ALIGN_LARGE {
             ALIGN_LARGE
         } else {
             ALIGN_SMALL
         };
-        let pad = (align - self.offset % align) % align;
+        let pad = ((align - self.offset % align) % align) as usize;
         let zeros = [0u8; ALIGN_LARGE as usize];
-        let io = |source| Error::Io {
-            file: self.path.clone(),
-            source,
-        };
-        self.writer.write_all(&zeros[..pad as usize]).map_err(io)?;
-        self.hasher.update(&zeros[..pad as usize]);
-        self.offset += pad;
-        let start = self.offset;
+        self.write(&zeros[..pad])?;
+        Ok(self.offset)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
         self.writer.write_all(bytes).map_err(|source| Error::Io {
             file: self.path.clone(),
             source,
         })?;
         self.hasher.update(bytes);
         self.offset += bytes.len() as u64;
-        Ok((start, bytes.len() as u64))
+        Ok(())
     }
 }
 
@@ -330,6 +328,21 @@ impl<'i> GraphBuilder<'i> {
         bytes: Vec<u8>,
         doc: &str,
     ) -> Result<Value> {
+        let len = bytes.len();
+        self.add_initializer_streamed(name, dtype, dims, len, doc, |emit| emit(&bytes))
+    }
+
+    /// Adds an initializer of `len` bytes whose bytes `produce` emits in
+    /// order, so a large tensor never has to exist in memory at once.
+    fn add_initializer_streamed(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        dims: &[i64],
+        len: usize,
+        doc: &str,
+        produce: impl FnOnce(&mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>,
+    ) -> Result<Value> {
         let mut t = TensorProto {
             dims: dims.to_vec(),
             data_type: dtype.onnx_code(),
@@ -338,8 +351,15 @@ impl<'i> GraphBuilder<'i> {
             ..Default::default()
         };
         match &mut self.external {
-            Some(ext) if bytes.len() >= INLINE_LIMIT => {
-                let (offset, length) = ext.append(&bytes)?;
+            Some(ext) if len >= INLINE_LIMIT => {
+                let offset = ext.begin(len)?;
+                produce(&mut |chunk: &[u8]| ext.write(chunk))?;
+                let written = ext.offset - offset;
+                if written != len as u64 {
+                    return Err(Error::Invalid(format!(
+                        "initializer {name}: {written} bytes written, {len} expected"
+                    )));
+                }
                 t.data_location = DATA_LOCATION_EXTERNAL;
                 t.external_data = vec![
                     StringStringEntryProto {
@@ -352,14 +372,21 @@ impl<'i> GraphBuilder<'i> {
                     },
                     StringStringEntryProto {
                         key: "length".into(),
-                        value: length.to_string(),
+                        value: len.to_string(),
                     },
                 ];
                 if let Some(p) = &mut self.progress {
-                    p(length);
+                    p(len as u64);
                 }
             }
-            _ => t.raw_data = bytes,
+            _ => {
+                let mut raw = Vec::with_capacity(len);
+                produce(&mut |chunk: &[u8]| {
+                    raw.extend_from_slice(chunk);
+                    Ok(())
+                })?;
+                t.raw_data = raw;
+            }
         }
         self.initializers.push(t);
         Ok(Value {
@@ -385,8 +412,28 @@ impl<'i> GraphBuilder<'i> {
         } else {
             ""
         };
-        let bytes = convert(src, store, transpose, name)?;
-        self.add_initializer(name, store, &dims, bytes, doc)
+        if transpose {
+            let bytes = convert(src, store, true, name)?;
+            return self.add_initializer(name, store, &dims, bytes, doc);
+        }
+        // Convert chunk by chunk straight from the (memory-mapped) source:
+        // a 256384 x 4096 embedding never exists in f32 in memory.
+        let in_size = src.dtype.size();
+        let numel = src.numel();
+        let len = numel * store.size();
+        self.add_initializer_streamed(name, store, &dims, len, doc, |emit| {
+            const CHUNK: usize = 1 << 20; // elements
+            for start in (0..numel).step_by(CHUNK) {
+                let end = (start + CHUNK).min(numel);
+                let part = SourceTensor {
+                    dtype: src.dtype,
+                    shape: vec![end - start],
+                    data: std::borrow::Cow::Borrowed(&src.data[start * in_size..end * in_size]),
+                };
+                emit(&convert(&part, store, false, name)?)?;
+            }
+            Ok(())
+        })
     }
 
     /// A float constant computed by the exporter (RoPE tables, frequencies).

@@ -70,7 +70,7 @@ impl Case {
             out: out.path().to_path_buf(),
             profile: self.profile(batch),
             precision,
-            networks: vec![],
+            networks: vec![wanrt::core::NetworkKind::Dit],
             debug_outputs: false,
             overwrite: true,
             show_progress: false,

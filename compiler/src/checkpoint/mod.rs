@@ -20,10 +20,15 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use wanrt_core::DitConfig;
-use wanrt_core::config::{WanModelConfig, WanTransformer3DModelConfig};
+use wanrt_core::config::{
+    AutoencoderKlWanConfig, HfClipVisionConfig, HfUmt5Config, WanModelConfig,
+    WanTransformer3DModelConfig, read_json,
+};
+use wanrt_core::{ClipVisionConfig, DitConfig, NetworkKind, Task, Umt5Config, VaeConfig};
+use wanrt_graphs::names::{self, Derivation};
 use wanrt_graphs::{SourceTensor, WeightSource};
 
+use self::pth::PthCheckpoint;
 use self::safetensors::SafetensorsSet;
 use crate::error::{Error, Result};
 
@@ -129,68 +134,348 @@ impl ModelDir {
     /// The DiT weights, memory-mapped.
     pub fn dit_weights(&self) -> Result<Checkpoint> {
         let set = SafetensorsSet::open_stem(&self.dit_dir, "diffusion_pytorch_model")?;
-        Ok(Checkpoint::new(set, self.layout))
+        let naming = match self.layout {
+            Layout::Original => Naming::Canonical,
+            Layout::Diffusers => Naming::DiffusersDit,
+        };
+        Ok(Checkpoint::new(Stored::Safetensors(set), naming))
+    }
+
+    /// The root of a full model (diffusers: the directory with
+    /// `model_index.json`), or an error naming what is missing when only a
+    /// transformer directory was given.
+    fn full_root(&self, what: &str) -> Result<&Path> {
+        if self.layout == Layout::Diffusers && !self.root.join("model_index.json").is_file() {
+            return Err(Error::MissingFile {
+                file: self.root.join("model_index.json"),
+                reason: format!(
+                    "the {what} needs the full diffusers model directory, not transformer/ alone"
+                ),
+            });
+        }
+        Ok(&self.root)
+    }
+
+    fn pth(&self, file: &str) -> Result<Stored> {
+        let path = self.root.join(file);
+        if !path.is_file() {
+            return Err(Error::MissingFile {
+                file: path,
+                reason: "required by the original layout".into(),
+            });
+        }
+        Ok(Stored::Pth(PthCheckpoint::open(&path).map_err(|e| {
+            Error::Checkpoint {
+                file: path.clone(),
+                reason: e.to_string(),
+            }
+        })?))
+    }
+
+    /// Which networks this model has.
+    pub fn networks(&self, task: Task) -> Vec<NetworkKind> {
+        let mut v = vec![NetworkKind::Dit];
+        let full = self.layout == Layout::Original || self.root.join("model_index.json").is_file();
+        if full {
+            v.extend([
+                NetworkKind::TextEncoder,
+                NetworkKind::VaeEncoder,
+                NetworkKind::VaeDecoder,
+            ]);
+            if task == Task::I2v {
+                v.push(NetworkKind::ImageEncoder);
+            }
+        }
+        v.sort();
+        v
+    }
+
+    /// UMT5 config, weights and the tokenizer file.
+    pub fn text_encoder(&self) -> Result<(Umt5Config, Checkpoint, PathBuf)> {
+        let root = self.full_root("text encoder")?;
+        Ok(match self.layout {
+            Layout::Diffusers => {
+                let dir = root.join("text_encoder");
+                let file = dir.join("config.json");
+                let cfg = Umt5Config::from_hf(&read_json::<HfUmt5Config>(&file)?, &file)?;
+                let set = SafetensorsSet::open_stem(&dir, "model")?;
+                let ck = Checkpoint::new(Stored::Safetensors(set), Naming::DiffusersT5)
+                    .with_ignorable(|n| n == "encoder.embed_tokens.weight");
+                (cfg, ck, root.join("tokenizer/tokenizer.json"))
+            }
+            Layout::Original => {
+                let ck = Checkpoint::new(
+                    self.pth("models_t5_umt5-xxl-enc-bf16.pth")?,
+                    Naming::Canonical,
+                );
+                (
+                    Umt5Config::xxl(),
+                    ck,
+                    root.join("google/umt5-xxl/tokenizer.json"),
+                )
+            }
+        })
+    }
+
+    /// CLIP visual tower config and weights (I2V models).
+    pub fn image_encoder(&self) -> Result<(ClipVisionConfig, Checkpoint)> {
+        let root = self.full_root("image encoder")?;
+        Ok(match self.layout {
+            Layout::Diffusers => {
+                let dir = root.join("image_encoder");
+                let file = dir.join("config.json");
+                let cfg =
+                    ClipVisionConfig::from_hf(&read_json::<HfClipVisionConfig>(&file)?, &file)?;
+                let set = SafetensorsSet::open_stem(&dir, "model")?;
+                let ck = Checkpoint::new(Stored::Safetensors(set), Naming::DiffusersClip)
+                    .with_ignorable(|n| {
+                        n.starts_with("vision_model.post_layernorm.")
+                            || n == "visual_projection.weight"
+                    });
+                (cfg, ck)
+            }
+            Layout::Original => {
+                let stored = self.pth("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")?;
+                let ck = Checkpoint::new(stored, Naming::Canonical).with_ignorable(|n| {
+                    !n.starts_with("visual.")
+                        || n.starts_with("visual.post_norm.")
+                        || n == "visual.head"
+                });
+                (ClipVisionConfig::vit_h_14(), ck)
+            }
+        })
+    }
+
+    /// VAE config and weights.
+    pub fn vae(&self) -> Result<(VaeConfig, Checkpoint)> {
+        let root = self.full_root("VAE")?;
+        Ok(match self.layout {
+            Layout::Diffusers => {
+                let dir = root.join("vae");
+                let file = dir.join("config.json");
+                let cfg =
+                    VaeConfig::from_diffusers(&read_json::<AutoencoderKlWanConfig>(&file)?, &file)?;
+                let set = SafetensorsSet::open_stem(&dir, "diffusion_pytorch_model")?;
+                (
+                    cfg,
+                    Checkpoint::new(Stored::Safetensors(set), Naming::DiffusersVae),
+                )
+            }
+            Layout::Original => (
+                VaeConfig::wan21(),
+                Checkpoint::new(self.pth("Wan2.1_VAE.pth")?, Naming::Canonical),
+            ),
+        })
     }
 }
 
-/// A checkpoint seen through canonical (original Wan2.1) names.
+/// Stored tensors: memory-mapped safetensors (single or sharded) or a
+/// torch `.pth` archive read without executing its pickle.
+pub enum Stored {
+    Safetensors(SafetensorsSet),
+    Pth(PthCheckpoint),
+}
+
+impl Stored {
+    fn get(&self, name: &str) -> Option<SourceTensor<'_>> {
+        match self {
+            Stored::Safetensors(s) => s.tensor(name),
+            Stored::Pth(p) => p.get(name),
+        }
+    }
+    fn names(&self) -> Vec<&str> {
+        match self {
+            Stored::Safetensors(s) => s.names().collect(),
+            Stored::Pth(p) => p.names().collect(),
+        }
+    }
+    fn file_of(&self, name: &str) -> Option<PathBuf> {
+        match self {
+            Stored::Safetensors(s) => s.file_of(name).map(Path::to_path_buf),
+            Stored::Pth(p) => p.info(name).map(|_| p.path().to_path_buf()),
+        }
+    }
+    fn describe(&self) -> String {
+        match self {
+            Stored::Safetensors(s) => s.describe(),
+            Stored::Pth(p) => p.path().display().to_string(),
+        }
+    }
+    fn total_bytes(&self) -> u64 {
+        match self {
+            Stored::Safetensors(s) => s.total_bytes(),
+            Stored::Pth(p) => p.total_bytes(),
+        }
+    }
+}
+
+/// How the canonical (original Wan2.1) names graph builders ask for map to
+/// the stored names: the one renaming table of `wanrt_graphs::names`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// Stored under the canonical names (original layout).
+    Canonical,
+    DiffusersDit,
+    DiffusersT5,
+    DiffusersVae,
+    DiffusersClip,
+}
+
+/// A checkpoint seen through canonical names, recording what was used.
 pub struct Checkpoint {
-    set: SafetensorsSet,
-    layout: Layout,
+    stored: Stored,
+    naming: Naming,
     used: RefCell<BTreeSet<String>>,
+    /// Stored tensors the networks legitimately do not use (CLIP's final
+    /// norm and projection, the unused text tower, ...).
+    ignorable: fn(&str) -> bool,
+}
+
+fn nothing_ignorable(_: &str) -> bool {
+    false
+}
+
+fn concat_rows<'a>(parts: Vec<SourceTensor<'a>>) -> Option<SourceTensor<'a>> {
+    let first = parts.first()?;
+    let (dtype, mut shape) = (first.dtype, first.shape.clone());
+    if parts
+        .iter()
+        .any(|p| p.dtype != dtype || p.shape.get(1..) != shape.get(1..))
+    {
+        return None;
+    }
+    shape[0] = parts.iter().map(|p| p.shape[0]).sum();
+    let mut data = Vec::with_capacity(parts.iter().map(|p| p.data.len()).sum());
+    for p in &parts {
+        data.extend_from_slice(&p.data);
+    }
+    Some(SourceTensor {
+        dtype,
+        shape,
+        data: std::borrow::Cow::Owned(data),
+    })
+}
+
+fn transpose2d(t: SourceTensor<'_>) -> Option<SourceTensor<'_>> {
+    let [r, c] = t.shape[..] else { return None };
+    let e = t.dtype.size();
+    let mut out = vec![0u8; t.data.len()];
+    for i in 0..r {
+        for j in 0..c {
+            out[(j * r + i) * e..(j * r + i + 1) * e]
+                .copy_from_slice(&t.data[(i * c + j) * e..(i * c + j + 1) * e]);
+        }
+    }
+    Some(SourceTensor {
+        dtype: t.dtype,
+        shape: vec![c, r],
+        data: std::borrow::Cow::Owned(out),
+    })
 }
 
 impl Checkpoint {
-    pub fn new(set: SafetensorsSet, layout: Layout) -> Self {
+    pub fn new(stored: Stored, naming: Naming) -> Self {
         Checkpoint {
-            set,
-            layout,
+            stored,
+            naming,
             used: RefCell::new(BTreeSet::new()),
+            ignorable: nothing_ignorable,
         }
     }
 
-    fn stored_name(&self, canonical: &str) -> Option<String> {
-        match self.layout {
-            Layout::Original => Some(canonical.to_string()),
-            Layout::Diffusers => wanrt_graphs::names::dit_to_diffusers(canonical),
+    pub fn with_ignorable(mut self, f: fn(&str) -> bool) -> Self {
+        self.ignorable = f;
+        self
+    }
+
+    /// The stored names a canonical name is made of.
+    fn stored_names(&self, canonical: &str) -> Option<Vec<(String, Derivation)>> {
+        let one = |n: Option<String>| n.map(|n| vec![(n, Derivation::Same)]);
+        match self.naming {
+            Naming::Canonical => one(Some(canonical.to_string())),
+            Naming::DiffusersDit => one(names::dit_to_diffusers(canonical)),
+            Naming::DiffusersT5 => one(names::t5_to_diffusers(canonical)),
+            Naming::DiffusersVae => one(names::vae_to_diffusers(canonical)),
+            Naming::DiffusersClip => names::clip_to_diffusers(canonical),
         }
     }
 
-    /// Stored names no graph asked for: a config/weights mismatch.
+    /// Stored names no graph asked for (and that are not ignorable): a
+    /// config/weights mismatch.
     pub fn unused(&self) -> Vec<String> {
         let used = self.used.borrow();
-        self.set
+        let mut v: Vec<String> = self
+            .stored
             .names()
-            .filter(|n| !used.contains(*n))
+            .into_iter()
+            .filter(|n| !used.contains(*n) && !(self.ignorable)(n))
             .map(str::to_string)
-            .collect()
+            .collect();
+        v.sort();
+        v
     }
 
     /// Bytes of all tensors.
     pub fn total_bytes(&self) -> u64 {
-        self.set.total_bytes()
+        self.stored.total_bytes()
+    }
+
+    pub fn describe(&self) -> String {
+        self.stored.describe()
     }
 }
 
 impl WeightSource for Checkpoint {
     fn tensor(&self, name: &str) -> wanrt_graphs::Result<Option<SourceTensor<'_>>> {
-        let Some(stored) = self.stored_name(name) else {
+        self.tensor_with_shape(name, &[])
+    }
+
+    fn tensor_with_shape(
+        &self,
+        name: &str,
+        shape: &[usize],
+    ) -> wanrt_graphs::Result<Option<SourceTensor<'_>>> {
+        let Some(parts) = self.stored_names(name) else {
             return Ok(None);
         };
-        let t = self.set.tensor(&stored);
-        if t.is_some() {
-            self.used.borrow_mut().insert(stored);
+        let mut got = Vec::with_capacity(parts.len());
+        for (stored, _) in &parts {
+            match self.stored.get(stored) {
+                Some(t) => got.push(t),
+                None => return Ok(None),
+            }
         }
+        for (stored, _) in &parts {
+            self.used.borrow_mut().insert(stored.clone());
+        }
+        let derivation = parts[0].1;
+        let t = match derivation {
+            Derivation::Same => got.pop(),
+            Derivation::Rows { .. } => concat_rows(got),
+            Derivation::Transpose => got.pop().and_then(transpose2d),
+            Derivation::Reshape => got.pop().map(|mut t| {
+                // Same elements, the canonical (leading-1) shape when it fits.
+                if !shape.is_empty() && shape.iter().product::<usize>() == t.numel() {
+                    t.shape = shape.to_vec();
+                }
+                t
+            }),
+        };
         Ok(t)
     }
 
     fn location(&self, name: &str) -> String {
-        let stored = self.stored_name(name).unwrap_or_else(|| name.to_string());
-        match self.set.file_of(&stored) {
-            Some(f) if stored != name => format!("{} (as '{stored}')", f.display()),
-            Some(f) => f.display().to_string(),
-            None if stored != name => format!("{} (looked for '{stored}')", self.set.describe()),
-            None => self.set.describe(),
+        let parts = self.stored_names(name).unwrap_or_default();
+        let stored: Vec<&str> = parts.iter().map(|(n, _)| n.as_str()).collect();
+        let file = parts
+            .first()
+            .and_then(|(n, _)| self.stored.file_of(n))
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| self.stored.describe());
+        match stored.as_slice() {
+            [only] if *only == name => file,
+            [] => format!("{file} (no stored name maps to it)"),
+            many => format!("{file} (as '{}')", many.join("' + '")),
         }
     }
 }
