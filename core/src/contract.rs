@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ClipVisionConfig, DitConfig, Task, Umt5Config};
+use crate::config::{ClipVisionConfig, DitConfig, Task, Umt5Config, VaeConfig};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::profile::{BatchMode, Profile};
@@ -276,6 +276,40 @@ impl NetworkContract {
                 b,
                 &[cfg.tokens() as u64, cfg.width as u64],
             )],
+        }
+    }
+
+    /// VAE encoder, as a whole call: `video [1, 3, F, H, W]` in [−1, 1] →
+    /// `latent_mean [1, z, F', H/8, W/8]` (raw, not normalised). Batch 1.
+    pub fn vae_encoder(cfg: &VaeConfig, profile: &Profile) -> Self {
+        let one = Dim::Fixed(1);
+        let (f, h, w) = (
+            profile.frames as u64,
+            profile.height as u64,
+            profile.width as u64,
+        );
+        let [z, lf, lh, lw] = profile.latent_shape(cfg.z_dim).map(u64::from);
+        NetworkContract {
+            inputs: vec![TensorSpec::new("video", DType::Float32, one, &[3, f, h, w])],
+            outputs: vec![TensorSpec::new(
+                "latent_mean",
+                DType::Float32,
+                one,
+                &[z, lf, lh, lw],
+            )],
+        }
+    }
+
+    /// VAE decoder, as a whole call: `latents [1, z, F', H', W']` (raw) →
+    /// `video [1, 3, F, H, W]` clamped to [−1, 1]. Batch 1.
+    pub fn vae_decoder(cfg: &VaeConfig, profile: &Profile) -> Self {
+        let e = Self::vae_encoder(cfg, profile);
+        NetworkContract {
+            inputs: vec![TensorSpec {
+                name: "latents".into(),
+                ..e.outputs[0].clone()
+            }],
+            outputs: e.inputs,
         }
     }
 

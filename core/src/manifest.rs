@@ -44,6 +44,18 @@ pub struct ModelInfo {
     pub source: String,
 }
 
+/// One graph of a network executed chunk by chunk (the VAE): `first` for
+/// chunk 0, `step` for every later chunk; caches are the inputs/outputs
+/// named `cache.{i}` / `cache.{i}.out`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkGraph {
+    pub role: String,
+    pub file: String,
+    pub graph_digest: String,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
 /// One compiled network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetworkEntry {
@@ -64,6 +76,10 @@ pub struct NetworkEntry {
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     pub tools: Tools,
+    /// For chunked networks: the per-chunk graphs (sharing `external_data`);
+    /// `inputs`/`outputs` above are then the contract of the whole call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<ChunkGraph>,
 }
 
 impl NetworkEntry {
@@ -125,7 +141,11 @@ impl Manifest {
         let m: Manifest =
             serde_json::from_str(&text).map_err(|e| bad(format!("schema mismatch: {e}")))?;
         for (kind, net) in &m.networks {
-            for p in std::iter::once(&net.file).chain(net.external_data.iter()) {
+            let chunk_files = net.chunks.iter().map(|c| &c.file);
+            for p in std::iter::once(&net.file)
+                .chain(net.external_data.iter())
+                .chain(chunk_files)
+            {
                 let rel = Path::new(p);
                 if rel.is_absolute()
                     || rel
@@ -193,6 +213,7 @@ mod tests {
                     onnx_opset: 23,
                     onnx_ir_version: 11,
                 },
+                chunks: vec![],
             },
         );
         m

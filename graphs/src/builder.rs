@@ -100,6 +100,10 @@ pub struct GraphBuilder<'i> {
     counters: HashMap<String, usize>,
     consts: HashMap<String, Value>,
     external: Option<ExternalData>,
+    /// External weights already written, by name: a later graph of the same
+    /// builder (the VAE's first-chunk and steady-state graphs) references
+    /// them instead of writing them again.
+    written: HashMap<String, TensorProto>,
     interrupt: Option<&'i AtomicBool>,
     progress: Option<Box<dyn FnMut(u64) + 'i>>,
 }
@@ -240,6 +244,7 @@ impl<'i> GraphBuilder<'i> {
             counters: HashMap::new(),
             consts: HashMap::new(),
             external,
+            written: HashMap::new(),
             interrupt: None,
             progress: None,
         })
@@ -343,6 +348,18 @@ impl<'i> GraphBuilder<'i> {
         doc: &str,
         produce: impl FnOnce(&mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>,
     ) -> Result<Value> {
+        if let Some(t) = self.written.get(name) {
+            if t.data_type != dtype.onnx_code() || t.dims != dims {
+                return Err(Error::Invalid(format!(
+                    "initializer {name} written before with another dtype or shape"
+                )));
+            }
+            self.initializers.push(t.clone());
+            return Ok(Value {
+                name: name.into(),
+                dtype,
+            });
+        }
         let mut t = TensorProto {
             dims: dims.to_vec(),
             data_type: dtype.onnx_code(),
@@ -378,6 +395,7 @@ impl<'i> GraphBuilder<'i> {
                 if let Some(p) = &mut self.progress {
                     p(len as u64);
                 }
+                self.written.insert(name.to_string(), t.clone());
             }
             _ => {
                 let mut raw = Vec::with_capacity(len);
@@ -405,7 +423,26 @@ impl<'i> GraphBuilder<'i> {
         transpose: bool,
     ) -> Result<Value> {
         self.check_interrupt()?;
-        let mut dims: Vec<i64> = src.shape.iter().map(|&d| d as i64).collect();
+        let dims: Vec<i64> = src.shape.iter().map(|&d| d as i64).collect();
+        self.weight_as(name, src, store, transpose, dims)
+    }
+
+    /// [`Self::weight`] stored under other dims of the same element count
+    /// (a Conv2d kernel `[o, i, kh, kw]` as a Conv3d `[o, i, 1, kh, kw]`).
+    pub fn weight_as(
+        &mut self,
+        name: &str,
+        src: &SourceTensor<'_>,
+        store: DType,
+        transpose: bool,
+        mut dims: Vec<i64>,
+    ) -> Result<Value> {
+        if dims.iter().product::<i64>() as usize != src.numel() {
+            return Err(Error::Invalid(format!(
+                "{name}: dims {dims:?} do not fit {:?}",
+                src.shape
+            )));
+        }
         let doc = if transpose {
             dims.reverse();
             "transposed from the checkpoint's [out, in] to [in, out]"
@@ -666,6 +703,71 @@ impl<'i> GraphBuilder<'i> {
         self.op("Expand", &[x, shape], vec![], x.dtype)
     }
 
+    pub fn div(&mut self, a: &Value, b: &Value) -> Value {
+        self.binary("Div", a, b)
+    }
+    pub fn max(&mut self, a: &Value, b: &Value) -> Value {
+        self.binary("Max", a, b)
+    }
+    pub fn sqrt(&mut self, x: &Value) -> Value {
+        self.op("Sqrt", &[x], vec![], x.dtype)
+    }
+    /// Sum of squares over `axes`, kept as size-1 axes.
+    pub fn reduce_sum_square(&mut self, x: &Value, axes: &[i64]) -> Value {
+        let a = self.const_i64(axes);
+        self.op(
+            "ReduceSumSquare",
+            &[x, &a],
+            vec![attr_int("keepdims", 1)],
+            x.dtype,
+        )
+    }
+    /// `x[starts..ends]` along `axes` (negative indices count from the end).
+    pub fn slice(&mut self, x: &Value, starts: &[i64], ends: &[i64], axes: &[i64]) -> Value {
+        let (s, e, a) = (
+            self.const_i64(starts),
+            self.const_i64(ends),
+            self.const_i64(axes),
+        );
+        self.op("Slice", &[x, &s, &e, &a], vec![], x.dtype)
+    }
+    /// Zero padding; `pads` = begins of every axis, then ends.
+    pub fn pad(&mut self, x: &Value, pads: &[i64]) -> Value {
+        let p = self.const_i64(pads);
+        self.op("Pad", &[x, &p], vec![], x.dtype)
+    }
+    /// Clamps to `[lo, hi]`.
+    pub fn clip(&mut self, x: &Value, lo: f32, hi: f32) -> Value {
+        let (l, h) = (self.scalar(lo, x.dtype), self.scalar(hi, x.dtype));
+        self.op("Clip", &[x, &l, &h], vec![], x.dtype)
+    }
+    /// Nearest-neighbour upsampling by integer `scales` per axis.
+    pub fn upsample_nearest(&mut self, x: &Value, scales: &[f32]) -> Result<Value> {
+        let sc = self.const_f32(
+            &format!("resize_scales_{}", scales.len()),
+            &[scales.len() as i64],
+            scales,
+            DType::Float32,
+        )?;
+        Ok(self.op(
+            "Resize",
+            &[
+                x,
+                &Value {
+                    name: String::new(),
+                    dtype: DType::Float32,
+                },
+                &sc,
+            ],
+            vec![
+                attr_string("mode", "nearest"),
+                attr_string("coordinate_transformation_mode", "asymmetric"),
+                attr_string("nearest_mode", "floor"),
+            ],
+            x.dtype,
+        ))
+    }
+
     // ---- normalisation, attention, convolution -------------------------
 
     /// LayerNormalization over the last axis (statistics in the input type).
@@ -754,9 +856,36 @@ impl<'i> GraphBuilder<'i> {
         )
     }
 
-    /// Finishes the graph, flushing the external data.
-    pub fn finish(self, doc: &str) -> Result<ExportedGraph> {
-        let (weights_digest, external_data_bytes, external_data) = match self.external {
+    /// Takes the graph built so far as a model, leaving the builder ready
+    /// for another graph that shares the external-data file.
+    pub fn take_graph(&mut self, name: &str, doc: &str) -> ModelProto {
+        let graph = GraphProto {
+            node: std::mem::take(&mut self.nodes),
+            name: name.into(),
+            initializer: std::mem::take(&mut self.initializers),
+            doc_string: doc.into(),
+            input: std::mem::take(&mut self.inputs),
+            output: std::mem::take(&mut self.outputs),
+            value_info: std::mem::take(&mut self.value_info),
+        };
+        self.consts.clear();
+        self.counters.clear();
+        ModelProto {
+            ir_version: IR_VERSION,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: OPSET,
+            }],
+            producer_name: "wanrt".into(),
+            producer_version: env!("CARGO_PKG_VERSION").into(),
+            graph: Some(graph),
+            ..Default::default()
+        }
+    }
+
+    /// Flushes and syncs the external data: (digest, bytes, path).
+    pub fn finish_external(self) -> Result<(String, u64, Option<PathBuf>)> {
+        Ok(match self.external {
             Some(mut ext) => {
                 ext.writer.flush().map_err(|source| Error::Io {
                     file: ext.path.clone(),
@@ -774,27 +903,14 @@ impl<'i> GraphBuilder<'i> {
                 (digest, ext.offset, Some(ext.path))
             }
             None => (String::from("sha256:inline"), 0, None),
-        };
-        let graph = GraphProto {
-            node: self.nodes,
-            name: self.name,
-            initializer: self.initializers,
-            doc_string: doc.into(),
-            input: self.inputs,
-            output: self.outputs,
-            value_info: self.value_info,
-        };
-        let model = ModelProto {
-            ir_version: IR_VERSION,
-            opset_import: vec![OperatorSetIdProto {
-                domain: String::new(),
-                version: OPSET,
-            }],
-            producer_name: "wanrt".into(),
-            producer_version: env!("CARGO_PKG_VERSION").into(),
-            graph: Some(graph),
-            ..Default::default()
-        };
+        })
+    }
+
+    /// Finishes the (only) graph, flushing the external data.
+    pub fn finish(mut self, doc: &str) -> Result<ExportedGraph> {
+        let name = self.name.clone();
+        let model = self.take_graph(&name, doc);
+        let (weights_digest, external_data_bytes, external_data) = self.finish_external()?;
         Ok(ExportedGraph {
             model,
             weights_digest,

@@ -14,6 +14,7 @@ use wanrt_core::manifest::NetworkEntry;
 use wanrt_core::{DType, Manifest, NetworkKind, Precision};
 
 use crate::backend::Backend;
+use crate::chunked::ChunkedNetwork;
 use crate::error::{Error, Result};
 use crate::tensorfile::HostTensor;
 
@@ -40,15 +41,18 @@ impl Artifacts {
         }
         let manifest = Manifest::read(dir)?;
         for (kind, net) in &manifest.networks {
-            let graph = dir.join(&net.file);
-            let bytes = std::fs::read(&graph)
-                .map_err(|e| fail(format!("network {kind}: {}: {e}", graph.display())))?;
-            let digest = format!("sha256:{}", hex(&Sha256::digest(&bytes)));
-            if digest != net.graph_digest {
-                return Err(fail(format!(
-                    "network {kind}: {} does not match its digest in manifest.json (modified or from another compile)",
-                    net.file
-                )));
+            let graphs = std::iter::once((&net.file, &net.graph_digest))
+                .chain(net.chunks.iter().map(|c| (&c.file, &c.graph_digest)));
+            for (file, want) in graphs {
+                let graph = dir.join(file);
+                let bytes = std::fs::read(&graph)
+                    .map_err(|e| fail(format!("network {kind}: {}: {e}", graph.display())))?;
+                let digest = format!("sha256:{}", hex(&Sha256::digest(&bytes)));
+                if &digest != want {
+                    return Err(fail(format!(
+                        "network {kind}: {file} does not match its digest in manifest.json (modified or from another compile)"
+                    )));
+                }
             }
             if let Some(data) = &net.external_data {
                 let p = dir.join(data);
@@ -85,12 +89,20 @@ impl Artifacts {
                 ),
             ));
         }
-        let session = crate::session::create(&self.dir.join(&entry.file), backend)?;
-        Ok(Network {
-            kind,
-            entry,
-            session,
-        })
+        let inner = if entry.chunks.is_empty() {
+            Inner::Plain(crate::session::create(
+                &self.dir.join(&entry.file),
+                backend,
+            )?)
+        } else {
+            Inner::Chunked(Box::new(ChunkedNetwork::load(
+                &self.dir,
+                kind.name(),
+                &entry,
+                backend,
+            )?))
+        };
+        Ok(Network { kind, entry, inner })
     }
 }
 
@@ -98,13 +110,38 @@ impl Artifacts {
 pub struct Network {
     pub kind: NetworkKind,
     pub entry: NetworkEntry,
-    session: ort::session::Session,
+    inner: Inner,
+}
+
+enum Inner {
+    Plain(ort::session::Session),
+    /// The VAE: first-chunk and steady-state graphs driven chunk by chunk.
+    Chunked(Box<ChunkedNetwork>),
 }
 
 impl Network {
     /// The engine's batch when it is static.
     pub fn fixed_batch(&self) -> Option<u64> {
         self.entry.profile.batch.fixed().map(u64::from)
+    }
+
+    /// For a chunked network (the VAE), runs `input` and hands each chunk's
+    /// output to `sink` as soon as it exists (constant memory in the number
+    /// of frames).
+    pub fn run_streaming(
+        &mut self,
+        input: &HostTensor,
+        sink: impl FnMut(HostTensor) -> Result<()>,
+    ) -> Result<()> {
+        let spec = &self.entry.inputs[0];
+        spec.check(self.kind.name(), input.dtype, &input.shape)?;
+        match &mut self.inner {
+            Inner::Chunked(c) => c.run_streaming(input, sink),
+            Inner::Plain(_) => Err(Error::arg(
+                "network",
+                format!("{} is not a chunked network", self.kind),
+            )),
+        }
     }
 
     /// Runs the network on `inputs` (by contract name; extra tensors are
@@ -141,6 +178,16 @@ impl Network {
         }
         let batch = batch.unwrap_or(1);
         let step = self.fixed_batch().unwrap_or(batch);
+        let session = match &mut self.inner {
+            Inner::Plain(s) => s,
+            Inner::Chunked(c) => {
+                let (_, t) = ordered.first().ok_or_else(|| Error::Inference {
+                    network: net.into(),
+                    reason: "no input".into(),
+                })?;
+                return c.run(t);
+            }
+        };
         if batch % step != 0 {
             return Err(Error::Core(wanrt_core::Error::ContractMismatch {
                 network: net.into(),
@@ -163,7 +210,7 @@ impl Network {
                     (n.clone(), t)
                 })
                 .collect();
-            chunks.push(crate::session::run(&mut self.session, net, &slice)?);
+            chunks.push(crate::session::run(session, net, &slice)?);
         }
         let mut out = BTreeMap::new();
         let names: Vec<String> = chunks

@@ -293,3 +293,117 @@ mod tests {
         assert_eq!(HostTensor::concat_batch(&parts).unwrap(), t);
     }
 }
+
+/// Writes one `[1, C, T, H, W]` tensor chunk by chunk along T, at its final
+/// offsets, so a long decode never holds the whole video in memory. The file
+/// is built under a temporary name and renamed by [`TimeStreamWriter::finish`];
+/// dropping the writer unfinished removes it.
+pub struct TimeStreamWriter {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    file: std::fs::File,
+    data_start: u64,
+    shape: Vec<u64>,
+    written_t: u64,
+    done: bool,
+}
+
+impl TimeStreamWriter {
+    pub fn create(path: &Path, name: &str, shape: Vec<u64>, overwrite: bool) -> Result<Self> {
+        if path.exists() && !overwrite {
+            return Err(Error::OutputExists {
+                file: path.to_path_buf(),
+            });
+        }
+        if shape.len() != 5 || shape[0] != 1 {
+            return Err(Error::arg(
+                "--output",
+                format!("{name}: streaming needs [1, C, T, H, W], got {shape:?}"),
+            ));
+        }
+        let numel: u64 = shape.iter().product();
+        let mut header = Map::new();
+        let mut info = Map::new();
+        info.insert("dtype".into(), "F32".into());
+        info.insert("shape".into(), shape.clone().into());
+        info.insert("data_offsets".into(), vec![0, numel * 4].into());
+        header.insert(name.to_string(), Json::Object(info));
+        let mut h = Json::Object(header).to_string().into_bytes();
+        while (8 + h.len()) % 8 != 0 {
+            h.push(b' ');
+        }
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let fname = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{fname}.tmp-{}", std::process::id()));
+        let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(path, e))?;
+        let data_start = 8 + h.len() as u64;
+        file.write_all(&(h.len() as u64).to_le_bytes())
+            .and_then(|_| file.write_all(&h))
+            .and_then(|_| file.set_len(data_start + numel * 4))
+            .map_err(|e| Error::io(&tmp, e))?;
+        Ok(TimeStreamWriter {
+            path: path.to_path_buf(),
+            tmp,
+            file,
+            data_start,
+            shape,
+            written_t: 0,
+            done: false,
+        })
+    }
+
+    /// Appends the frames of `chunk` (`[1, C, t, H, W]`, float32).
+    pub fn append(&mut self, chunk: &HostTensor) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let (c, t_total) = (self.shape[1], self.shape[2]);
+        let plane = self.shape[3] * self.shape[4] * 4;
+        let t = chunk.shape[2];
+        if chunk.dtype != DType::Float32
+            || chunk.shape[1] != c
+            || chunk.shape[3..] != self.shape[3..]
+            || self.written_t + t > t_total
+        {
+            return Err(Error::arg(
+                "--output",
+                format!("chunk {:?} does not fit {:?}", chunk.shape, self.shape),
+            ));
+        }
+        for ch in 0..c {
+            let src = &chunk.data[(ch * t * plane) as usize..((ch + 1) * t * plane) as usize];
+            let off = self.data_start + (ch * t_total + self.written_t) * plane;
+            self.file
+                .write_all_at(src, off)
+                .map_err(|e| Error::io(&self.tmp, e))?;
+        }
+        self.written_t += t;
+        Ok(())
+    }
+
+    /// Syncs and renames into place; every frame must have been written.
+    pub fn finish(mut self) -> Result<()> {
+        if self.written_t != self.shape[2] {
+            return Err(Error::arg(
+                "--output",
+                format!("{} of {} frames written", self.written_t, self.shape[2]),
+            ));
+        }
+        self.file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for TimeStreamWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
