@@ -87,3 +87,96 @@ fn both_layouts_give_the_same_graph() {
         "weights differ between layouts"
     );
 }
+
+/// Compares `text` with `tests/expected/<stem>.txt` (or writes it under
+/// `WANRT_BLESS=1`).
+fn check_text(stem: &str, text: &str) {
+    let expected = common::fixtures()
+        .parent()
+        .unwrap()
+        .join("expected")
+        .join(format!("{stem}.txt"));
+    if std::env::var_os("WANRT_BLESS").is_some() {
+        std::fs::write(&expected, text).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&expected).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with WANRT_BLESS=1 to create it)",
+            expected.display()
+        )
+    });
+    if text != want {
+        let first = text
+            .lines()
+            .zip(want.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(text.lines().count().min(want.lines().count()));
+        panic!(
+            "graph dump {stem} differs from {} at line {}:\n  got:  {}\n  want: {}\n(if intended: WANRT_BLESS=1 cargo test --test graph_dump)",
+            expected.display(),
+            first + 1,
+            text.lines().nth(first).unwrap_or("<end>"),
+            want.lines().nth(first).unwrap_or("<end>")
+        );
+    }
+}
+
+#[test]
+fn image_encoder_fp32_dump_matches() {
+    let out = Case::new("i2v-tiny")
+        .try_compile(
+            false,
+            Precision::Fp32,
+            BatchMode::Fixed(1),
+            &[wanrt::core::NetworkKind::ImageEncoder],
+        )
+        .unwrap();
+    let model =
+        ModelProto::from_bytes(&std::fs::read(out.path().join("image_encoder.onnx")).unwrap())
+            .unwrap();
+    check_text("image_encoder-i2v-tiny-fp32", &dump(&model));
+}
+
+#[test]
+fn text_encoder_fp32_dump_matches() {
+    let c = Case::new("t2v-tiny");
+    let out = c.compile_text_encoder(Precision::Fp32, BatchMode::Fixed(1));
+    let model =
+        ModelProto::from_bytes(&std::fs::read(out.path().join("text_encoder.onnx")).unwrap())
+            .unwrap();
+    let text = dump(&model);
+    let expected = common::fixtures()
+        .parent()
+        .unwrap()
+        .join("expected")
+        .join("text_encoder-t2v-tiny-fp32.txt");
+    if std::env::var_os("WANRT_BLESS").is_some() {
+        std::fs::write(&expected, &text).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&expected).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with WANRT_BLESS=1 to create it)",
+            expected.display()
+        )
+    });
+    if let Some((i, (a, b))) = text
+        .lines()
+        .zip(want.lines())
+        .enumerate()
+        .find(|(_, (a, b))| a != b)
+    {
+        panic!(
+            "graph dump of the t2v-tiny fp32 text encoder differs from {} at line {}:\n  got:  {a}\n  want: {b}\n(if intended: WANRT_BLESS=1 cargo test --test graph_dump)",
+            expected.display(),
+            i + 1
+        );
+    }
+    assert_eq!(
+        text.lines().count(),
+        want.lines().count(),
+        "graph dump of the t2v-tiny fp32 text encoder: line count differs from {}",
+        expected.display()
+    );
+}

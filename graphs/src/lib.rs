@@ -4,17 +4,20 @@
 //! * [`builder`] — a typed graph builder that streams weights to external data;
 //! * [`weights`] — the name-prefixing, shape-checking weight accessor;
 //! * [`names`] — the one renaming table between checkpoint layouts;
-//! * [`dit`] — one file per network;
+//! * [`dit`], [`clip`] — one file per network;
 //! * [`dump`] — a stable text dump of a graph for review and tests;
 //! * [`emulate`] — a test rewrite that runs bf16 graphs on CPUs without bf16 kernels.
 
 pub mod builder;
+pub mod clip;
 pub mod dit;
 pub mod dump;
 pub mod emulate;
 pub mod error;
 pub mod names;
 pub mod onnx;
+pub mod t5;
+pub mod vae;
 pub mod weights;
 
 pub use builder::{ExportedGraph, GraphBuilder, Value};

@@ -70,6 +70,7 @@ impl Case {
             out: out.path().to_path_buf(),
             profile: self.profile(batch),
             precision,
+            vae_precision: wanrt::core::Precision::Fp32,
             networks: vec![wanrt::core::NetworkKind::Dit],
             debug_outputs: false,
             overwrite: true,
@@ -142,4 +143,102 @@ pub fn dit_inputs(golden: &BTreeMap<String, HostTensor>) -> BTreeMap<String, Hos
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+impl Case {
+    /// Compiles `networks` of this case into a fresh temporary directory,
+    /// returning the compiler's error (for tests of refusals).
+    pub fn try_compile(
+        &self,
+        original: bool,
+        precision: Precision,
+        batch: BatchMode,
+        networks: &[wanrt::core::NetworkKind],
+    ) -> Result<tempfile::TempDir, wanrt::compiler::Error> {
+        let out = tempfile::tempdir().unwrap();
+        let mut opts = self.options(original, precision, batch, out.path());
+        opts.networks = networks.to_vec();
+        compile(&opts).map(|_| out)
+    }
+
+    /// Options compiling this case (size, frames, text length) into `out`.
+    pub fn options(
+        &self,
+        original: bool,
+        precision: Precision,
+        batch: BatchMode,
+        out: &Path,
+    ) -> CompileOptions {
+        CompileOptions {
+            model: ModelSource::Dir(self.model_dir(original)),
+            out: out.to_path_buf(),
+            profile: self.profile(batch),
+            precision,
+            vae_precision: Precision::Fp32,
+            networks: vec![],
+            debug_outputs: false,
+            overwrite: true,
+            show_progress: false,
+            interrupt: None,
+        }
+    }
+}
+
+/// Runs network `kind` of the artifact directory `dir` compiled in bf16 on
+/// ONNX Runtime's CPU provider, through `wanrt::graphs::emulate::emulate_bf16`
+/// (the CPU provider has no bf16 kernels; every tensor the shipped graph
+/// holds in bf16 is still rounded where the graph rounds it).
+pub fn run_bf16_emulated(
+    dir: &Path,
+    kind: wanrt::core::NetworkKind,
+    inputs: &BTreeMap<String, HostTensor>,
+) -> BTreeMap<String, HostTensor> {
+    use wanrt::runtime::{Artifacts, Backend, session};
+    let artifacts = Artifacts::open(dir).unwrap();
+    let entry = artifacts.entry(kind).unwrap();
+    let path = dir.join(&entry.file);
+    let mut model =
+        wanrt::graphs::onnx::ModelProto::from_bytes(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(wanrt::graphs::emulate::emulate_bf16(&mut model) > 0);
+    let emulated = dir.join(format!("{kind}.emulated.onnx"));
+    std::fs::write(&emulated, model.to_bytes()).unwrap();
+    let mut s = session::create(&emulated, Backend::OrtCpu).unwrap();
+    let ordered: Vec<_> = entry
+        .inputs
+        .iter()
+        .map(|spec| (spec.name.clone(), inputs[&spec.name].clone()))
+        .collect();
+    session::run(&mut s, kind.name(), &ordered).unwrap()
+}
+
+impl Case {
+    /// Compiles the text encoder of this case (diffusers layout) into a
+    /// fresh temporary directory.
+    pub fn compile_text_encoder(
+        &self,
+        precision: Precision,
+        batch: BatchMode,
+    ) -> tempfile::TempDir {
+        self.try_compile(
+            false,
+            precision,
+            batch,
+            &[wanrt::core::NetworkKind::TextEncoder],
+        )
+        .unwrap_or_else(|e| panic!("compiling the text encoder of {}: {e}", self.name))
+    }
+}
+
+/// Copies a directory tree (small fixtures only).
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
 }

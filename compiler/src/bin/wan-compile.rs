@@ -53,6 +53,10 @@ struct Args {
     /// Precision written into the graphs.
     #[arg(long, default_value = "bf16")]
     precision: Precision,
+    /// Precision of the VAE graphs (fp32 by default, as the reference
+    /// recommends).
+    #[arg(long, default_value = "fp32")]
+    vae_precision: Precision,
     /// Networks to compile, comma-separated (default: all the model has).
     #[arg(long, value_delimiter = ',')]
     networks: Vec<NetworkKind>,
@@ -110,6 +114,7 @@ fn run() -> Result<()> {
         out: args.out.clone(),
         profile: profile(&args, default_profile)?,
         precision: args.precision,
+        vae_precision: args.vae_precision,
         networks: args.networks.clone(),
         debug_outputs: args.debug_outputs,
         overwrite: args.overwrite,
