@@ -28,6 +28,11 @@ pub enum ErrorKind {
     Io,
     /// A tokenizer file is missing, unreadable or not a tokenizer.
     Tokenizer,
+    /// An input image is missing, unreadable, not an image, damaged or of
+    /// an unacceptable size (see `image`).
+    Image,
+    /// The video encoder failed on valid input (see `video`).
+    VideoEncode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +65,13 @@ pub enum Error {
     },
     #[error("tokenizer {file}: {reason}")]
     Tokenizer { file: PathBuf, reason: String },
+    #[error("image {file}: {problem}")]
+    Image {
+        file: PathBuf,
+        problem: crate::image::ImageProblem,
+    },
+    #[error("encoding video {file}: {reason}")]
+    VideoEncode { file: PathBuf, reason: String },
 }
 
 impl Error {
@@ -82,6 +94,8 @@ impl Error {
             Error::Interrupted => ErrorKind::Interrupted,
             Error::Io { .. } => ErrorKind::Io,
             Error::Tokenizer { .. } => ErrorKind::Tokenizer,
+            Error::Image { .. } => ErrorKind::Image,
+            Error::VideoEncode { .. } => ErrorKind::VideoEncode,
         }
     }
 
