@@ -21,14 +21,19 @@
 //! ```
 
 pub mod backend;
+pub mod chunked;
 pub mod engine;
 pub mod error;
+pub mod image;
 pub mod ortlib;
+pub mod pipeline;
+pub mod prompt;
 pub mod schedule;
 pub mod session;
 pub mod tensorfile;
 pub mod text;
 pub mod trt;
+pub mod video;
 
 pub use backend::Backend;
 pub use engine::{Artifacts, Network};

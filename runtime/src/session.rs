@@ -61,7 +61,7 @@ fn to_value(t: &HostTensor) -> std::result::Result<DynValue, String> {
     v.map_err(|e| e.to_string())
 }
 
-fn from_value(name: &str, v: &DynValue) -> std::result::Result<HostTensor, String> {
+pub(crate) fn from_value(name: &str, v: &DynValue) -> std::result::Result<HostTensor, String> {
     let ValueType::Tensor { ty, .. } = v.dtype() else {
         return Err(format!("output {name} is not a tensor"));
     };

@@ -14,9 +14,63 @@ use wanrt_runtime::{Artifacts, Backend, tensorfile};
     version,
     about = "Run Wan2.1 engines compiled by wan-compile"
 )]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct Args {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    generate: GenerateArgs,
+}
+
+/// `wan-run --engines DIR --prompt TEXT ...`: generate a video.
+#[derive(clap::Args, Debug)]
+struct GenerateArgs {
+    /// Artifact directory written by wan-compile.
+    #[arg(long, required = true)]
+    engines: Option<PathBuf>,
+    /// The prompt.
+    #[arg(long, required = true)]
+    prompt: Option<String>,
+    /// Negative prompt (default: the official one for the task).
+    #[arg(long)]
+    negative_prompt: Option<String>,
+    /// Conditioning image (image-to-video engines).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Sampling steps (default: 50, 40 for I2V).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale (default 5.0; ≤ 1 skips the
+    /// unconditional pass).
+    #[arg(long)]
+    guidance_scale: Option<f32>,
+    /// Sampling shift (default 5.0; 3.0 for I2V at 480P).
+    #[arg(long)]
+    shift: Option<f64>,
+    /// unipc (default), dpm++ or euler.
+    #[arg(long, default_value = "unipc")]
+    solver: String,
+    /// Seed of the initial noise (default: random; recorded in the sidecar).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Output: a .mp4 file (H.264, 16 fps) or a directory ending in '/' for
+    /// numbered PNG frames. A JSON sidecar with every setting is written next
+    /// to it.
+    #[arg(long, default_value = "wan-output.mp4")]
+    output: PathBuf,
+    /// Initial noise from a safetensors file (tensor `latents`, normalised
+    /// latent space).
+    #[arg(long)]
+    latents_in: Option<PathBuf>,
+    /// Also write the final denoised latents (tensor `latents`).
+    #[arg(long)]
+    save_latents: Option<PathBuf>,
+    /// ort-cpu, ort-cuda, ort-tensorrt or tensorrt.
+    #[arg(long, default_value = "ort-cpu")]
+    backend: Backend,
+    /// Replace existing outputs.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -32,6 +86,30 @@ enum Command {
         /// Input tensors (safetensors).
         #[arg(long)]
         input: PathBuf,
+        /// Output tensors (safetensors), written atomically.
+        #[arg(long)]
+        output: PathBuf,
+        /// ort-cpu, ort-cuda, ort-tensorrt or tensorrt.
+        #[arg(long, default_value = "ort-cpu")]
+        backend: Backend,
+        /// Replace --output if it exists.
+        #[arg(long)]
+        overwrite: bool,
+        /// Run this many times after loading and report the median and
+        /// minimum run time (warm timings for benchmarks).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+    },
+    /// Encode one prompt with the text encoder (cleaning, tokenizer, UMT5,
+    /// trimmed to its length and zero-padded): writes input_ids,
+    /// attention_mask [1, L] and prompt_embeds [1, L, d_model].
+    EncodePrompt {
+        /// Artifact directory written by wan-compile (with a text encoder).
+        #[arg(long)]
+        engines: PathBuf,
+        /// The raw prompt (cleaned as the reference does).
+        #[arg(long)]
+        prompt: String,
         /// Output tensors (safetensors), written atomically.
         #[arg(long)]
         output: PathBuf,
@@ -131,8 +209,148 @@ fn compare(
     Ok(())
 }
 
+fn sidecar_path(output: &std::path::Path) -> PathBuf {
+    let s = output.as_os_str().to_string_lossy();
+    PathBuf::from(format!("{}.json", s.trim_end_matches('/')))
+}
+
+fn generate(g: GenerateArgs) -> Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use wanrt_runtime::pipeline::{GenerateOptions, Pipeline};
+
+    let engines = g.engines.context("--engines is required")?;
+    let prompt = g.prompt.context("--prompt is required")?;
+    let solver: wanrt_runtime::schedule::Solver = g.solver.parse()?;
+    // Check the outputs before minutes of work.
+    wanrt_runtime::video::output_kind(&g.output)?;
+    let sidecar = sidecar_path(&g.output);
+    for p in [Some(&g.output), Some(&sidecar), g.save_latents.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        if p.exists()
+            && !g.overwrite
+            && !(p.is_dir()
+                && std::fs::read_dir(p)
+                    .map(|mut d| d.next().is_none())
+                    .unwrap_or(false))
+        {
+            anyhow::bail!("{} exists; pass --overwrite to replace it", p.display());
+        }
+    }
+    let latents =
+        match &g.latents_in {
+            Some(path) => {
+                let mut t = tensorfile::read(path)?;
+                Some(t.remove("latents").with_context(|| {
+                    format!("--latents-in {}: no tensor 'latents'", path.display())
+                })?)
+            }
+            None => None,
+        };
+    let seed = g.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            % (1 << 53)
+    });
+    let interrupt = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupt.clone();
+        ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
+            .context("installing the Ctrl-C handler")?;
+    }
+    let artifacts = Artifacts::open(&engines)?;
+    let model_digest = artifacts.entry(NetworkKind::Dit)?.weights_digest.clone();
+    eprintln!(
+        "loading engines from {} on {}",
+        engines.display(),
+        g.backend
+    );
+    let mut pipeline = Pipeline::load(artifacts, g.backend)?;
+    let opts = GenerateOptions {
+        prompt,
+        negative_prompt: g.negative_prompt.clone(),
+        image: g.image.clone(),
+        steps: g.steps,
+        guidance_scale: g.guidance_scale,
+        shift: g.shift,
+        solver,
+        seed,
+        latents,
+    };
+    let pb = indicatif::ProgressBar::new(0);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} step {pos}/{len} {msg} ({elapsed}, eta {eta})",
+        )
+        .expect("static template"),
+    );
+    let result = pipeline.generate(&opts, Some(&interrupt), |i, n, secs| {
+        pb.set_length(n as u64);
+        pb.set_position(i as u64);
+        pb.set_message(format!("{secs:.2} s/step"));
+    });
+    pb.finish_and_clear();
+    let out = match result {
+        Err(wanrt_runtime::Error::Interrupted) => anyhow::bail!("interrupted; nothing was written"),
+        r => r?,
+    };
+    if let Some(path) = &g.save_latents {
+        let t = std::collections::BTreeMap::from([("latents".to_string(), out.latents.clone())]);
+        tensorfile::write(path, &t, g.overwrite)?;
+    }
+    let frames = wanrt_runtime::video::RgbFrames::from_tensor(&out.video)?;
+    let video_opts = wanrt_runtime::video::VideoOptions {
+        overwrite: g.overwrite,
+        ..Default::default()
+    };
+    let t0 = std::time::Instant::now();
+    match wanrt_runtime::video::write_video(&g.output, &frames, &video_opts, Some(&interrupt)) {
+        Err(wanrt_runtime::Error::Interrupted) => anyhow::bail!("interrupted; nothing was written"),
+        r => r?,
+    };
+    let write_s = t0.elapsed().as_secs_f64();
+    let side = serde_json::json!({
+        "wanrt": env!("CARGO_PKG_VERSION"),
+        "engines": engines.display().to_string(),
+        "model_digest": model_digest,
+        "backend": g.backend.name(),
+        "profile": pipeline.profile(),
+        "settings": out.settings,
+        "timings": out.timings,
+        "video_write_s": write_s,
+        "output": g.output.display().to_string(),
+        "latents_in": g.latents_in.as_ref().map(|p| p.display().to_string()),
+    });
+    tensorfile::write_atomic(
+        &sidecar,
+        serde_json::to_string_pretty(&side)?.as_bytes(),
+        g.overwrite,
+    )?;
+    eprintln!(
+        "wrote {} ({} frames {}x{} at {} fps, seed {}, {} steps in {:.1} s) and {}",
+        g.output.display(),
+        out.settings.frames,
+        out.settings.width,
+        out.settings.height,
+        out.settings.fps,
+        out.settings.seed,
+        out.settings.steps,
+        out.timings.denoise_s,
+        sidecar.display()
+    );
+    Ok(())
+}
+
 fn run() -> Result<()> {
-    match Args::parse().command {
+    let args = Args::parse();
+    let Some(command) = args.command else {
+        return generate(args.generate);
+    };
+    match command {
         Command::Component {
             network,
             engines,
@@ -140,6 +358,7 @@ fn run() -> Result<()> {
             output,
             backend,
             overwrite,
+            repeat,
         } => {
             if output.exists() && !overwrite {
                 anyhow::bail!(
@@ -152,21 +371,91 @@ fn run() -> Result<()> {
             let start = std::time::Instant::now();
             let mut net = artifacts.load(network, backend)?;
             let loaded = start.elapsed();
-            let outputs = net
-                .run(&inputs)
-                .with_context(|| format!("running {network} on {}", input.display()))?;
+            let mut runs = Vec::new();
+            let names: Vec<String> = if net.entry.chunks.is_empty() {
+                let mut outputs = Default::default();
+                for _ in 0..repeat.max(1) {
+                    let t = std::time::Instant::now();
+                    outputs = net
+                        .run(&inputs)
+                        .with_context(|| format!("running {network} on {}", input.display()))?;
+                    runs.push(t.elapsed().as_secs_f64());
+                }
+                tensorfile::write(&output, &outputs, overwrite)?;
+                outputs
+                    .iter()
+                    .map(|(n, t)| format!("{n} {:?}", t.shape))
+                    .collect()
+            } else {
+                // Chunked networks (the VAE) stream each chunk to the file:
+                // memory does not grow with the number of frames.
+                let spec = net.entry.inputs[0].clone();
+                let x = inputs
+                    .get(&spec.name)
+                    .with_context(|| format!("{}: no tensor '{}'", input.display(), spec.name))?;
+                let out = net.entry.outputs[0].clone();
+                let shape = out.concrete_shape(1);
+                let mut writer = tensorfile::TimeStreamWriter::create(
+                    &output,
+                    &out.name,
+                    shape.clone(),
+                    overwrite,
+                )?;
+                net.run_streaming(x, |chunk| writer.append(&chunk))
+                    .with_context(|| format!("running {network} on {}", input.display()))?;
+                writer.finish()?;
+                vec![format!("{} {shape:?}", out.name)]
+            };
             let ran = start.elapsed() - loaded;
-            tensorfile::write(&output, &outputs, overwrite)?;
-            let names: Vec<String> = outputs
-                .iter()
-                .map(|(n, t)| format!("{n} {:?}", t.shape))
-                .collect();
+            if runs.len() > 1 {
+                runs.sort_by(f64::total_cmp);
+                println!(
+                    "{network}: run median {:.4} s, min {:.4} s over {} runs",
+                    runs[runs.len() / 2],
+                    runs[0],
+                    runs.len()
+                );
+            }
+            let peak = peak_rss_mib()
+                .map(|m| format!(", peak RSS {m:.1} MiB"))
+                .unwrap_or_default();
             eprintln!(
-                "{network} on {backend}: load {:.2} s, run {:.3} s; wrote {} ({})",
+                "{network} on {backend}: load {:.2} s, run {:.3} s; wrote {} ({}){peak}",
                 loaded.as_secs_f64(),
                 ran.as_secs_f64(),
                 output.display(),
                 names.join(", ")
+            );
+            Ok(())
+        }
+        Command::EncodePrompt {
+            engines,
+            prompt,
+            output,
+            backend,
+            overwrite,
+        } => {
+            if output.exists() && !overwrite {
+                anyhow::bail!(
+                    "{} exists; pass --overwrite to replace it",
+                    output.display()
+                );
+            }
+            let artifacts = Artifacts::open(&engines)?;
+            let start = std::time::Instant::now();
+            let mut encoder = wanrt_runtime::prompt::PromptEncoder::load(&artifacts, backend)?;
+            let loaded = start.elapsed();
+            let embeds = encoder.encode(&prompt).context("encoding --prompt")?;
+            let ran = start.elapsed() - loaded;
+            embeds.write(&output, overwrite)?;
+            eprintln!(
+                "text_encoder on {backend}: load {:.2} s, run {:.3} s; wrote {} ({} of {} tokens, d_model {})",
+                loaded.as_secs_f64(),
+                ran.as_secs_f64(),
+                output.display(),
+                embeds.seq_len,
+                embeds.text_len(),
+                embeds.d_model
             );
             Ok(())
         }
@@ -225,6 +514,14 @@ fn run() -> Result<()> {
             rtol,
         } => compare(&input, &reference, &tensors, atol, rtol),
     }
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`).
+fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 fn main() -> ExitCode {

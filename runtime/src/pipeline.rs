@@ -1,0 +1,541 @@
+//! Text-to-video and image-to-video, end to end, with compiled engines.
+//!
+//! Mirrors `wan/text2video.py::WanT2V.generate` and
+//! `wan/image2video.py::WanI2V.generate` of the official repository
+//! (`WAN_SPEC.md` §8.1, §8.2): prompt encoding (the default negative prompt
+//! from the artifact cache), initial noise, the step-scheduled sampler with
+//! classifier-free guidance in fp32, the I2V conditioning (CLIP tokens, the
+//! 4 mask channels and the VAE latent of `[image, zeros…]`), and a streaming
+//! VAE decode. The resolution is the profile's: engines are static.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use wanrt_core::{DType, NetworkKind, Task, VaeConfig};
+
+use crate::backend::Backend;
+use crate::chunked::concat_time;
+use crate::engine::{Artifacts, Network};
+use crate::error::{Error, Result};
+use crate::prompt::PromptEncoder;
+use crate::schedule::{Sampler, Solver, apply_guidance, guidance_needs_uncond};
+use crate::tensorfile::HostTensor;
+
+/// What to generate. `None` fields take the official defaults for the task.
+#[derive(Debug, Clone, Default)]
+pub struct GenerateOptions {
+    pub prompt: String,
+    /// `None` or empty: the official default negative prompt of the task.
+    pub negative_prompt: Option<String>,
+    /// The conditioning image (I2V).
+    pub image: Option<std::path::PathBuf>,
+    pub steps: Option<usize>,
+    pub guidance_scale: Option<f32>,
+    pub shift: Option<f64>,
+    pub solver: Solver,
+    pub seed: u64,
+    /// Initial noise `[1, 16, F', H', W']` (normalised latent space).
+    pub latents: Option<HostTensor>,
+}
+
+/// The settings a run actually used (for the sidecar).
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub task: Task,
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub image: Option<String>,
+    pub steps: usize,
+    pub guidance_scale: f32,
+    pub shift: f64,
+    pub solver: String,
+    pub seed: u64,
+    pub latents_from_file: bool,
+    pub width: u32,
+    pub height: u32,
+    pub frames: u32,
+    pub fps: u32,
+    pub timesteps: Vec<i64>,
+}
+
+/// Wall-clock time per stage.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub load_s: f64,
+    pub text_encoder_s: f64,
+    pub image_conditioning_s: f64,
+    pub denoise_s: f64,
+    pub step_s: Vec<f64>,
+    pub vae_decode_s: f64,
+}
+
+/// What a run produced.
+pub struct Generated {
+    pub settings: Settings,
+    /// Final denoised latents `[1, 16, F', H', W']` (normalised, before the VAE).
+    pub latents: HostTensor,
+    /// The decoded video `[1, 3, F, H, W]` in [−1, 1].
+    pub video: HostTensor,
+    pub timings: Timings,
+}
+
+/// Default sampling settings of the official code (`WAN_SPEC.md` §1.3):
+/// 50 steps (40 for I2V), guidance 5, shift 5 (3 for I2V at 480P areas).
+pub fn defaults(task: Task, width: u32, height: u32) -> (usize, f32, f64) {
+    match task {
+        Task::T2v => (50, 5.0, 5.0),
+        Task::I2v if (width as u64) * (height as u64) <= 832 * 480 => (40, 5.0, 3.0),
+        Task::I2v => (40, 5.0, 5.0),
+    }
+}
+
+/// Standard normal noise from a documented generator: SplitMix64 seeded with
+/// `seed`, 53-bit uniforms, Box–Muller pairs (cos branch first), filled in
+/// row-major order. Reproducible across machines; not torch's stream (to
+/// reproduce a reference run exactly, pass its noise with `--latents-in`).
+pub fn gaussian_noise(seed: u64, n: usize) -> Vec<f32> {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        // u1 in (0, 1] so ln(u1) is finite.
+        let u1 = ((next() >> 11) + 1) as f64 / (1u64 << 53) as f64;
+        let u2 = (next() >> 11) as f64 / (1u64 << 53) as f64;
+        let r = (-2.0 * u1.ln()).sqrt();
+        let th = 2.0 * std::f64::consts::PI * u2;
+        out.push((r * th.cos()) as f32);
+        out.push((r * th.sin()) as f32);
+    }
+    out.truncate(n);
+    out
+}
+
+/// Channel-wise concatenation of `[1, c_i, T, H, W]` tensors.
+fn concat_channels(parts: &[&HostTensor]) -> HostTensor {
+    let mut shape = parts[0].shape.clone();
+    shape[1] = parts.iter().map(|p| p.shape[1]).sum();
+    let mut data = Vec::with_capacity(parts.iter().map(|p| p.data.len()).sum());
+    for p in parts {
+        data.extend_from_slice(&p.data);
+    }
+    HostTensor {
+        dtype: parts[0].dtype,
+        shape,
+        data,
+    }
+}
+
+/// Stacks two `[1, …]` tensors into `[2, …]`.
+fn stack2(a: &HostTensor, b: &HostTensor) -> HostTensor {
+    HostTensor::concat_batch(&[a.clone(), b.clone()]).expect("same shapes")
+}
+
+/// The loaded engines of an artifact directory.
+pub struct Pipeline {
+    pub artifacts: Artifacts,
+    pub task: Task,
+    dit: Network,
+    text: PromptEncoder,
+    vae_decoder: Network,
+    vae_encoder: Option<Network>,
+    image_encoder: Option<Network>,
+    vae: VaeConfig,
+    pub load_time: Duration,
+}
+
+fn need(artifacts: &Artifacts, kind: NetworkKind, why: &str) -> Result<()> {
+    if artifacts.manifest.networks.contains_key(&kind) {
+        Ok(())
+    } else {
+        Err(Error::Artifacts {
+            dir: artifacts.dir.clone(),
+            reason: format!(
+                "no '{kind}' network, which {why}; compile it with wan-compile --networks"
+            ),
+        })
+    }
+}
+
+impl Pipeline {
+    /// Loads every network the task needs on `backend`.
+    pub fn load(artifacts: Artifacts, backend: Backend) -> Result<Self> {
+        let start = Instant::now();
+        let task = artifacts.manifest.model.task;
+        for (kind, why) in [
+            (NetworkKind::Dit, "denoises"),
+            (NetworkKind::TextEncoder, "encodes the prompt"),
+            (NetworkKind::VaeDecoder, "decodes the video"),
+        ] {
+            need(&artifacts, kind, why)?;
+        }
+        if task == Task::I2v {
+            need(
+                &artifacts,
+                NetworkKind::ImageEncoder,
+                "encodes the image for I2V",
+            )?;
+            need(
+                &artifacts,
+                NetworkKind::VaeEncoder,
+                "encodes the conditioning video for I2V",
+            )?;
+        }
+        // Every network must be compiled for the same profile.
+        let dit_profile = artifacts.entry(NetworkKind::Dit)?.profile.clone();
+        for (kind, e) in &artifacts.manifest.networks {
+            let p = &e.profile;
+            if (p.width, p.height, p.frames, p.text_len)
+                != (
+                    dit_profile.width,
+                    dit_profile.height,
+                    dit_profile.frames,
+                    dit_profile.text_len,
+                )
+            {
+                return Err(Error::Artifacts {
+                    dir: artifacts.dir.clone(),
+                    reason: format!(
+                        "network {kind} was compiled for {}x{}x{} text {}, the DiT for {}x{}x{} text {}",
+                        p.width,
+                        p.height,
+                        p.frames,
+                        p.text_len,
+                        dit_profile.width,
+                        dit_profile.height,
+                        dit_profile.frames,
+                        dit_profile.text_len
+                    ),
+                });
+            }
+        }
+        let vae: VaeConfig =
+            serde_json::from_value(artifacts.entry(NetworkKind::VaeDecoder)?.config.clone())
+                .map_err(|e| Error::Artifacts {
+                    dir: artifacts.dir.clone(),
+                    reason: format!("vae_decoder config: {e}"),
+                })?;
+        let dit = artifacts.load(NetworkKind::Dit, backend)?;
+        let text = PromptEncoder::load(&artifacts, backend)?;
+        let vae_decoder = artifacts.load(NetworkKind::VaeDecoder, backend)?;
+        let (vae_encoder, image_encoder) = if task == Task::I2v {
+            (
+                Some(artifacts.load(NetworkKind::VaeEncoder, backend)?),
+                Some(artifacts.load(NetworkKind::ImageEncoder, backend)?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Pipeline {
+            artifacts,
+            task,
+            dit,
+            text,
+            vae_decoder,
+            vae_encoder,
+            image_encoder,
+            vae,
+            load_time: start.elapsed(),
+        })
+    }
+
+    pub fn profile(&self) -> &wanrt_core::Profile {
+        &self.dit.entry.profile
+    }
+
+    /// The latent shape `[1, 16, F', H', W']` of the profile.
+    pub fn latent_shape(&self) -> Vec<u64> {
+        let p = self.profile();
+        let [c, f, h, w] = p.latent_shape(self.vae.z_dim);
+        vec![1, c as u64, f as u64, h as u64, w as u64]
+    }
+
+    /// I2V conditioning: CLIP tokens `[1, 257, W]` and `y = [mask(4) ;
+    /// normalised latent of [image, zeros…](16)]` `[1, 20, F', H', W']`.
+    fn image_conditioning(&mut self, path: &std::path::Path) -> Result<(HostTensor, HostTensor)> {
+        let p = self.profile().clone();
+        let img = crate::image::load_image(path)?;
+        let pm1 = crate::image::to_tensor_pm1(&img);
+        let clip = self
+            .image_encoder
+            .as_mut()
+            .expect("I2V pipelines load the image encoder");
+        let size = clip.entry.inputs[0].concrete_shape(1)[2] as usize;
+        let pixels = crate::image::clip_preprocess(&pm1, size)?;
+        let clip_out = clip.run(&BTreeMap::from([(
+            clip.entry.inputs[0].name.clone(),
+            pixels,
+        )]))?;
+        let tokens = clip_out
+            .into_values()
+            .next()
+            .ok_or_else(|| Error::Inference {
+                network: "image_encoder".into(),
+                reason: "no output".into(),
+            })?;
+
+        // [image, zeros…] through the VAE encoder, then normalised.
+        let frame = crate::image::conditioning_frame(&pm1, p.height, p.width)?;
+        let (h, w, f) = (p.height as usize, p.width as usize, p.frames as usize);
+        let mut video = vec![0f32; 3 * f * h * w];
+        for c in 0..3 {
+            video[c * f * h * w..c * f * h * w + h * w]
+                .copy_from_slice(&frame.data()[c * h * w..(c + 1) * h * w]);
+        }
+        let video = HostTensor::from_f32(vec![1, 3, f as u64, h as u64, w as u64], &video);
+        let enc = self
+            .vae_encoder
+            .as_mut()
+            .expect("I2V pipelines load the VAE encoder");
+        let mut parts = Vec::new();
+        enc.run_streaming(&video, |c| {
+            parts.push(c);
+            Ok(())
+        })?;
+        let mu = concat_time(&parts).ok_or_else(|| Error::Inference {
+            network: "vae_encoder".into(),
+            reason: "chunks differ in shape".into(),
+        })?;
+        let mut z = mu.to_f32().expect("float output");
+        let plane = (mu.shape[2] * mu.shape[3] * mu.shape[4]) as usize;
+        for (c, chunk) in z.chunks_mut(plane).enumerate() {
+            // Official order of operations: (mu − mean) · (1/std).
+            let (mean, inv) = (self.vae.latents_mean[c], 1.0f32 / self.vae.latents_std[c]);
+            for v in chunk {
+                *v = (*v - mean) * inv;
+            }
+        }
+        let latent = HostTensor::from_f32(mu.shape.clone(), &z);
+        // Mask: latent frame 0 known (all 4 channels), the rest unknown.
+        let (lt, lh, lw) = (
+            mu.shape[2] as usize,
+            mu.shape[3] as usize,
+            mu.shape[4] as usize,
+        );
+        let mut mask = vec![0f32; 4 * lt * lh * lw];
+        for c in 0..4 {
+            mask[c * lt * lh * lw..c * lt * lh * lw + lh * lw].fill(1.0);
+        }
+        let mask = HostTensor::from_f32(vec![1, 4, lt as u64, lh as u64, lw as u64], &mask);
+        Ok((tokens, concat_channels(&[&mask, &latent])))
+    }
+
+    /// Runs the whole generation. `on_step(i, n, seconds)` reports progress;
+    /// `interrupt` stops cleanly between steps.
+    pub fn generate(
+        &mut self,
+        opts: &GenerateOptions,
+        interrupt: Option<&AtomicBool>,
+        mut on_step: impl FnMut(usize, usize, f64),
+    ) -> Result<Generated> {
+        let p = self.profile().clone();
+        let (d_steps, d_guidance, d_shift) = defaults(self.task, p.width, p.height);
+        let steps = opts.steps.unwrap_or(d_steps);
+        let guidance = opts.guidance_scale.unwrap_or(d_guidance);
+        let shift = opts.shift.unwrap_or(d_shift);
+        match (self.task, &opts.image) {
+            (Task::I2v, None) => {
+                return Err(Error::arg(
+                    "--image",
+                    "these engines are image-to-video: pass --image",
+                ));
+            }
+            (Task::T2v, Some(_)) => {
+                return Err(Error::arg(
+                    "--image",
+                    "these engines are text-to-video and take no image (compile an I2V model)",
+                ));
+            }
+            _ => {}
+        }
+        let check = || match interrupt {
+            Some(f) if f.load(Ordering::Relaxed) => Err(Error::Interrupted),
+            _ => Ok(()),
+        };
+        let mut timings = Timings {
+            load_s: self.load_time.as_secs_f64(),
+            ..Default::default()
+        };
+
+        // Noise first (the official I2V draws it before encoding the text).
+        let shape = self.latent_shape();
+        let n: usize = shape.iter().product::<u64>() as usize;
+        let mut latents = match &opts.latents {
+            Some(t) => {
+                if t.dtype != DType::Float32 || t.shape != shape {
+                    return Err(Error::arg(
+                        "--latents-in",
+                        format!(
+                            "tensor 'latents' is {} {:?}; these engines take float32 {shape:?}",
+                            t.dtype, t.shape
+                        ),
+                    ));
+                }
+                t.to_f32().expect("float32")
+            }
+            None => gaussian_noise(opts.seed, n),
+        };
+
+        let t0 = Instant::now();
+        let negative_raw = opts.negative_prompt.clone().unwrap_or_default();
+        let cond = self.text.encode(&opts.prompt)?.prompt_embeds();
+        let use_uncond = guidance_needs_uncond(guidance);
+        let negative_used =
+            crate::text::negative_prompt_or_default(&negative_raw, self.task).to_string();
+        let uncond = if use_uncond {
+            Some(self.text.encode_negative(&negative_raw)?.prompt_embeds())
+        } else {
+            None
+        };
+        timings.text_encoder_s = t0.elapsed().as_secs_f64();
+        check()?;
+
+        let t0 = Instant::now();
+        let conditioning = match &opts.image {
+            Some(path) => Some(self.image_conditioning(path)?),
+            None => None,
+        };
+        timings.image_conditioning_s = t0.elapsed().as_secs_f64();
+        check()?;
+
+        // One call per step and branch, or one batch-2 call: the DiT engine's
+        // batch decides (a fixed batch of 1 is looped by `Network::run`).
+        let mut sampler = Sampler::new(opts.solver, steps, shift, n)?;
+        let timesteps = sampler.schedule().timesteps().to_vec();
+        let t_denoise = Instant::now();
+        let mut step = 0;
+        while let Some(t) = sampler.timestep() {
+            check()?;
+            let ts = Instant::now();
+            let x = HostTensor::from_f32(shape.clone(), &latents);
+            let hidden = match &conditioning {
+                Some((_, y)) => concat_channels(&[&x, y]),
+                None => x,
+            };
+            let timestep = HostTensor::from_f32(vec![1], &[t as f32]);
+            let mut inputs = BTreeMap::new();
+            match &uncond {
+                Some(u) => {
+                    inputs.insert("hidden_states".into(), stack2(&hidden, &hidden));
+                    inputs.insert("timestep".into(), stack2(&timestep, &timestep));
+                    inputs.insert("encoder_hidden_states".into(), stack2(&cond, u));
+                    if let Some((tok, _)) = &conditioning {
+                        inputs.insert("encoder_hidden_states_image".into(), stack2(tok, tok));
+                    }
+                }
+                None => {
+                    inputs.insert("hidden_states".into(), hidden);
+                    inputs.insert("timestep".into(), timestep);
+                    inputs.insert("encoder_hidden_states".into(), cond.clone());
+                    if let Some((tok, _)) = &conditioning {
+                        inputs.insert("encoder_hidden_states_image".into(), tok.clone());
+                    }
+                }
+            }
+            let out = self.dit.run(&inputs)?;
+            let pred = out
+                .get("noise_pred")
+                .and_then(HostTensor::to_f32)
+                .ok_or_else(|| Error::Inference {
+                    network: "dit".into(),
+                    reason: "no float noise_pred".into(),
+                })?;
+            let mut velocity = pred[..n].to_vec();
+            if use_uncond {
+                apply_guidance(&mut velocity, &pred[n..2 * n], guidance)?;
+            }
+            sampler.step(&mut latents, &velocity)?;
+            let secs = ts.elapsed().as_secs_f64();
+            timings.step_s.push(secs);
+            step += 1;
+            on_step(step, steps, secs);
+        }
+        timings.denoise_s = t_denoise.elapsed().as_secs_f64();
+        let final_latents = HostTensor::from_f32(shape.clone(), &latents);
+
+        // Back to the VAE's raw latent space: z / (1/std) + mean, as the
+        // official code and diffusers compute it.
+        check()?;
+        let t0 = Instant::now();
+        let plane = (shape[2] * shape[3] * shape[4]) as usize;
+        let mut raw = latents;
+        for (c, chunk) in raw.chunks_mut(plane).enumerate() {
+            let (mean, inv) = (self.vae.latents_mean[c], 1.0f32 / self.vae.latents_std[c]);
+            for v in chunk {
+                *v = *v / inv + mean;
+            }
+        }
+        let raw = HostTensor::from_f32(shape.clone(), &raw);
+        let mut parts = Vec::new();
+        self.vae_decoder.run_streaming(&raw, |c| {
+            if interrupt.is_some_and(|f| f.load(Ordering::Relaxed)) {
+                return Err(Error::Interrupted);
+            }
+            parts.push(c);
+            Ok(())
+        })?;
+        let video = concat_time(&parts).ok_or_else(|| Error::Inference {
+            network: "vae_decoder".into(),
+            reason: "chunks differ in shape".into(),
+        })?;
+        timings.vae_decode_s = t0.elapsed().as_secs_f64();
+
+        let settings = Settings {
+            task: self.task,
+            prompt: opts.prompt.clone(),
+            negative_prompt: negative_used,
+            image: opts.image.as_ref().map(|p| p.display().to_string()),
+            steps,
+            guidance_scale: guidance,
+            shift,
+            solver: opts.solver.name().into(),
+            seed: opts.seed,
+            latents_from_file: opts.latents.is_some(),
+            width: p.width,
+            height: p.height,
+            frames: p.frames,
+            fps: crate::video::DEFAULT_FPS,
+            timesteps,
+        };
+        Ok(Generated {
+            settings,
+            latents: final_latents,
+            video,
+            timings,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noise_is_standard_normal_and_seeded() {
+        let a = gaussian_noise(42, 200_001);
+        assert_eq!(a.len(), 200_001);
+        assert_eq!(a, gaussian_noise(42, 200_001));
+        assert_ne!(a[..100], gaussian_noise(43, 100)[..]);
+        let mean = a.iter().map(|&v| v as f64).sum::<f64>() / a.len() as f64;
+        let var = a.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / a.len() as f64;
+        assert!(mean.abs() < 0.01, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.01, "var {var}");
+        assert!(a.iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn official_defaults() {
+        assert_eq!(defaults(Task::T2v, 832, 480), (50, 5.0, 5.0));
+        assert_eq!(defaults(Task::T2v, 1280, 720), (50, 5.0, 5.0));
+        assert_eq!(defaults(Task::I2v, 832, 480), (40, 5.0, 3.0));
+        assert_eq!(defaults(Task::I2v, 480, 832), (40, 5.0, 3.0));
+        assert_eq!(defaults(Task::I2v, 1280, 720), (40, 5.0, 5.0));
+    }
+}
