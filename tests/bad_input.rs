@@ -30,6 +30,7 @@ fn opts(model: &Path, out: &Path) -> CompileOptions {
         out: out.to_path_buf(),
         profile: Case::new("t2v-tiny").profile(BatchMode::Fixed(1)),
         precision: Precision::Fp32,
+        vae_precision: wanrt::core::Precision::Fp32,
         networks: vec![],
         debug_outputs: false,
         overwrite: false,
