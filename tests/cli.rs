@@ -131,3 +131,170 @@ fn cli_errors_name_the_flag() {
     ]));
     assert!(!ok && log.contains("cuda9"), "{log}");
 }
+
+/// Walks MP4 boxes: (type, payload) pairs of one level.
+fn boxes(data: &[u8]) -> Vec<(String, &[u8])> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 8 <= data.len() {
+        let size = u32::from_be_bytes(data[i..i + 4].try_into().unwrap()) as usize;
+        let kind = String::from_utf8_lossy(&data[i + 4..i + 8]).to_string();
+        assert!(size >= 8 && i + size <= data.len(), "bad box {kind} at {i}");
+        out.push((kind, &data[i + 8..i + size]));
+        i += size;
+    }
+    out
+}
+
+fn child<'a>(data: &'a [u8], path: &[&str]) -> &'a [u8] {
+    let mut cur = data;
+    for p in path {
+        cur = boxes(cur)
+            .into_iter()
+            .find(|(k, _)| k == p)
+            .unwrap_or_else(|| panic!("no {p} box"))
+            .1;
+    }
+    cur
+}
+
+#[test]
+fn generate_writes_a_playable_h264_mp4_and_a_sidecar() {
+    let case = Case::new("t2v-tiny");
+    let tmp = tempfile::tempdir().unwrap();
+    let engines = tmp.path().join("engines");
+    let (ok, log) = run(Command::new(bin("wan-compile"))
+        .arg("--model")
+        .arg(case.model_dir(false))
+        .arg("--out")
+        .arg(&engines)
+        .args([
+            "--width",
+            "32",
+            "--height",
+            "32",
+            "--frames",
+            "9",
+            "--text-len",
+            "32",
+            "--precision",
+            "fp32",
+        ]));
+    assert!(ok, "{log}");
+    let video = tmp.path().join("clip.mp4");
+    let generate = |extra: &[&str]| {
+        run(Command::new(bin("wan-run"))
+            .arg("--engines")
+            .arg(&engines)
+            .args([
+                "--prompt",
+                "A cat and a dog baking a cake in a kitchen.",
+                "--steps",
+                "3",
+                "--seed",
+                "7",
+                "--output",
+            ])
+            .arg(&video)
+            .args(extra))
+    };
+    let (ok, log) = generate(&[]);
+    assert!(ok, "{log}");
+
+    // The container: ftyp first, an avc1 track of 32x32, 9 samples at 16 fps.
+    let data = std::fs::read(&video).unwrap();
+    let top: Vec<String> = boxes(&data).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(top.first().map(String::as_str), Some("ftyp"), "{top:?}");
+    let stbl = child(&data, &["moov", "trak", "mdia", "minf", "stbl"]);
+    let stsd = child(stbl, &["stsd"]);
+    assert_eq!(&stsd[12..16], b"avc1", "codec");
+    let (w, h) = (
+        u16::from_be_bytes([stsd[8 + 32], stsd[8 + 33]]),
+        u16::from_be_bytes([stsd[8 + 34], stsd[8 + 35]]),
+    );
+    assert_eq!((w, h), (32, 32));
+    let stsz = child(stbl, &["stsz"]);
+    assert_eq!(
+        u32::from_be_bytes(stsz[8..12].try_into().unwrap()),
+        9,
+        "sample count"
+    );
+    let mdhd = child(&data, &["moov", "trak", "mdia", "mdhd"]);
+    let (timescale, duration) = (
+        u32::from_be_bytes(mdhd[12..16].try_into().unwrap()),
+        u32::from_be_bytes(mdhd[16..20].try_into().unwrap()),
+    );
+    assert_eq!(
+        duration as f64 / timescale as f64,
+        9.0 / 16.0,
+        "9 frames at 16 fps"
+    );
+
+    // Decodes back to 9 frames.
+    let mdat = child(&data, &["mdat"]);
+    let mut dec = openh264::decoder::Decoder::new().unwrap();
+    let mut frames = 0;
+    // Samples are length-prefixed NAL units; avcC holds SPS/PPS.
+    let avcc = {
+        // stsd: version/flags + count (8), then the avc1 entry: its header
+        // (8) and 78 bytes of VisualSampleEntry before its child boxes.
+        let entry_size = u32::from_be_bytes(stsd[8..12].try_into().unwrap()) as usize;
+        child(&stsd[8 + 8 + 78..8 + entry_size], &["avcC"])
+    };
+    let mut annexb = Vec::new();
+    let sps_len = u16::from_be_bytes([avcc[6], avcc[7]]) as usize;
+    annexb.extend_from_slice(&[0, 0, 0, 1]);
+    annexb.extend_from_slice(&avcc[8..8 + sps_len]);
+    let pps_at = 8 + sps_len + 1;
+    let pps_len = u16::from_be_bytes([avcc[pps_at], avcc[pps_at + 1]]) as usize;
+    annexb.extend_from_slice(&[0, 0, 0, 1]);
+    annexb.extend_from_slice(&avcc[pps_at + 2..pps_at + 2 + pps_len]);
+    let mut i = 0;
+    while i + 4 <= mdat.len() {
+        let n = u32::from_be_bytes(mdat[i..i + 4].try_into().unwrap()) as usize;
+        annexb.extend_from_slice(&[0, 0, 0, 1]);
+        annexb.extend_from_slice(&mdat[i + 4..i + 4 + n]);
+        i += 4 + n;
+    }
+    for nal in openh264::nal_units(&annexb) {
+        if let Ok(Some(_)) = dec.decode(nal) {
+            frames += 1;
+        }
+    }
+    frames += dec.flush_remaining().map(|v| v.len()).unwrap_or(0);
+    assert_eq!(frames, 9, "decoded frames");
+
+    // The sidecar reproduces the run.
+    let side: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("clip.mp4.json")).unwrap())
+            .unwrap();
+    assert_eq!(side["settings"]["seed"], 7);
+    assert_eq!(side["settings"]["steps"], 3);
+    assert_eq!(side["settings"]["solver"], "unipc");
+    assert!(
+        side["model_digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+
+    // No overwrite without being asked; with it, the same seed gives the same file.
+    let (ok, log) = generate(&[]);
+    assert!(!ok && log.contains("--overwrite"), "{log}");
+    let (ok, log) = generate(&["--overwrite"]);
+    assert!(ok, "{log}");
+    assert_eq!(
+        std::fs::read(&video).unwrap(),
+        data,
+        "same seed, same video"
+    );
+
+    // T2V engines refuse an image; a bad output name is refused before any work.
+    let (ok, log) = generate(&["--overwrite", "--image", "x.png"]);
+    assert!(!ok && log.contains("--image"), "{log}");
+    let (ok, log) = run(Command::new(bin("wan-run"))
+        .arg("--engines")
+        .arg(&engines)
+        .args(["--prompt", "x", "--output", "clip.avi"]));
+    assert!(!ok && log.contains("--output"), "{log}");
+}
