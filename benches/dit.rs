@@ -91,6 +91,7 @@ fn bench_dit(c: &mut Criterion) {
             profile: profile.clone(),
             precision: Precision::Fp32,
             vae_precision: wanrt::core::Precision::Fp32,
+            cache_negative_prompt: true,
             networks: vec![NetworkKind::Dit],
             debug_outputs: false,
             overwrite: true,

@@ -33,6 +33,7 @@ fn options(model: ModelSource, out: &Path, profile: &Profile) -> CompileOptions 
         profile: profile.clone(),
         precision: Precision::Fp32,
         vae_precision: Precision::Fp32,
+        cache_negative_prompt: true,
         networks: vec![NetworkKind::ImageEncoder],
         debug_outputs: false,
         overwrite: true,

@@ -24,6 +24,7 @@ fn compile_tiny(out: &Path, profile: &Profile, networks: Vec<NetworkKind>) {
         profile: profile.clone(),
         precision: Precision::Fp32,
         vae_precision: Precision::Fp32,
+        cache_negative_prompt: true,
         networks,
         debug_outputs: false,
         overwrite: true,

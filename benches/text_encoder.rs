@@ -121,6 +121,7 @@ fn bench_text_encoder(c: &mut Criterion) {
             .unwrap(),
         precision: Precision::Fp32,
         vae_precision: wanrt::core::Precision::Fp32,
+        cache_negative_prompt: true,
         networks: vec![NetworkKind::TextEncoder],
         debug_outputs: false,
         overwrite: true,

@@ -31,6 +31,7 @@ fn opts(model: &Path, out: &Path) -> CompileOptions {
         profile: Case::new("t2v-tiny").profile(BatchMode::Fixed(1)),
         precision: Precision::Fp32,
         vae_precision: wanrt::core::Precision::Fp32,
+        cache_negative_prompt: true,
         networks: vec![],
         debug_outputs: false,
         overwrite: false,
@@ -406,5 +407,89 @@ fn native_tensorrt_backend_says_why_it_is_unavailable() {
             assert!(e.to_string().contains("ort-tensorrt"), "{e}");
         }
         Ok(_) => panic!("this build has no native TensorRT backend"),
+    }
+}
+
+#[test]
+fn sharded_checkpoints_load_through_their_index() {
+    // Split the tiny transformer into two shards with an index, as the 14B
+    // releases are: same graph, same weights.
+    let (_t, dir) = copy_transformer();
+    let single = dir.join("diffusion_pytorch_model.safetensors");
+    let all = tensorfile::read(&single).unwrap();
+    std::fs::remove_file(&single).unwrap();
+    let mut shards = [BTreeMap::new(), BTreeMap::new()];
+    let mut weight_map = serde_json::Map::new();
+    for (i, (name, t)) in all.into_iter().enumerate() {
+        let file = format!(
+            "diffusion_pytorch_model-0000{}-of-00002.safetensors",
+            i % 2 + 1
+        );
+        weight_map.insert(name.clone(), file.into());
+        shards[i % 2].insert(name, t);
+    }
+    for (i, s) in shards.iter().enumerate() {
+        tensorfile::write(
+            &dir.join(format!(
+                "diffusion_pytorch_model-0000{}-of-00002.safetensors",
+                i + 1
+            )),
+            s,
+            false,
+        )
+        .unwrap();
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(
+        dir.join("diffusion_pytorch_model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    compile(&opts(&dir, out.path())).unwrap();
+    let sharded = Artifacts::open(out.path())
+        .unwrap()
+        .entry(NetworkKind::Dit)
+        .unwrap()
+        .weights_digest
+        .clone();
+    let reference = compiled();
+    let whole = Artifacts::open(reference.path())
+        .unwrap()
+        .entry(NetworkKind::Dit)
+        .unwrap()
+        .weights_digest
+        .clone();
+    assert_eq!(sharded, whole);
+
+    // A shard the index names but that is missing is named.
+    std::fs::remove_file(dir.join("diffusion_pytorch_model-00002-of-00002.safetensors")).unwrap();
+    expect_error(
+        &dir,
+        ErrorKind::MissingFile,
+        &["diffusion_pytorch_model-00002-of-00002.safetensors"],
+    );
+}
+
+#[test]
+fn unavailable_execution_provider_is_an_error_not_a_cpu_fallback() {
+    // The CPU wheel of ONNX Runtime has no CUDA provider: asking for it must
+    // fail loudly instead of silently running on the CPU.
+    let out = compiled();
+    let a = Artifacts::open(out.path()).unwrap();
+    for backend in [Backend::OrtCuda, Backend::OrtTensorRt] {
+        match a.load(NetworkKind::Dit, backend) {
+            Err(e) => {
+                assert_eq!(
+                    e.kind(),
+                    wanrt::runtime::ErrorKind::Provider,
+                    "{backend}: {e}"
+                );
+                assert!(e.to_string().contains(backend.name()), "{e}");
+            }
+            Ok(_) => eprintln!(
+                "note: {backend} registered: this ONNX Runtime has that provider (a GPU build), nothing to check here"
+            ),
+        }
     }
 }

@@ -184,6 +184,7 @@ fn debug_outputs_expose_each_block() {
         profile: case.profile(BatchMode::Fixed(1)),
         precision: Precision::Fp32,
         vae_precision: Precision::Fp32,
+        cache_negative_prompt: true,
         networks: vec![IE],
         debug_outputs: true,
         overwrite: true,

@@ -144,3 +144,22 @@ fn wrong_task_inputs_are_refused() {
     assert_eq!(e.kind(), wanrt::runtime::ErrorKind::Interrupted);
     let _ = BTreeMap::<String, String>::new();
 }
+
+#[test]
+fn i2v_engines_require_an_image() {
+    let case = Case::new("i2v-tiny");
+    let out = compile_all(&case, BatchMode::Fixed(1));
+    let mut p = Pipeline::load(Artifacts::open(out.path()).unwrap(), Backend::OrtCpu).unwrap();
+    let mut opts = case_options(&case);
+    opts.image = None;
+    let e = p.generate(&opts, None, |_, _, _| {}).err().unwrap();
+    assert!(e.to_string().contains("--image"), "{e}");
+    // An image that is not an image is a typed error naming the file.
+    let bad = out.path().join("not-an-image.png");
+    std::fs::write(&bad, b"hello").unwrap();
+    let mut opts = case_options(&case);
+    opts.image = Some(bad);
+    let e = p.generate(&opts, None, |_, _, _| {}).err().unwrap();
+    assert_eq!(e.kind(), wanrt::runtime::ErrorKind::Image, "{e}");
+    assert!(e.to_string().contains("not-an-image.png"), "{e}");
+}

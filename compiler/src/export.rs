@@ -48,6 +48,10 @@ pub struct CompileOptions {
     pub precision: Precision,
     /// Precision of the VAE graphs (fp32 by default, as the reference).
     pub vae_precision: Precision,
+    /// Compute and cache the default negative prompt's embedding at compile
+    /// time (on ONNX Runtime's CPU provider). Off for a real UMT5-XXL on a
+    /// machine without ~25 GB to spare; wan-run then encodes it when needed.
+    pub cache_negative_prompt: bool,
     /// Empty: every network the model has (that this version compiles).
     pub networks: Vec<NetworkKind>,
     pub debug_outputs: bool,
@@ -583,7 +587,12 @@ fn export_text_encoder(
     entry.config["tokenizer_sha256"] = file_digest(&bytes).into();
 
     let negative = wanrt_runtime::text::default_negative_prompt(task);
-    match cache_negative(staging, &entry, &tokenizer, negative)? {
+    let cached = if opts.cache_negative_prompt {
+        cache_negative(staging, &entry, &tokenizer, negative)?
+    } else {
+        None
+    };
+    match cached {
         Some((digest, from)) => {
             entry.config["negative_prompt"] = negative.into();
             entry.config["negative_prompt_embeds"] = NEGATIVE_CACHE_FILE.into();
@@ -596,6 +605,29 @@ fn export_text_encoder(
         }
     }
     Ok((entry, report))
+}
+
+/// Exports a text encoder with generated weights (`--synthetic`): the graph
+/// only; without a tokenizer nothing can be cached.
+fn export_text_encoder_synthetic(
+    cfg: &wanrt_core::Umt5Config,
+    source: &dyn WeightSource,
+    opts: &CompileOptions,
+    staging: &Path,
+) -> Result<(NetworkEntry, NetworkReport)> {
+    let job = GraphJob {
+        kind: NetworkKind::TextEncoder,
+        contract: NetworkContract::text_encoder(cfg, &opts.profile),
+        config: serde_json::json!({ "umt5": cfg, "tokenizer": null, "negative_prompt_embeds": null }),
+        doc: format!("synthetic UMT5 encoder, {}", precision_doc(opts)),
+    };
+    let topts = T5Options {
+        precision: opts.precision,
+        debug_outputs: opts.debug_outputs,
+    };
+    export_graph(job, opts, staging, |b| {
+        t5::build(b, Weights::new(source), cfg, &opts.profile, &topts)
+    })
 }
 
 /// Exports the CLIP image encoder (visual tower up to its penultimate block).
@@ -778,6 +810,17 @@ pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> 
             (NetworkKind::VaeEncoder | NetworkKind::VaeDecoder, Some((_, md))) => {
                 let (vcfg, ck) = md.vae()?;
                 export_vae(&vcfg, &ck, Some(&ck), opts, &staging.dir, n)?
+            }
+            (NetworkKind::TextEncoder, None) => {
+                let s = synthetic
+                    .as_ref()
+                    .expect("a synthetic source without a checkpoint");
+                export_text_encoder_synthetic(
+                    &wanrt_core::Umt5Config::xxl(),
+                    s,
+                    opts,
+                    &staging.dir,
+                )?
             }
             (NetworkKind::VaeEncoder | NetworkKind::VaeDecoder, None) => {
                 let s = synthetic

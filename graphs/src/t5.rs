@@ -36,10 +36,9 @@
 //!
 //! fp16 range: ORIG's `fp16_clamp` clamps the hidden states to
 //! `±(65504 − 1000)` (64512 once rounded to fp16) after every residual add
-//! when they hold an infinity;
-//! the fp16 graph clamps there unconditionally (values between 64504 and
-//! 65504 are the only difference, and they are one rounding from overflow
-//! anyway). The padding constant is `finfo(dtype).min` as in ORIG for fp32
+//! when they hold an infinity; the fp16 graph clamps there unconditionally
+//! (finite values in (64512, 65504] are the only difference, and they are
+//! one rounding from overflow anyway). The padding constant is `finfo(dtype).min` as in ORIG for fp32
 //! and bf16, but `−32768` for fp16: `−65504` plus a negative score rounds to
 //! `−inf` in fp16 arithmetic, and a row of `−inf` is NaN; half the range
 //! still gives masked keys exactly zero weight.

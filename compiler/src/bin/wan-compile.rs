@@ -57,6 +57,11 @@ struct Args {
     /// recommends).
     #[arg(long, default_value = "fp32")]
     vae_precision: Precision,
+    /// Do not compute the default negative prompt's embedding at compile time
+    /// (it runs the text encoder on the CPU: ~25 GB for UMT5-XXL in fp32);
+    /// wan-run then encodes it when needed.
+    #[arg(long)]
+    no_negative_cache: bool,
     /// Networks to compile, comma-separated (default: all the model has).
     #[arg(long, value_delimiter = ',')]
     networks: Vec<NetworkKind>,
@@ -115,6 +120,7 @@ fn run() -> Result<()> {
         profile: profile(&args, default_profile)?,
         precision: args.precision,
         vae_precision: args.vae_precision,
+        cache_negative_prompt: !args.no_negative_cache,
         networks: args.networks.clone(),
         debug_outputs: args.debug_outputs,
         overwrite: args.overwrite,
