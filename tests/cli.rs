@@ -4,87 +4,70 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use common::Case;
-
-/// The workspace's binaries, built by `cargo test --workspace` (or
-/// `cargo build --bins`) into the same target directory as this test.
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} not built: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
-}
-
-fn run(cmd: &mut Command) -> (bool, String) {
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+use common::{Case, bin, run_cmd};
 
 #[test]
 fn compile_run_compare_i2v_original_layout() {
     let case = Case::new("i2v-tiny");
     let tmp = tempfile::tempdir().unwrap();
     let engines = tmp.path().join("engines");
-    let (ok, log) = run(Command::new(bin("wan-compile"))
-        .arg("--model")
-        .arg(case.model_dir(true))
-        .arg("--out")
-        .arg(&engines)
-        .args([
-            "--width",
-            "32",
-            "--height",
-            "32",
-            "--frames",
-            "9",
-            "--text-len",
-            "512",
-            "--precision",
-            "fp32",
-            // The tiny original-layout encoders and VAE are not the official
-            // architectures the original layout implies (no config files).
-            "--networks",
-            "dit",
-        ]));
+    let (ok, log) = run_cmd(
+        Command::new(bin("wan-compile"))
+            .arg("--model")
+            .arg(case.model_dir(true))
+            .arg("--out")
+            .arg(&engines)
+            .args([
+                "--width",
+                "32",
+                "--height",
+                "32",
+                "--frames",
+                "9",
+                "--text-len",
+                "512",
+                "--precision",
+                "fp32",
+                // The tiny original-layout encoders and VAE are not the official
+                // architectures the original layout implies (no config files).
+                "--networks",
+                "dit",
+            ]),
+    );
     assert!(ok, "{log}");
     let output = tmp.path().join("noise_pred.safetensors");
     let golden = case.dir.join("golden/dit.safetensors");
-    let (ok, log) = run(Command::new(bin("wan-run"))
-        .args(["component", "dit", "--engines"])
-        .arg(&engines)
-        .arg("--input")
-        .arg(&golden)
-        .arg("--output")
-        .arg(&output));
+    let (ok, log) = run_cmd(
+        Command::new(bin("wan-run"))
+            .args(["component", "dit", "--engines"])
+            .arg(&engines)
+            .arg("--input")
+            .arg(&golden)
+            .arg("--output")
+            .arg(&output),
+    );
     assert!(ok, "{log}");
-    let (ok, log) = run(Command::new(bin("wan-run"))
-        .args(["compare", "--tensor", "noise_pred", "--input"])
-        .arg(&output)
-        .arg("--reference")
-        .arg(&golden));
+    let (ok, log) = run_cmd(
+        Command::new(bin("wan-run"))
+            .args(["compare", "--tensor", "noise_pred", "--input"])
+            .arg(&output)
+            .arg("--reference")
+            .arg(&golden),
+    );
     assert!(ok && log.contains("ok"), "{log}");
 
     // The output exists now: no overwrite without being asked.
-    let (ok, log) = run(Command::new(bin("wan-run"))
-        .args(["component", "dit", "--engines"])
-        .arg(&engines)
-        .arg("--input")
-        .arg(&golden)
-        .arg("--output")
-        .arg(&output));
+    let (ok, log) = run_cmd(
+        Command::new(bin("wan-run"))
+            .args(["component", "dit", "--engines"])
+            .arg(&engines)
+            .arg("--input")
+            .arg(&golden)
+            .arg("--output")
+            .arg(&output),
+    );
     assert!(!ok && log.contains("--overwrite"), "{log}");
 }
 
@@ -103,21 +86,25 @@ fn cli_errors_name_the_flag() {
         (vec!["--profile", "480p", "--networks", "unet"], "unet"),
         (vec!["--profile", "480p", "--batch", "two"], "--batch"),
     ] {
-        let (ok, log) = run(Command::new(bin("wan-compile"))
-            .arg("--model")
-            .arg(&model)
-            .arg("--out")
-            .arg(tmp.path().join("o"))
-            .args(&args));
+        let (ok, log) = run_cmd(
+            Command::new(bin("wan-compile"))
+                .arg("--model")
+                .arg(&model)
+                .arg("--out")
+                .arg(tmp.path().join("o"))
+                .args(&args),
+        );
         assert!(!ok, "{args:?} succeeded");
         assert!(log.contains(needle), "{args:?}: {log}");
     }
-    let (ok, log) = run(Command::new(bin("wan-run"))
-        .args(["component", "dit", "--engines"])
-        .arg(tmp.path().join("none"))
-        .args(["--input", "x", "--output", "y"]));
+    let (ok, log) = run_cmd(
+        Command::new(bin("wan-run"))
+            .args(["component", "dit", "--engines"])
+            .arg(tmp.path().join("none"))
+            .args(["--input", "x", "--output", "y"]),
+    );
     assert!(!ok && log.contains("--engines"), "{log}");
-    let (ok, log) = run(Command::new(bin("wan-run")).args([
+    let (ok, log) = run_cmd(Command::new(bin("wan-run")).args([
         "component",
         "dit",
         "--backend",
@@ -163,40 +150,44 @@ fn generate_writes_a_playable_h264_mp4_and_a_sidecar() {
     let case = Case::new("t2v-tiny");
     let tmp = tempfile::tempdir().unwrap();
     let engines = tmp.path().join("engines");
-    let (ok, log) = run(Command::new(bin("wan-compile"))
-        .arg("--model")
-        .arg(case.model_dir(false))
-        .arg("--out")
-        .arg(&engines)
-        .args([
-            "--width",
-            "32",
-            "--height",
-            "32",
-            "--frames",
-            "9",
-            "--text-len",
-            "32",
-            "--precision",
-            "fp32",
-        ]));
+    let (ok, log) = run_cmd(
+        Command::new(bin("wan-compile"))
+            .arg("--model")
+            .arg(case.model_dir(false))
+            .arg("--out")
+            .arg(&engines)
+            .args([
+                "--width",
+                "32",
+                "--height",
+                "32",
+                "--frames",
+                "9",
+                "--text-len",
+                "32",
+                "--precision",
+                "fp32",
+            ]),
+    );
     assert!(ok, "{log}");
     let video = tmp.path().join("clip.mp4");
     let generate = |extra: &[&str]| {
-        run(Command::new(bin("wan-run"))
-            .arg("--engines")
-            .arg(&engines)
-            .args([
-                "--prompt",
-                "A cat and a dog baking a cake in a kitchen.",
-                "--steps",
-                "3",
-                "--seed",
-                "7",
-                "--output",
-            ])
-            .arg(&video)
-            .args(extra))
+        run_cmd(
+            Command::new(bin("wan-run"))
+                .arg("--engines")
+                .arg(&engines)
+                .args([
+                    "--prompt",
+                    "A cat and a dog baking a cake in a kitchen.",
+                    "--steps",
+                    "3",
+                    "--seed",
+                    "7",
+                    "--output",
+                ])
+                .arg(&video)
+                .args(extra),
+        )
     };
     let (ok, log) = generate(&[]);
     assert!(ok, "{log}");
@@ -292,9 +283,11 @@ fn generate_writes_a_playable_h264_mp4_and_a_sidecar() {
     // T2V engines refuse an image; a bad output name is refused before any work.
     let (ok, log) = generate(&["--overwrite", "--image", "x.png"]);
     assert!(!ok && log.contains("--image"), "{log}");
-    let (ok, log) = run(Command::new(bin("wan-run"))
-        .arg("--engines")
-        .arg(&engines)
-        .args(["--prompt", "x", "--output", "clip.avi"]));
+    let (ok, log) = run_cmd(
+        Command::new(bin("wan-run"))
+            .arg("--engines")
+            .arg(&engines)
+            .args(["--prompt", "x", "--output", "clip.avi"]),
+    );
     assert!(!ok && log.contains("--output"), "{log}");
 }

@@ -21,8 +21,7 @@ mod common;
 
 use common::{CASES, Case, assert_close, dit_inputs, rel_errors};
 use wanrt::core::{BatchMode, NetworkKind, Precision};
-use wanrt::graphs::onnx::ModelProto;
-use wanrt::runtime::{Artifacts, Backend, session};
+use wanrt::runtime::{Artifacts, Backend};
 
 fn run_dit(case: &Case, original: bool, precision: Precision, batch: BatchMode) -> Vec<f32> {
     let out = case.compile_dit(original, precision, batch);
@@ -30,20 +29,9 @@ fn run_dit(case: &Case, original: bool, precision: Precision, batch: BatchMode) 
     let inputs = dit_inputs(&golden);
     let artifacts = Artifacts::open(out.path()).unwrap();
     let got = if precision == Precision::Bf16 {
-        // Rewrite the shipped graph for CPUs without bf16 kernels.
-        let entry = artifacts.entry(NetworkKind::Dit).unwrap();
-        let path = out.path().join(&entry.file);
-        let mut model = ModelProto::from_bytes(&std::fs::read(&path).unwrap()).unwrap();
-        assert!(wanrt::graphs::emulate::emulate_bf16(&mut model) > 0);
-        let emulated = out.path().join("dit.emulated.onnx");
-        std::fs::write(&emulated, model.to_bytes()).unwrap();
-        let mut s = session::create(&emulated, Backend::OrtCpu).unwrap();
-        let ordered: Vec<_> = entry
-            .inputs
-            .iter()
-            .map(|spec| (spec.name.clone(), inputs[&spec.name].clone()))
-            .collect();
-        session::run(&mut s, "dit", &ordered).unwrap()
+        // ONNX Runtime's CPU provider has no bf16 kernels: run the shipped
+        // graph through the emulation rewrite.
+        common::run_bf16_emulated(out.path(), NetworkKind::Dit, &inputs)
     } else {
         let mut dit = artifacts.load(NetworkKind::Dit, Backend::OrtCpu).unwrap();
         dit.run(&inputs).unwrap()

@@ -22,10 +22,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Case, assert_close, rel_errors, run_bf16_emulated};
+use common::{Case, assert_close, bin, rel_errors, run_bf16_emulated, run_cmd};
 use wanrt::compiler::ErrorKind;
 use wanrt::core::{BatchMode, NetworkKind, Precision};
 use wanrt::runtime::{Artifacts, Backend, HostTensor, tensorfile};
@@ -248,56 +247,36 @@ fn t2v_model_has_no_image_encoder() {
     }
 }
 
-/// The workspace's binaries, built by `cargo test --workspace` (or
-/// `cargo build --bins`) into the same target directory as this test.
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} not built: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
-}
-
-fn run(cmd: &mut Command) -> (bool, String) {
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 #[test]
 fn wan_compile_and_wan_run_component_image_encoder() {
     let case = Case::new("i2v-tiny");
     let tmp = tempfile::tempdir().unwrap();
     let engines = tmp.path().join("engines");
-    let (ok, log) = run(Command::new(bin("wan-compile"))
-        .arg("--model")
-        .arg(case.model_dir(false))
-        .arg("--out")
-        .arg(&engines)
-        .args(["--width", "32", "--height", "32", "--frames", "9"])
-        .args(["--text-len", "512", "--precision", "fp32"])
-        .args(["--networks", "image_encoder"]));
+    let (ok, log) = run_cmd(
+        Command::new(bin("wan-compile"))
+            .arg("--model")
+            .arg(case.model_dir(false))
+            .arg("--out")
+            .arg(&engines)
+            .args(["--width", "32", "--height", "32", "--frames", "9"])
+            .args(["--text-len", "512", "--precision", "fp32"])
+            .args(["--networks", "image_encoder"]),
+    );
     assert!(ok, "{log}");
 
     // The golden file as input: `pixel_values` is taken by name, the rest
     // (the uint8 image, the reference outputs) is ignored.
     let output = tmp.path().join("embeds.safetensors");
-    let (ok, log) = run(Command::new(bin("wan-run"))
-        .args(["component", "image-encoder", "--engines"])
-        .arg(&engines)
-        .arg("--input")
-        .arg(case.dir.join("golden/image_encoder.safetensors"))
-        .arg("--output")
-        .arg(&output)
-        .args(["--backend", "ort-cpu"]));
+    let (ok, log) = run_cmd(
+        Command::new(bin("wan-run"))
+            .args(["component", "image-encoder", "--engines"])
+            .arg(&engines)
+            .arg("--input")
+            .arg(case.dir.join("golden/image_encoder.safetensors"))
+            .arg("--output")
+            .arg(&output)
+            .args(["--backend", "ort-cpu"]),
+    );
     assert!(ok, "{log}");
     let got = tensorfile::read(&output).unwrap();
     let want = case.golden("image_encoder.safetensors");
@@ -315,18 +294,22 @@ fn wan_compile_and_wan_run_component_image_encoder() {
     let input = tmp.path().join("pixels.safetensors");
     tensorfile::write(&input, &pixel_input(&pipe["image_pixel_values"]), false).unwrap();
     let output = tmp.path().join("pipeline_embeds.safetensors");
-    let (ok, log) = run(Command::new(bin("wan-run"))
-        .args(["component", "image_encoder", "--engines"])
-        .arg(&engines)
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(&output));
+    let (ok, log) = run_cmd(
+        Command::new(bin("wan-run"))
+            .args(["component", "image_encoder", "--engines"])
+            .arg(&engines)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&output),
+    );
     assert!(ok, "{log}");
-    let (ok, log) = run(Command::new(bin("wan-run"))
-        .args(["compare", "--tensor", "image_embeds", "--input"])
-        .arg(&output)
-        .arg("--reference")
-        .arg(case.dir.join("golden/pipeline.safetensors")));
+    let (ok, log) = run_cmd(
+        Command::new(bin("wan-run"))
+            .args(["compare", "--tensor", "image_embeds", "--input"])
+            .arg(&output)
+            .arg("--reference")
+            .arg(case.dir.join("golden/pipeline.safetensors")),
+    );
     assert!(ok && log.contains("ok"), "{log}");
 }

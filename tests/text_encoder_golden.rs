@@ -26,7 +26,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{CASES, Case, assert_close, rel_errors};
+use common::{CASES, Case, assert_close, bin, rel_errors};
 use wanrt::compiler::ErrorKind;
 use wanrt::core::{BatchMode, NetworkKind, Precision};
 use wanrt::graphs::onnx::ModelProto;
@@ -502,19 +502,6 @@ fn debug_outputs_expose_every_block() {
         1e-4,
         1e-3,
     );
-}
-
-/// The workspace's binaries, built by `cargo build --workspace --bins`
-/// (`scripts/test.sh` does) into the same target directory as this test.
-fn bin(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        p.exists(),
-        "{} not built: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
 }
 
 #[test]

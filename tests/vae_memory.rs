@@ -9,20 +9,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::Case;
+use common::{Case, bin};
 use wanrt::core::{BatchMode, NetworkKind, Precision, Profile};
 use wanrt::runtime::{HostTensor, tensorfile};
-
-fn bin(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        p.exists(),
-        "{} not built: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
-}
 
 /// Compiles the t2v-tiny VAE decoder for `frames` at 192×192 and decodes
 /// `latents`; returns the decoded video and the peak RSS the binary reports.

@@ -742,6 +742,7 @@ pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> 
         // networks whose official configuration is fixed.
         None => vec![
             NetworkKind::Dit,
+            NetworkKind::TextEncoder,
             NetworkKind::VaeEncoder,
             NetworkKind::VaeDecoder,
         ],

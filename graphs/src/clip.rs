@@ -36,10 +36,11 @@
 //! checkpoint whose depth disagrees with the config fails by tensor name
 //! instead of silently running another block as "penultimate".
 
-use wanrt_core::{ClipVisionConfig, DType, Dim, NetworkContract, Precision, Profile};
+use wanrt_core::{ClipVisionConfig, DType, NetworkContract, Precision, Profile};
 
 use crate::builder::{GraphBuilder, IoDim, Value};
 use crate::error::{Error, Result};
+use crate::layers::{self, io_dims};
 use crate::weights::Weights;
 
 /// Side of the square input of ViT-H/14 (`image_size`, §4.1).
@@ -61,16 +62,6 @@ pub struct ClipOptions {
 }
 
 const F32: DType = DType::Float32;
-
-fn io_dims(shape: &[Dim]) -> Vec<IoDim> {
-    shape
-        .iter()
-        .map(|d| match d {
-            Dim::Fixed(n) => IoDim::Fixed(*n as i64),
-            Dim::Batch => IoDim::Symbol("batch"),
-        })
-        .collect()
-}
 
 /// The tensors of one block (leaf under `visual.transformer.{i}.`, shape).
 fn block_tensors(cfg: &ClipVisionConfig) -> Vec<(&'static str, Vec<usize>)> {
@@ -135,8 +126,7 @@ struct Clip<'a, 'b, 'i> {
 impl Clip<'_, '_, '_> {
     /// A float32 parameter (norm weights, class and position embeddings).
     fn param(&mut self, name: &str, shape: &[usize]) -> Result<Value> {
-        let (full, t) = self.w.get(name, shape)?;
-        self.b.weight(&full, &t, F32, false)
+        layers::param(self.b, &self.w, name, shape)
     }
 
     /// Affine LayerNorm `prefix` in float32 (input cast up if needed).
@@ -154,18 +144,7 @@ impl Clip<'_, '_, '_> {
 
     /// `x · Wᵀ + b` in the compute dtype (output in the compute dtype).
     fn linear(&mut self, prefix: &str, x: &Value, inf: u32, outf: u32) -> Result<Value> {
-        let w = self.w.pp(prefix);
-        let (wn, wt) = w.get("weight", &[outf as usize, inf as usize])?;
-        let (bn, bt) = w.get("bias", &[outf as usize])?;
-        let c = self.c;
-        let scope = self.w.path(prefix);
-        self.b.scoped(&scope, |b| {
-            let wv = b.weight(&wn, &wt, c, true)?;
-            let bv = b.weight(&bn, &bt, c, false)?;
-            let x = b.cast(x, c);
-            let y = b.matmul(&x, &wv);
-            Ok(b.add(&y, &bv))
-        })
+        layers::linear(self.b, &self.w, prefix, x, inf, outf, self.c, true)
     }
 
     /// One pre-LN block on the float32 stream `x`.

@@ -18,10 +18,11 @@
 //! Weights are addressed by their original Wan2.1 names, which also name the
 //! ONNX initializers and nodes (`blocks.3.self_attn.q/MatMul`).
 
-use wanrt_core::{DType, Dim, DitConfig, NetworkContract, Precision, Profile, Task};
+use wanrt_core::{DType, DitConfig, NetworkContract, Precision, Profile, Task};
 
 use crate::builder::{GraphBuilder, IoDim, Value};
 use crate::error::{Error, Result};
+use crate::layers::{self, io_dims};
 use crate::weights::Weights;
 
 /// Options of a DiT export.
@@ -73,16 +74,6 @@ pub fn rope_tables(cfg: &DitConfig, grid: (u32, u32, u32)) -> (Vec<f32>, Vec<f32
     (cos, sin)
 }
 
-fn io_dims(shape: &[Dim]) -> Vec<IoDim> {
-    shape
-        .iter()
-        .map(|d| match d {
-            Dim::Fixed(n) => IoDim::Fixed(*n as i64),
-            Dim::Batch => IoDim::Symbol("batch"),
-        })
-        .collect()
-}
-
 struct Dit<'a, 'b, 'i> {
     b: &'a mut GraphBuilder<'i>,
     w: Weights<'b>,
@@ -99,8 +90,7 @@ const F32: DType = DType::Float32;
 impl Dit<'_, '_, '_> {
     /// A float32 parameter (norm weights, modulation tables).
     fn param(&mut self, name: &str, shape: &[usize]) -> Result<Value> {
-        let (full, t) = self.w.get(name, shape)?;
-        self.b.weight(&full, &t, F32, false)
+        layers::param(self.b, &self.w, name, shape)
     }
 
     /// `x · Wᵀ + b` in `store` precision (output in `store`).
@@ -112,17 +102,7 @@ impl Dit<'_, '_, '_> {
         outf: u32,
         store: DType,
     ) -> Result<Value> {
-        let w = self.w.pp(prefix);
-        let (wn, wt) = w.get("weight", &[outf as usize, inf as usize])?;
-        let (bn, bt) = w.get("bias", &[outf as usize])?;
-        let b = &mut *self.b;
-        b.scoped(prefix, |b| {
-            let wv = b.weight(&wn, &wt, store, true)?;
-            let bv = b.weight(&bn, &bt, store, false)?;
-            let x = b.cast(x, store);
-            let y = b.matmul(&x, &wv);
-            Ok(b.add(&y, &bv))
-        })
+        layers::linear(self.b, &self.w, prefix, x, inf, outf, store, true)
     }
 
     /// Linear layer followed by the full-width RMSNorm `norm`, in float32.

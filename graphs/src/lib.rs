@@ -14,6 +14,7 @@ pub mod dit;
 pub mod dump;
 pub mod emulate;
 pub mod error;
+pub mod layers;
 pub mod names;
 pub mod onnx;
 pub mod t5;

@@ -47,10 +47,11 @@
 //! which also name the ONNX initializers and nodes (`blocks.3.attn.q/MatMul`);
 //! the diffusers layout is renamed by `crate::names`.
 
-use wanrt_core::{DType, Dim, NetworkContract, Precision, Profile, Umt5Config};
+use wanrt_core::{DType, NetworkContract, Precision, Profile, Umt5Config};
 
 use crate::builder::{GraphBuilder, IoDim, Value, attr};
 use crate::error::{Error, Result};
+use crate::layers::{self, io_dims};
 use crate::weights::Weights;
 
 /// Options of a text-encoder export.
@@ -107,16 +108,6 @@ pub fn bucket_table(len: usize, num_buckets: u32, max_distance: u32) -> Vec<i64>
     t
 }
 
-fn io_dims(shape: &[Dim]) -> Vec<IoDim> {
-    shape
-        .iter()
-        .map(|d| match d {
-            Dim::Fixed(n) => IoDim::Fixed(*n as i64),
-            Dim::Batch => IoDim::Symbol("batch"),
-        })
-        .collect()
-}
-
 struct T5<'a, 'b, 'i> {
     b: &'a mut GraphBuilder<'i>,
     w: Weights<'b>,
@@ -132,15 +123,7 @@ struct T5<'a, 'b, 'i> {
 impl T5<'_, '_, '_> {
     /// A bias-free Linear `x · Wᵀ` (weight stored transposed, `[in, out]`).
     fn linear(&mut self, prefix: &str, x: &Value, inf: u32, outf: u32) -> Result<Value> {
-        let (wn, wt) = self
-            .w
-            .pp(prefix)
-            .get("weight", &[outf as usize, inf as usize])?;
-        let c = self.c;
-        self.b.scoped(prefix, |b| {
-            let w = b.weight(&wn, &wt, c, true)?;
-            Ok(b.matmul(x, &w))
-        })
+        layers::linear(self.b, &self.w, prefix, x, inf, outf, self.c, false)
     }
 
     /// T5 RMS LayerNorm (weight only). Statistics in fp32; in the half

@@ -39,3 +39,12 @@ pub use backend::Backend;
 pub use engine::{Artifacts, Network};
 pub use error::{Error, ErrorKind, Result};
 pub use tensorfile::HostTensor;
+
+/// Peak resident memory of this process in MiB (Linux `VmHWM`), for the
+/// binaries' reports; `None` where `/proc` does not say.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

@@ -244,3 +244,27 @@ pub fn copy_dir(src: &Path, dst: &Path) {
         }
     }
 }
+
+/// A workspace binary, built by `cargo build --workspace --bins`
+/// (`scripts/test.sh` does) into the same target directory as this test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// Runs a command: (success, stdout + stderr).
+pub fn run_cmd(cmd: &mut std::process::Command) -> (bool, String) {
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

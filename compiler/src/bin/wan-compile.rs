@@ -139,7 +139,7 @@ fn run() -> Result<()> {
             r.elapsed.as_secs_f64()
         );
     }
-    let peak = peak_rss_mib()
+    let peak = wanrt_runtime::peak_rss_mib()
         .map(|m| format!(", peak RSS {m:.0} MiB"))
         .unwrap_or_default();
     eprintln!(
@@ -159,14 +159,6 @@ fn run() -> Result<()> {
         start.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// Peak resident memory of this process (Linux `VmHWM`).
-fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }
 
 fn main() -> ExitCode {

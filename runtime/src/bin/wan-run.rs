@@ -416,7 +416,7 @@ fn run() -> Result<()> {
                     runs.len()
                 );
             }
-            let peak = peak_rss_mib()
+            let peak = wanrt_runtime::peak_rss_mib()
                 .map(|m| format!(", peak RSS {m:.1} MiB"))
                 .unwrap_or_default();
             eprintln!(
@@ -514,14 +514,6 @@ fn run() -> Result<()> {
             rtol,
         } => compare(&input, &reference, &tensors, atol, rtol),
     }
-}
-
-/// Peak resident memory of this process (Linux `VmHWM`).
-fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }
 
 fn main() -> ExitCode {
