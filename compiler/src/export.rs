@@ -813,12 +813,11 @@ pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> 
                 export_vae(&vcfg, &ck, Some(&ck), opts, &staging.dir, n)?
             }
             (NetworkKind::TextEncoder, None) => {
-                let s = synthetic
-                    .as_ref()
-                    .expect("a synthetic source without a checkpoint");
+                // The released UMT5 is bf16: generate it so, as big as the real file.
+                let s = SyntheticSource::new("umt5-xxl").with_dtype(wanrt_core::DType::Bfloat16);
                 export_text_encoder_synthetic(
                     &wanrt_core::Umt5Config::xxl(),
-                    s,
+                    &s,
                     opts,
                     &staging.dir,
                 )?

@@ -49,6 +49,13 @@ impl SyntheticSource {
         }
     }
 
+    /// Weights stored as `dtype`, as the real release stores that network
+    /// (the UMT5 `.pth` is bf16; the DiT and VAE are fp32).
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
     fn generate(&self, name: &str, shape: &[usize]) -> Vec<u8> {
         let numel: usize = shape.iter().product();
         let mut rng = SplitMix(seed_of(name));

@@ -142,20 +142,19 @@ fn run() -> Result<()> {
     let peak = wanrt_runtime::peak_rss_mib()
         .map(|m| format!(", peak RSS {m:.0} MiB"))
         .unwrap_or_default();
+    let precisions: Vec<String> = manifest
+        .networks
+        .iter()
+        .map(|(k, e)| format!("{k} {}", e.precision))
+        .collect();
     eprintln!(
-        "wrote {} ({} network{}, {} {}x{}x{}, {}) in {:.1} s{peak}",
+        "wrote {} ({}; {} {}x{}x{}) in {:.1} s{peak}",
         args.out.display(),
-        manifest.networks.len(),
-        if manifest.networks.len() == 1 {
-            ""
-        } else {
-            "s"
-        },
+        precisions.join(", "),
         opts.profile.name,
         opts.profile.width,
         opts.profile.height,
         opts.profile.frames,
-        opts.precision,
         start.elapsed().as_secs_f64()
     );
     Ok(())
