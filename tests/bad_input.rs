@@ -44,9 +44,7 @@ fn opts(model: &Path, out: &Path) -> CompileOptions {
 /// every string of `names`, and an output directory left without artifacts.
 fn expect_error(model: &Path, kind: ErrorKind, names: &[&str]) {
     let out = tempfile::tempdir().unwrap();
-    let e = compile(&opts(model, out.path()))
-        .err()
-        .expect("compile must fail");
+    let e = compile(&opts(model, out.path())).expect_err("compile must fail");
     let msg = e.to_string();
     assert_eq!(e.kind(), kind, "{msg}");
     for n in names {

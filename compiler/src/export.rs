@@ -404,9 +404,9 @@ fn vae_entry(
 ) -> (NetworkEntry, NetworkReport) {
     let (p, encoder) = (&opts.profile, kind == NetworkKind::VaeEncoder);
     let contract = if encoder {
-        NetworkContract::vae_encoder(&cfg, p)
+        NetworkContract::vae_encoder(cfg, p)
     } else {
-        NetworkContract::vae_decoder(&cfg, p)
+        NetworkContract::vae_decoder(cfg, p)
     };
     let step = chunks.last().expect("two chunk graphs");
     let entry = NetworkEntry {

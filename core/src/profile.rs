@@ -88,7 +88,7 @@ impl Profile {
                 return Err(Error::profile(flag, format!("{v} exceeds 4096 pixels")));
             }
         }
-        if frames == 0 || (frames - 1) % VAE_STRIDE_T != 0 {
+        if frames == 0 || !(frames - 1).is_multiple_of(VAE_STRIDE_T) {
             return Err(Error::profile(
                 "--frames",
                 format!("{frames} is not of the form 4k+1 (1, 5, 9, ..., 81)"),

@@ -441,7 +441,7 @@ fn channel_ladder(cfg: &VaeConfig) -> Vec<i64> {
 
 fn check(cfg: &VaeConfig, h: u32, w: u32) -> Result<()> {
     let s = cfg.spatial_stride();
-    if h == 0 || w == 0 || h % s != 0 || w % s != 0 {
+    if h == 0 || w == 0 || !h.is_multiple_of(s) || !w.is_multiple_of(s) {
         return Err(Error::Invalid(format!(
             "VAE frames of {w}x{h} are not a multiple of the spatial stride {s}"
         )));

@@ -158,7 +158,7 @@ impl ChunkedNetwork {
             Self::frames_of(&self.step_spec),
         );
         let total = input.shape[2];
-        if total < f0 || (total - f0) % fs != 0 {
+        if total < f0 || !(total - f0).is_multiple_of(fs) {
             return Err(Error::Core(wanrt_core::Error::ContractMismatch {
                 network: name.clone(),
                 tensor: self.first_spec.inputs[0].name.clone(),
@@ -234,7 +234,7 @@ impl ChunkedNetwork {
                     .map_err(|e| fail(e.to_string()))?;
             }
             binding
-                .bind_output_to_device(&main_out, &self.step.allocator().memory_info())
+                .bind_output_to_device(&main_out, self.step.allocator().memory_info())
                 .map_err(|e| fail(e.to_string()))?;
             let outputs = self
                 .step

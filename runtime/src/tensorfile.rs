@@ -199,7 +199,7 @@ pub fn serialize(tensors: &BTreeMap<String, HostTensor>) -> Vec<u8> {
     }
     let mut h = Json::Object(header).to_string().into_bytes();
     // Pad the header with spaces so the data starts 8-byte aligned.
-    while (8 + h.len()) % 8 != 0 {
+    while !(8 + h.len()).is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len() + offset);
@@ -247,53 +247,6 @@ pub fn write(path: &Path, tensors: &BTreeMap<String, HostTensor>, overwrite: boo
     write_atomic(path, &serialize(tensors), overwrite)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("t.safetensors");
-        let mut m = BTreeMap::new();
-        m.insert(
-            "a".to_string(),
-            HostTensor::from_f32(vec![2, 3], &[1., 2., 3., 4., 5., 6.]),
-        );
-        m.insert(
-            "ids".to_string(),
-            HostTensor::from_i64(vec![3], &[7, -1, 0]),
-        );
-        write(&p, &m, false).unwrap();
-        assert_eq!(read(&p).unwrap(), m);
-        // No overwrite without being asked.
-        let e = write(&p, &m, false).unwrap_err();
-        assert_eq!(e.kind(), crate::ErrorKind::OutputExists);
-        write(&p, &m, true).unwrap();
-    }
-
-    #[test]
-    fn truncated_file_is_refused() {
-        let mut m = BTreeMap::new();
-        m.insert(
-            "a".to_string(),
-            HostTensor::from_f32(vec![4], &[1., 2., 3., 4.]),
-        );
-        let bytes = serialize(&m);
-        for cut in [0, 5, 12, bytes.len() - 1] {
-            assert!(parse(&bytes[..cut]).is_err(), "cut at {cut}");
-        }
-    }
-
-    #[test]
-    fn batch_slicing() {
-        let t = HostTensor::from_f32(vec![3, 2], &[0., 1., 2., 3., 4., 5.]);
-        let parts: Vec<_> = (0..3).map(|i| t.slice_batch(i, i + 1)).collect();
-        assert_eq!(parts[1].to_f32().unwrap(), vec![2., 3.]);
-        assert_eq!(HostTensor::concat_batch(&parts).unwrap(), t);
-    }
-}
-
 /// Writes one `[1, C, T, H, W]` tensor chunk by chunk along T, at its final
 /// offsets, so a long decode never holds the whole video in memory. The file
 /// is built under a temporary name and renamed by [`TimeStreamWriter::finish`];
@@ -329,7 +282,7 @@ impl TimeStreamWriter {
         info.insert("data_offsets".into(), vec![0, numel * 4].into());
         header.insert(name.to_string(), Json::Object(info));
         let mut h = Json::Object(header).to_string().into_bytes();
-        while (8 + h.len()) % 8 != 0 {
+        while !(8 + h.len()).is_multiple_of(8) {
             h.push(b' ');
         }
         let dir = match path.parent() {
@@ -405,5 +358,52 @@ impl Drop for TimeStreamWriter {
         if !self.done {
             let _ = std::fs::remove_file(&self.tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.safetensors");
+        let mut m = BTreeMap::new();
+        m.insert(
+            "a".to_string(),
+            HostTensor::from_f32(vec![2, 3], &[1., 2., 3., 4., 5., 6.]),
+        );
+        m.insert(
+            "ids".to_string(),
+            HostTensor::from_i64(vec![3], &[7, -1, 0]),
+        );
+        write(&p, &m, false).unwrap();
+        assert_eq!(read(&p).unwrap(), m);
+        // No overwrite without being asked.
+        let e = write(&p, &m, false).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::OutputExists);
+        write(&p, &m, true).unwrap();
+    }
+
+    #[test]
+    fn truncated_file_is_refused() {
+        let mut m = BTreeMap::new();
+        m.insert(
+            "a".to_string(),
+            HostTensor::from_f32(vec![4], &[1., 2., 3., 4.]),
+        );
+        let bytes = serialize(&m);
+        for cut in [0, 5, 12, bytes.len() - 1] {
+            assert!(parse(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn batch_slicing() {
+        let t = HostTensor::from_f32(vec![3, 2], &[0., 1., 2., 3., 4., 5.]);
+        let parts: Vec<_> = (0..3).map(|i| t.slice_batch(i, i + 1)).collect();
+        assert_eq!(parts[1].to_f32().unwrap(), vec![2., 3.]);
+        assert_eq!(HostTensor::concat_batch(&parts).unwrap(), t);
     }
 }

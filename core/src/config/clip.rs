@@ -66,12 +66,12 @@ impl ClipVisionConfig {
                 c.hidden_act
             )));
         }
-        if c.num_channels != 3 || c.patch_size == 0 || c.image_size % c.patch_size != 0 {
+        if c.num_channels != 3 || c.patch_size == 0 || !c.image_size.is_multiple_of(c.patch_size) {
             return Err(bad(
                 "image_size must be a multiple of patch_size, 3 channels".into(),
             ));
         }
-        if c.num_hidden_layers < 2 || c.hidden_size % c.num_attention_heads != 0 {
+        if c.num_hidden_layers < 2 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(bad(
                 "need ≥ 2 layers and hidden_size divisible by heads".into()
             ));

@@ -268,12 +268,12 @@ impl DitConfig {
             }
         };
         let dim = c.num_attention_heads * c.attention_head_dim;
-        if let Some(kv) = c.added_kv_proj_dim {
-            if kv != dim {
-                return Err(bad(format!(
-                    "added_kv_proj_dim {kv} differs from the inner dim {dim}"
-                )));
-            }
+        if let Some(kv) = c.added_kv_proj_dim
+            && kv != dim
+        {
+            return Err(bad(format!(
+                "added_kv_proj_dim {kv} differs from the inner dim {dim}"
+            )));
         }
         let cfg = DitConfig {
             task,
@@ -305,19 +305,19 @@ impl DitConfig {
                 self.patch_size
             ));
         }
-        if self.num_heads == 0 || self.dim % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.dim.is_multiple_of(self.num_heads) {
             return Err(format!(
                 "dim {} is not divisible by num_heads {}",
                 self.dim, self.num_heads
             ));
         }
-        if self.head_dim() % 2 != 0 || self.head_dim() < 6 {
+        if !self.head_dim().is_multiple_of(2) || self.head_dim() < 6 {
             return Err(format!(
                 "head dim {} must be even and at least 6 for the 3-D RoPE",
                 self.head_dim()
             ));
         }
-        if self.freq_dim % 2 != 0 || self.freq_dim == 0 {
+        if !self.freq_dim.is_multiple_of(2) || self.freq_dim == 0 {
             return Err(format!("freq_dim {} must be even", self.freq_dim));
         }
         let want_in = match self.task {

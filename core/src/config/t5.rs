@@ -79,7 +79,7 @@ impl Umt5Config {
             max_distance: c.relative_attention_max_distance,
             eps: c.layer_norm_epsilon,
         };
-        if cfg.num_buckets < 4 || cfg.num_buckets % 2 != 0 || cfg.max_distance == 0 {
+        if cfg.num_buckets < 4 || !cfg.num_buckets.is_multiple_of(2) || cfg.max_distance == 0 {
             return Err(bad("relative attention buckets must be even and ≥ 4".into()));
         }
         Ok(cfg)

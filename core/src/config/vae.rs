@@ -90,7 +90,7 @@ impl VaeConfig {
                 "latents_mean/latents_std must have z_dim = {z} entries"
             )));
         }
-        if c.latents_std.iter().any(|s| !(*s > 0.0)) {
+        if c.latents_std.iter().any(|s| s.is_nan() || *s <= 0.0) {
             return Err(bad("latents_std must be positive".into()));
         }
         Ok(VaeConfig {

@@ -150,8 +150,8 @@ enum Command {
 }
 
 fn compare(
-    input: &PathBuf,
-    reference: &PathBuf,
+    input: &std::path::Path,
+    reference: &std::path::Path,
     names: &[String],
     atol: f32,
     rtol: f32,
