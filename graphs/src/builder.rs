@@ -74,6 +74,29 @@ impl ExternalData {
     }
 }
 
+/// Hints the kernel that the pages wholly inside `bytes` will not be read
+/// again (`MADV_PAGEOUT`): a memory-mapped checkpoint tensor read once, in
+/// order, then leaves no resident trace. The hint never changes contents
+/// (unlike `MADV_DONTNEED` on anonymous memory), so it is safe on any slice;
+/// where the kernel does not know it, nothing happens.
+fn page_out(bytes: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = (bytes.as_ptr() as usize).div_ceil(PAGE) * PAGE;
+        let end = ((bytes.as_ptr() as usize + bytes.len()) / PAGE) * PAGE;
+        if end > start {
+            // SAFETY: an advisory call on memory this slice borrows; PAGEOUT
+            // does not alter contents, and failure is harmless.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = bytes;
+}
+
 /// Lower-case hex of a digest.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -468,6 +491,9 @@ impl<'i> GraphBuilder<'i> {
                     data: std::borrow::Cow::Borrowed(&src.data[start * in_size..end * in_size]),
                 };
                 emit(&convert(&part, store, false, name)?)?;
+                if let std::borrow::Cow::Borrowed(bytes) = &src.data {
+                    page_out(&bytes[start * in_size..end * in_size]);
+                }
             }
             Ok(())
         })

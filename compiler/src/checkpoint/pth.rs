@@ -752,6 +752,15 @@ impl PthCheckpoint {
         })
     }
 
+    /// Drops the resident pages of tensor `name` (see
+    /// `checkpoint::release_pages`).
+    pub fn release(&self, name: &str) {
+        if let Some(t) = self.info(name) {
+            let start = t.storage_start + t.storage_offset * t.dtype.size();
+            super::release_pages(&self.mmap, start, t.nbytes());
+        }
+    }
+
     /// Checks every entry's CRC-32 against the zip directory. Reads the
     /// whole file (what `open` avoids); use it to vet a download.
     pub fn verify_crc32(&self) -> Result<()> {

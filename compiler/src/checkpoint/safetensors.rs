@@ -180,6 +180,18 @@ impl SafetensorsSet {
             .sum()
     }
 
+    /// Drops the resident pages of tensor `name` (see `release_pages`).
+    pub fn release(&self, name: &str) {
+        let Some(&i) = self.index.get(name) else {
+            return;
+        };
+        let shard = &self.shards[i];
+        if let Some(info) = shard.meta.info(name) {
+            let (s, e) = info.data_offsets;
+            super::release_pages(&shard.mmap, shard.data_start + s, e - s);
+        }
+    }
+
     /// The tensor, borrowed from the map.
     pub fn tensor(&self, name: &str) -> Option<SourceTensor<'_>> {
         let shard = &self.shards[*self.index.get(name)?];
