@@ -52,6 +52,7 @@ fn attr_string(a: &AttributeProto) -> String {
 
 /// The dump of `model`.
 pub fn dump(model: &ModelProto) -> String {
+    // `fmt::Write` into a `String` cannot fail: the `unwrap`s below never fire.
     let mut s = String::new();
     let g = model.graph.clone().unwrap_or_default();
     let opsets: Vec<String> = model
