@@ -291,3 +291,69 @@ fn generate_writes_a_playable_h264_mp4_and_a_sidecar() {
     );
     assert!(!ok && log.contains("--output"), "{log}");
 }
+
+#[test]
+fn ctrl_c_stops_generation_without_leaving_files() {
+    let case = Case::new("t2v-tiny");
+    let tmp = tempfile::tempdir().unwrap();
+    let engines = tmp.path().join("engines");
+    let (ok, log) = run_cmd(
+        Command::new(bin("wan-compile"))
+            .arg("--model")
+            .arg(case.model_dir(false))
+            .arg("--out")
+            .arg(&engines)
+            .args([
+                "--width",
+                "128",
+                "--height",
+                "128",
+                "--frames",
+                "17",
+                "--text-len",
+                "32",
+                "--precision",
+                "fp32",
+            ]),
+    );
+    assert!(ok, "{log}");
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    // Many steps, so the signal lands mid-run.
+    let child = Command::new(bin("wan-run"))
+        .arg("--engines")
+        .arg(&engines)
+        .args([
+            "--prompt",
+            "a long run",
+            "--steps",
+            "1000",
+            "--seed",
+            "1",
+            "--output",
+        ])
+        .arg(out_dir.join("clip.mp4"))
+        .arg("--save-latents")
+        .arg(out_dir.join("latents.safetensors"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "wan-run finished before the signal: {log}"
+    );
+    assert!(log.contains("interrupted"), "{log}");
+    let left: Vec<_> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "files left after Ctrl-C: {left:?}");
+}
