@@ -82,22 +82,18 @@ fn bench_dit(c: &mut Criterion) {
         let cfg = config(s);
         let profile = s.profile.clone().with_batch(BatchMode::Fixed(1)).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        compile(&CompileOptions {
-            model: ModelSource::SyntheticConfig {
-                name: s.label.into(),
-                config: cfg.clone(),
-            },
-            out: dir.path().to_path_buf(),
-            profile: profile.clone(),
-            precision: Precision::Fp32,
-            vae_precision: wanrt::core::Precision::Fp32,
-            cache_negative_prompt: true,
-            networks: vec![NetworkKind::Dit],
-            debug_outputs: false,
-            overwrite: true,
-            show_progress: false,
-            interrupt: None,
-        })
+        compile(
+            &CompileOptions::new(
+                ModelSource::SyntheticConfig {
+                    name: s.label.into(),
+                    config: cfg.clone(),
+                },
+                dir.path(),
+                profile.clone(),
+            )
+            .with_precision(Precision::Fp32)
+            .with_networks([NetworkKind::Dit]),
+        )
         .unwrap();
         let artifacts = Artifacts::open(dir.path()).unwrap();
         let mut dit = artifacts.load(NetworkKind::Dit, Backend::OrtCpu).unwrap();

@@ -18,19 +18,11 @@ use wanrt::runtime::{Artifacts, Backend, HostTensor};
 
 fn compile_tiny(out: &Path, profile: &Profile, networks: Vec<NetworkKind>) {
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/t2v-tiny/model");
-    compile(&CompileOptions {
-        model: ModelSource::Dir(model),
-        out: out.to_path_buf(),
-        profile: profile.clone(),
-        precision: Precision::Fp32,
-        vae_precision: Precision::Fp32,
-        cache_negative_prompt: true,
-        networks,
-        debug_outputs: false,
-        overwrite: true,
-        show_progress: false,
-        interrupt: None,
-    })
+    compile(
+        &CompileOptions::new(ModelSource::Dir(model), out, profile.clone())
+            .with_precision(Precision::Fp32)
+            .with_networks(networks),
+    )
     .unwrap();
 }
 

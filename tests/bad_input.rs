@@ -25,19 +25,12 @@ fn copy_transformer() -> (tempfile::TempDir, PathBuf) {
 }
 
 fn opts(model: &Path, out: &Path) -> CompileOptions {
-    CompileOptions {
-        model: ModelSource::Dir(model.to_path_buf()),
-        out: out.to_path_buf(),
-        profile: Case::new("t2v-tiny").profile(BatchMode::Fixed(1)),
-        precision: Precision::Fp32,
-        vae_precision: wanrt::core::Precision::Fp32,
-        cache_negative_prompt: true,
-        networks: vec![],
-        debug_outputs: false,
-        overwrite: false,
-        show_progress: false,
-        interrupt: None,
-    }
+    CompileOptions::new(
+        ModelSource::Dir(model.to_path_buf()),
+        out,
+        Case::new("t2v-tiny").profile(BatchMode::Fixed(1)),
+    )
+    .with_precision(Precision::Fp32)
 }
 
 /// Compiles `model`, expecting an error of `kind` whose message contains

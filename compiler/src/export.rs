@@ -67,6 +67,69 @@ pub struct CompileOptions {
     pub interrupt: Option<Arc<AtomicBool>>,
 }
 
+impl CompileOptions {
+    /// Options with the defaults of `wan-compile`: every network the model
+    /// has, bf16 graphs with an fp32 VAE, the negative prompt cached, no
+    /// overwrite, no progress display, no interrupt flag.
+    pub fn new(model: ModelSource, out: impl Into<PathBuf>, profile: Profile) -> Self {
+        CompileOptions {
+            model,
+            out: out.into(),
+            profile,
+            precision: Precision::Bf16,
+            vae_precision: Precision::Fp32,
+            cache_negative_prompt: true,
+            networks: Vec::new(),
+            debug_outputs: false,
+            overwrite: false,
+            show_progress: false,
+            interrupt: None,
+        }
+    }
+
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    pub fn with_vae_precision(mut self, precision: Precision) -> Self {
+        self.vae_precision = precision;
+        self
+    }
+
+    pub fn with_networks(mut self, networks: impl IntoIterator<Item = NetworkKind>) -> Self {
+        self.networks = networks.into_iter().collect();
+        self
+    }
+
+    pub fn with_overwrite(mut self, overwrite: bool) -> Self {
+        self.overwrite = overwrite;
+        self
+    }
+
+    pub fn with_debug_outputs(mut self, debug: bool) -> Self {
+        self.debug_outputs = debug;
+        self
+    }
+
+    pub fn with_negative_cache(mut self, cache: bool) -> Self {
+        self.cache_negative_prompt = cache;
+        self
+    }
+
+    /// Show progress bars on stderr.
+    pub fn with_progress(mut self, show: bool) -> Self {
+        self.show_progress = show;
+        self
+    }
+
+    /// Stop with `ErrorKind::Interrupted` once `flag` is set (Ctrl-C).
+    pub fn with_interrupt(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.interrupt = Some(flag);
+        self
+    }
+}
+
 /// What one network's export took.
 #[derive(Debug, Clone)]
 pub struct NetworkReport {

@@ -65,19 +65,9 @@ impl Case {
         batch: BatchMode,
     ) -> tempfile::TempDir {
         let out = tempfile::tempdir().unwrap();
-        let opts = CompileOptions {
-            model: ModelSource::Dir(self.model_dir(original)),
-            out: out.path().to_path_buf(),
-            profile: self.profile(batch),
-            precision,
-            vae_precision: wanrt::core::Precision::Fp32,
-            cache_negative_prompt: true,
-            networks: vec![wanrt::core::NetworkKind::Dit],
-            debug_outputs: false,
-            overwrite: true,
-            show_progress: false,
-            interrupt: None,
-        };
+        let opts = self
+            .options(original, precision, batch, out.path())
+            .with_networks([wanrt::core::NetworkKind::Dit]);
         compile(&opts).unwrap_or_else(|e| {
             panic!(
                 "compiling {} ({}): {e}",
@@ -170,19 +160,13 @@ impl Case {
         batch: BatchMode,
         out: &Path,
     ) -> CompileOptions {
-        CompileOptions {
-            model: ModelSource::Dir(self.model_dir(original)),
-            out: out.to_path_buf(),
-            profile: self.profile(batch),
-            precision,
-            vae_precision: Precision::Fp32,
-            cache_negative_prompt: true,
-            networks: vec![],
-            debug_outputs: false,
-            overwrite: true,
-            show_progress: false,
-            interrupt: None,
-        }
+        CompileOptions::new(
+            ModelSource::Dir(self.model_dir(original)),
+            out,
+            self.profile(batch),
+        )
+        .with_precision(precision)
+        .with_overwrite(true)
     }
 }
 

@@ -114,19 +114,15 @@ fn run() -> Result<()> {
         ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
             .context("installing the Ctrl-C handler")?;
     }
-    let opts = CompileOptions {
-        model,
-        out: args.out.clone(),
-        profile: profile(&args, default_profile)?,
-        precision: args.precision,
-        vae_precision: args.vae_precision,
-        cache_negative_prompt: !args.no_negative_cache,
-        networks: args.networks.clone(),
-        debug_outputs: args.debug_outputs,
-        overwrite: args.overwrite,
-        show_progress: true,
-        interrupt: Some(interrupt),
-    };
+    let opts = CompileOptions::new(model, args.out.clone(), profile(&args, default_profile)?)
+        .with_precision(args.precision)
+        .with_vae_precision(args.vae_precision)
+        .with_negative_cache(!args.no_negative_cache)
+        .with_networks(args.networks.iter().copied())
+        .with_debug_outputs(args.debug_outputs)
+        .with_overwrite(args.overwrite)
+        .with_progress(true)
+        .with_interrupt(interrupt);
     let start = std::time::Instant::now();
     let (manifest, reports) = compile(&opts)?;
     for r in &reports {
