@@ -15,36 +15,8 @@ fn check(case: &'static str, precision: Precision) {
     let out = c.compile_dit(false, precision, BatchMode::Fixed(1));
     let model =
         ModelProto::from_bytes(&std::fs::read(out.path().join("dit.onnx")).unwrap()).unwrap();
-    let text = dump(&model);
-    let expected = common::fixtures()
-        .parent()
-        .unwrap()
-        .join("expected")
-        .join(format!("dit-{case}-{precision}.txt"));
-    if std::env::var_os("WANRT_BLESS").is_some() {
-        std::fs::write(&expected, &text).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&expected).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run with WANRT_BLESS=1 to create it)",
-            expected.display()
-        )
-    });
-    if text != want {
-        let first = text
-            .lines()
-            .zip(want.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or(text.lines().count().min(want.lines().count()));
-        panic!(
-            "graph dump of {case}/{precision} differs from {} at line {}:\n  got:  {}\n  want: {}\n(if intended: WANRT_BLESS=1 cargo test --test graph_dump)",
-            expected.display(),
-            first + 1,
-            text.lines().nth(first).unwrap_or("<end>"),
-            want.lines().nth(first).unwrap_or("<end>")
-        );
-    }
+    // The same comparison (and WANRT_BLESS) as every other network's dump.
+    check_text(&format!("dit-{case}-{precision}"), &dump(&model));
 }
 
 #[test]

@@ -91,44 +91,29 @@ pub(super) fn export_vae(
     }
     let (weights_digest, external_data_bytes, _) = builder.finish_external()?;
     pb.finish_and_clear();
-    // Each direction uses its half of the checkpoint.
     let prefix = if encoder {
         ["encoder.", "conv1."]
     } else {
         ["decoder.", "conv2."]
     };
-    let foreign: fn(&str, &[&str; 2]) -> bool = |n, pre| !pre.iter().any(|p| n.starts_with(p));
-    let Some(ck) = checkpoint else {
-        return Ok(vae_entry(
-            cfg,
-            opts,
-            kind,
-            chunks,
-            data_file,
-            weights_digest,
-            external_data_bytes,
-            graph_bytes,
-            nodes,
-            start,
-        ));
-    };
-    let unused: Vec<String> = ck
-        .unused()
-        .into_iter()
-        .filter(|n| {
-            let canonical = match names::vae_from_diffusers(n) {
-                Some(c) => c,
-                None => n.clone(),
-            };
-            !foreign(&canonical, &prefix)
-        })
-        .collect();
-    if !unused.is_empty() {
-        return Err(Error::UnusedTensors {
-            dir: PathBuf::from(ck.describe()),
-            network: name.into(),
-            names: unused,
-        });
+    // Each direction uses its half of the checkpoint: only unused tensors
+    // of this half mean the config does not match the weights.
+    if let Some(ck) = checkpoint {
+        let unused: Vec<String> = ck
+            .unused()
+            .into_iter()
+            .filter(|n| {
+                let canonical = names::vae_from_diffusers(n).unwrap_or_else(|| n.clone());
+                prefix.iter().any(|p| canonical.starts_with(p))
+            })
+            .collect();
+        if !unused.is_empty() {
+            return Err(Error::UnusedTensors {
+                dir: PathBuf::from(ck.describe()),
+                network: name.into(),
+                names: unused,
+            });
+        }
     }
     Ok(vae_entry(
         cfg,
