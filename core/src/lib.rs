@@ -8,6 +8,7 @@ pub mod config;
 pub mod contract;
 pub mod dtype;
 pub mod error;
+pub mod fsio;
 pub mod manifest;
 pub mod profile;
 

@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use wanrt_core::manifest::NetworkEntry;
 use wanrt_core::{DType, Manifest, NetworkKind, Precision};
 
@@ -23,10 +22,6 @@ use crate::tensorfile::HostTensor;
 pub struct Artifacts {
     pub dir: PathBuf,
     pub manifest: Manifest,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Artifacts {
@@ -45,9 +40,8 @@ impl Artifacts {
                 .chain(net.chunks.iter().map(|c| (&c.file, &c.graph_digest)));
             for (file, want) in graphs {
                 let graph = dir.join(file);
-                let bytes = std::fs::read(&graph)
+                let digest = wanrt_core::fsio::sha256_file(&graph)
                     .map_err(|e| fail(format!("network {kind}: {}: {e}", graph.display())))?;
-                let digest = format!("sha256:{}", hex(&Sha256::digest(&bytes)));
                 if &digest != want {
                     return Err(fail(format!(
                         "network {kind}: {file} does not match its digest in manifest.json (modified or from another compile)"

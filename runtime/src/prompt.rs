@@ -31,7 +31,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use wanrt_core::{NetworkKind, Task};
 
 use crate::backend::Backend;
@@ -251,12 +250,7 @@ pub fn embeds_from_output(
 
 /// `sha256:<hex>` of a file's bytes, as the manifest records digests.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let hex: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok(format!("sha256:{hex}"))
+    wanrt_core::fsio::sha256_file(path).map_err(|e| Error::io(path, e))
 }
 
 /// What `wan-compile` records in the text encoder's manifest `config` beside

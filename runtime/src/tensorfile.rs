@@ -220,15 +220,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
             file: path.to_path_buf(),
         });
     }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = wanrt_core::fsio::temp_sibling(path);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -285,15 +277,7 @@ impl TimeStreamWriter {
         while !(8 + h.len()).is_multiple_of(8) {
             h.push(b' ');
         }
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => std::path::PathBuf::from("."),
-        };
-        let fname = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(".{fname}.tmp-{}", std::process::id()));
+        let tmp = wanrt_core::fsio::temp_sibling(path);
         let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(path, e))?;
         let data_start = 8 + h.len() as u64;
         file.write_all(&(h.len() as u64).to_le_bytes())

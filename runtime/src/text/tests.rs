@@ -281,8 +281,7 @@ fn ftfy_entity_table_is_complete() {
     assert_eq!(table.len(), 3501);
     let mut lines: Vec<String> = table.iter().map(|(k, v)| format!("{k}\t{v}")).collect();
     lines.sort();
-    let digest = Sha256::digest(lines.join("\n").as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = wanrt_core::fsio::hex(&Sha256::digest(lines.join("\n").as_bytes()));
     assert_eq!(
         hex,
         "4bb9193b8a62c41922d12da9c23d82cdd057a49228e970a70f89b9b26a038bc4"

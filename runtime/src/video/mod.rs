@@ -29,7 +29,8 @@ pub mod png;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use wanrt_core::fsio::{parent_dir, temp_sibling};
 
 use crate::error::{Error, Result};
 use crate::tensorfile::HostTensor;
@@ -256,27 +257,6 @@ fn check_cancel(cancel: Option<&AtomicBool>) -> Result<()> {
     match cancel {
         Some(flag) if flag.load(Ordering::Relaxed) => Err(Error::Interrupted),
         _ => Ok(()),
-    }
-}
-
-/// A unique hidden name next to `target`: `.<name>.tmp-<pid>-<n>`. The
-/// process id and a counter keep concurrent writers (other processes, other
-/// threads) from sharing a temporary.
-fn temp_sibling(target: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "output".to_owned());
-    parent_dir(target).join(format!(".{name}.tmp-{}-{n}", std::process::id()))
-}
-
-/// The directory holding `path` (`.` for a bare file name).
-fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
     }
 }
 

@@ -20,7 +20,6 @@ use crate::error::{Error, Result};
 use crate::onnx::*;
 use crate::weights::SourceTensor;
 
-#[path = "builder_ops.rs"]
 mod ops;
 
 /// A named, typed value of the graph.
@@ -98,11 +97,6 @@ fn page_out(bytes: &[u8]) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = bytes;
-}
-
-/// Lower-case hex of a digest.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What an export produced besides the proto.
@@ -680,7 +674,7 @@ impl<'i> GraphBuilder<'i> {
                     file: ext.path.clone(),
                     source,
                 })?;
-                let digest = format!("sha256:{}", hex(&ext.hasher.finalize()));
+                let digest = wanrt_core::fsio::sha256_string(ext.hasher);
                 (digest, ext.offset, Some(ext.path))
             }
             None => (String::from("sha256:inline"), 0, None),

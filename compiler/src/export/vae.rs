@@ -1,6 +1,8 @@
 //! The VAE's export: a first-chunk and a steady-state graph per direction,
 //! sharing one weight file (see `wanrt_graphs::vae`).
 
+use wanrt_graphs::vae::{self as graph, Chunk};
+
 use super::*;
 
 fn spec_of(vi: &wanrt_graphs::onnx::ValueInfoProto) -> wanrt_core::TensorSpec {
@@ -57,9 +59,9 @@ pub(super) fn export_vae(
     for chunk in [Chunk::First, Chunk::Step] {
         let w = Weights::new(source);
         if encoder {
-            vae::build_encoder(&mut builder, w, cfg, p.height, p.width, chunk, precision)?;
+            graph::build_encoder(&mut builder, w, cfg, p.height, p.width, chunk, precision)?;
         } else {
-            vae::build_decoder(&mut builder, w, cfg, p.height, p.width, chunk, precision)?;
+            graph::build_decoder(&mut builder, w, cfg, p.height, p.width, chunk, precision)?;
         }
         let file = format!("{name}.{}.onnx", chunk.name());
         let model = builder.take_graph(

@@ -824,5 +824,4 @@ impl WeightSource for PthCheckpoint {
 }
 
 #[cfg(test)]
-#[path = "pth_tests.rs"]
 mod tests;

@@ -10,30 +10,25 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use wanrt_core::manifest::{ModelInfo, NetworkEntry, Tools};
 use wanrt_core::{
     DitConfig, Manifest, NetworkContract, NetworkKind, Precision, Profile, VaeConfig,
 };
-use wanrt_graphs::builder::hex;
 use wanrt_graphs::clip::{self, ClipOptions};
 use wanrt_graphs::dit::{self, DitOptions};
 use wanrt_graphs::names;
 use wanrt_graphs::onnx::{IR_VERSION, OPSET};
 use wanrt_graphs::t5::{self, T5Options};
-use wanrt_graphs::vae::{self, Chunk};
 use wanrt_graphs::{GraphBuilder, WeightSource, Weights};
 
 use crate::checkpoint::{Checkpoint, ModelDir};
 use crate::error::{Error, Result};
 use crate::synthetic::SyntheticSource;
 
-#[path = "export_encoders.rs"]
 mod encoders;
-#[path = "export_vae.rs"]
-mod vae_export;
+mod vae;
+use self::vae::export_vae;
 use encoders::{export_image_encoder, export_text_encoder, export_text_encoder_synthetic};
-use vae_export::export_vae;
 
 /// Where the weights come from.
 #[derive(Debug, Clone)]
@@ -165,7 +160,7 @@ impl Drop for Staging {
 }
 
 fn file_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex(&Sha256::digest(bytes)))
+    wanrt_core::fsio::sha256_bytes(bytes)
 }
 
 fn tools() -> Tools {

@@ -673,5 +673,4 @@ fn stbl(stream: &H264Stream, width: u16, height: u16, chunk_offset: u32) -> Opti
 }
 
 #[cfg(test)]
-#[path = "mp4_tests.rs"]
 mod tests;

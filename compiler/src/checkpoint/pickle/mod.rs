@@ -907,5 +907,4 @@ pub(crate) mod build {
 }
 
 #[cfg(test)]
-#[path = "pickle_tests.rs"]
 mod tests;
