@@ -389,16 +389,70 @@ fn runtime_refuses_inputs_of_another_profile() {
 }
 
 #[test]
-fn native_tensorrt_backend_says_why_it_is_unavailable() {
+fn native_tensorrt_is_not_offered_and_asking_for_it_says_why() {
+    // This build has no native TensorRT backend: the help does not offer it,
+    // and asking for it names the path that exists (ONNX Runtime's provider).
+    let (ok, help) =
+        common::run_cmd(std::process::Command::new(common::bin("wan-run")).arg("--help"));
+    assert!(ok, "{help}");
+    let backend_help: String = help
+        .lines()
+        .skip_while(|l| !l.contains("--backend <"))
+        .take(3)
+        .collect();
+    assert!(backend_help.contains("ort-tensorrt"), "{backend_help}");
+    assert!(
+        !backend_help
+            .replace("ort-tensorrt", "")
+            .contains("tensorrt"),
+        "the native backend is offered: {backend_help}"
+    );
     let out = compiled();
+    let (ok, log) = common::run_cmd(
+        std::process::Command::new(common::bin("wan-run"))
+            .args(["inspect", "--load", "--backend", "tensorrt", "--engines"])
+            .arg(out.path()),
+    );
+    assert!(!ok, "{log}");
+    assert!(
+        log.contains("native TensorRT backend is not part of this build")
+            && log.contains("--backend ort-tensorrt"),
+        "{log}"
+    );
+}
+
+#[test]
+fn bf16_engines_on_the_cpu_backend_fail_at_once_naming_the_flags() {
+    // wan-compile's default precision (bf16, for GPUs) and the CPU provider
+    // cannot work together: the refusal comes before any session is created
+    // and names both the compile flag and the run flag to change.
+    let out = Case::new("t2v-tiny").compile_dit(false, Precision::Bf16, BatchMode::Fixed(1));
     let a = Artifacts::open(out.path()).unwrap();
-    match a.load(NetworkKind::Dit, Backend::TensorRt) {
-        Err(e) => {
-            assert_eq!(e.kind(), wanrt::runtime::ErrorKind::TensorRtUnavailable);
-            assert!(e.to_string().contains("ort-tensorrt"), "{e}");
-        }
-        Ok(_) => panic!("this build has no native TensorRT backend"),
-    }
+    let e = match a.load(NetworkKind::Dit, Backend::OrtCpu) {
+        Err(e) => e,
+        Ok(_) => panic!("bf16 loaded on the CPU provider"),
+    };
+    assert_eq!(e.kind(), wanrt::runtime::ErrorKind::NoKernel);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("--precision fp32") && msg.contains("--backend ort-cuda"),
+        "{msg}"
+    );
+    // Through the binary with the default --backend auto on this CPU-only
+    // machine: the same refusal, and it says which backend auto chose.
+    let input = Case::new("t2v-tiny").dir.join("golden/dit.safetensors");
+    let (ok, log) = common::run_cmd(
+        std::process::Command::new(common::bin("wan-run"))
+            .args(["component", "dit", "--engines"])
+            .arg(out.path())
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(out.path().join("x.safetensors")),
+    );
+    assert!(!ok, "{log}");
+    assert!(log.contains("backend: ort-cpu (auto:"), "{log}");
+    assert!(log.contains("--precision fp32"), "{log}");
 }
 
 #[test]

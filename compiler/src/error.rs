@@ -26,6 +26,10 @@ pub enum ErrorKind {
     Output,
     /// The export was interrupted.
     Interrupted,
+    /// Running an exported graph at compile time (caching the default
+    /// negative prompt's embedding) failed; the runtime's error is the
+    /// source, and `runtime_kind()` says which kind it was.
+    CompileTimeRun,
     Io,
 }
 
@@ -53,6 +57,12 @@ pub enum Error {
     InvalidArgument { flag: String, reason: String },
     #[error("output directory {dir}: {reason}")]
     Output { dir: PathBuf, reason: String },
+    #[error("{what}: {source}")]
+    CompileTimeRun {
+        what: String,
+        #[source]
+        source: wanrt_runtime::Error,
+    },
     #[error("{file}: {source}")]
     Io {
         file: PathBuf,
@@ -74,7 +84,8 @@ impl Error {
                 wanrt_core::ErrorKind::InvalidProfile => ErrorKind::InvalidArgument,
                 wanrt_core::ErrorKind::InvalidConfig => ErrorKind::InvalidConfig,
                 wanrt_core::ErrorKind::Io => ErrorKind::Io,
-                _ => ErrorKind::InvalidConfig,
+                wanrt_core::ErrorKind::Manifest => ErrorKind::Output,
+                wanrt_core::ErrorKind::ContractMismatch => ErrorKind::ShapeMismatch,
             },
             Error::Graph(e) => match e.kind() {
                 G::TensorMissing => ErrorKind::TensorMissing,
@@ -87,7 +98,17 @@ impl Error {
             },
             Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             Error::Output { .. } => ErrorKind::Output,
+            Error::CompileTimeRun { .. } => ErrorKind::CompileTimeRun,
             Error::Io { .. } => ErrorKind::Io,
+        }
+    }
+
+    /// For [`ErrorKind::CompileTimeRun`]: the runtime's kind (out of memory,
+    /// no kernel, …).
+    pub fn runtime_kind(&self) -> Option<wanrt_runtime::ErrorKind> {
+        match self {
+            Error::CompileTimeRun { source, .. } => Some(source.kind()),
+            _ => None,
         }
     }
 

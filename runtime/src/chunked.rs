@@ -16,7 +16,7 @@ use wanrt_core::DType;
 use wanrt_core::manifest::{ChunkGraph, NetworkEntry};
 
 use crate::backend::Backend;
-use crate::error::{Error, Result};
+use crate::error::{Error, OrtCall, Result};
 use crate::tensorfile::HostTensor;
 
 /// Frames `start..start + len` of a `[1, C, T, H, W]` tensor.
@@ -103,10 +103,7 @@ impl ChunkedNetwork {
             .filter(|t| t.name.starts_with("cache."))
             .map(|t| t.name.clone())
             .collect();
-        let fail = |reason: String| Error::Inference {
-            network: name.into(),
-            reason,
-        };
+        let ort_fail = |call, e| Error::ort(name, call, "preparing the cache buffers", e);
         let mut sets: [Vec<Tensor<f32>>; 2] = [Vec::new(), Vec::new()];
         let alloc = Allocator::default();
         for set in sets.iter_mut() {
@@ -116,12 +113,18 @@ impl ChunkedNetwork {
                 .filter(|t| t.name.starts_with("cache."))
             {
                 let shape: Vec<i64> = spec.concrete_shape(1).iter().map(|&d| d as i64).collect();
-                let mut t = Tensor::<f32>::new(&alloc, shape)
-                    .map_err(|e| fail(format!("allocating {}: {e}", spec.name)))?;
+                let mut t = Tensor::<f32>::new(&alloc, shape).map_err(|e| {
+                    Error::ort(
+                        name,
+                        OrtCall::Tensor,
+                        format!("allocating {}", spec.name),
+                        e,
+                    )
+                })?;
                 // Caches start as zeros (no past frames).
                 let (_, data) = t
                     .try_extract_tensor_mut::<f32>()
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(|e| ort_fail(OrtCall::Tensor, e))?;
                 data.fill(0.0);
                 set.push(t);
             }
@@ -153,6 +156,7 @@ impl ChunkedNetwork {
             network: name.clone(),
             reason,
         };
+        let ort_fail = |call, e| Error::ort(&name, call, "running a chunk", e);
         let (f0, fs) = (
             Self::frames_of(&self.first_spec),
             Self::frames_of(&self.step_spec),
@@ -179,7 +183,7 @@ impl ChunkedNetwork {
             let dst = &mut self.sets[0][k];
             let (_, d) = dst
                 .try_extract_tensor_mut::<f32>()
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| ort_fail(OrtCall::Tensor, e))?;
             match out.get(&format!("{cache}.out")) {
                 Some(src) => {
                     let v = src
@@ -211,14 +215,14 @@ impl ChunkedNetwork {
                 x.shape.iter().map(|&d| d as i64).collect::<Vec<_>>(),
                 x.to_f32().unwrap_or_default(),
             ))
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| ort_fail(OrtCall::Tensor, e))?;
             let mut binding = self
                 .step
                 .create_binding()
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| ort_fail(OrtCall::Tensor, e))?;
             binding
                 .bind_input(&main_in, &xv)
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| ort_fail(OrtCall::Tensor, e))?;
             let (a, b) = self.sets.split_at_mut(1);
             let (src, dst) = if cur == 0 {
                 (&a[0], &mut b[0])
@@ -228,24 +232,24 @@ impl ChunkedNetwork {
             for (k, cache) in self.cache_names.iter().enumerate() {
                 binding
                     .bind_input(cache, &src[k])
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(|e| ort_fail(OrtCall::Tensor, e))?;
                 binding
                     .bind_output(format!("{cache}.out"), &mut dst[k])
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(|e| ort_fail(OrtCall::Tensor, e))?;
             }
             binding
                 .bind_output_to_device(&main_out, self.step.allocator().memory_info())
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| ort_fail(OrtCall::Tensor, e))?;
             let outputs = self
                 .step
                 .run_binding(&binding)
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| ort_fail(OrtCall::Run, e))?;
             let v = outputs
                 .get(&main_out)
                 .ok_or_else(|| fail(format!("no output {main_out}")))?;
             let (shape, data) = v
                 .try_extract_tensor::<f32>()
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| ort_fail(OrtCall::Tensor, e))?;
             let chunk = HostTensor::from_f32(shape.iter().map(|&d| d as u64).collect(), data);
             drop(outputs);
             sink(chunk)?;
@@ -257,7 +261,7 @@ impl ChunkedNetwork {
             for t in set.iter_mut() {
                 let (_, d) = t
                     .try_extract_tensor_mut::<f32>()
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(|e| ort_fail(OrtCall::Tensor, e))?;
                 d.fill(0.0);
             }
         }

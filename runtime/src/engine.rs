@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use wanrt_core::manifest::NetworkEntry;
-use wanrt_core::{DType, Manifest, NetworkKind, Precision};
+use wanrt_core::{DType, Manifest, NetworkKind};
 
 use crate::backend::Backend;
 use crate::chunked::ChunkedNetwork;
@@ -74,15 +74,14 @@ impl Artifacts {
     /// Creates a session for `kind` on `backend`.
     pub fn load(&self, kind: NetworkKind, backend: Backend) -> Result<Network> {
         let entry = self.entry(kind)?.clone();
-        if backend == Backend::OrtCpu && entry.precision == Precision::Bf16 {
-            return Err(Error::arg(
-                "--backend",
-                format!(
-                    "network {kind} was compiled in bf16, which ONNX Runtime's CPU provider has no kernels for; \
-                     use ort-cuda, ort-tensorrt or tensorrt, or compile with --precision fp32 or fp16"
-                ),
-            ));
-        }
+        crate::backend::check_precisions(
+            &self.manifest,
+            Some(kind),
+            &crate::backend::Resolved {
+                backend,
+                why: "--backend".into(),
+            },
+        )?;
         let inner = if entry.chunks.is_empty() {
             Inner::Plain(crate::session::create(
                 &self.dir.join(&entry.file),

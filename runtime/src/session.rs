@@ -9,45 +9,41 @@ use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use wanrt_core::DType;
 
 use crate::backend::Backend;
-use crate::error::{Error, Result};
+use crate::error::{Error, OrtCall, Result, classify_ort};
 use crate::tensorfile::HostTensor;
 
 /// A session for the graph at `path` on `backend`.
 pub fn create(path: &Path, backend: Backend) -> Result<Session> {
     let env = crate::ortlib::environment()?;
-    let inference = |reason: String| Error::Inference {
-        network: path.display().to_string(),
-        reason,
-    };
-    let provider = |reason: String| Error::Provider {
-        provider: backend.name().into(),
-        reason,
-    };
-    let mut builder = Session::builder(env).map_err(|e| inference(e.to_string()))?;
+    let net = path.display().to_string();
+    let mut builder = Session::builder(env)
+        .map_err(|e| Error::ort(&net, OrtCall::Configure, "creating the session builder", e))?;
+    let registering = || format!("registering the {backend} execution provider");
     builder = match backend {
         Backend::OrtCpu => builder,
         Backend::OrtCuda => builder
             .with_execution_providers([ep::CUDA::default().build().error_on_failure()])
-            .map_err(|e| provider(e.to_string()))?,
+            .map_err(|e| Error::ort(&net, OrtCall::Provider, registering(), e))?,
         Backend::OrtTensorRt => builder
             .with_execution_providers([ep::TensorRT::default().build().error_on_failure()])
-            .map_err(|e| provider(e.to_string()))?,
-        Backend::TensorRt => return Err(crate::trt::unavailable()),
+            .map_err(|e| Error::ort(&net, OrtCall::Provider, registering(), e))?,
     };
     builder.commit_from_file(path).map_err(|e| {
-        let msg = e.to_string();
-        if msg.contains("Could not find an implementation") {
-            provider(format!(
-                "{msg} (this graph's precision has no kernels on {backend})"
-            ))
+        let what = if classify_ort(OrtCall::Load, &e) == crate::ErrorKind::NoKernel {
+            format!(
+                "loading on {backend}: this graph's precision has no kernel on {backend} \
+                 (compile with another wan-compile --precision, or choose another --backend)"
+            )
         } else {
-            inference(format!("loading: {msg}"))
-        }
+            format!("loading on {backend}")
+        };
+        Error::ort(&net, OrtCall::Load, what, e)
     })
 }
 
-fn to_value(t: &HostTensor) -> std::result::Result<DynValue, String> {
+fn to_value(network: &str, name: &str, t: &HostTensor) -> Result<DynValue> {
     let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+    let what = || format!("input {name}");
     let v = match t.dtype {
         DType::Float32 => {
             Tensor::from_array((shape, t.to_f32().unwrap_or_default())).map(|t| t.into_dyn())
@@ -56,33 +52,51 @@ fn to_value(t: &HostTensor) -> std::result::Result<DynValue, String> {
             Tensor::from_array((shape, t.to_i64().unwrap_or_default())).map(|t| t.into_dyn())
         }
         DType::Uint8 => Tensor::from_array((shape, t.data.clone())).map(|t| t.into_dyn()),
-        other => return Err(format!("inputs of dtype {other} are not supported")),
+        other => {
+            return Err(Error::Core(wanrt_core::Error::ContractMismatch {
+                network: network.into(),
+                tensor: name.into(),
+                reason: format!("inputs of dtype {other} are not supported"),
+            }));
+        }
     };
-    v.map_err(|e| e.to_string())
+    v.map_err(|e| Error::ort(network, OrtCall::Tensor, what(), e))
 }
 
-pub(crate) fn from_value(name: &str, v: &DynValue) -> std::result::Result<HostTensor, String> {
+pub(crate) fn from_value(network: &str, name: &str, v: &DynValue) -> Result<HostTensor> {
+    let unsupported = |reason: String| Error::Inference {
+        network: network.into(),
+        reason,
+    };
     let ValueType::Tensor { ty, .. } = v.dtype() else {
-        return Err(format!("output {name} is not a tensor"));
+        return Err(unsupported(format!("output {name} is not a tensor")));
+    };
+    let reading = |e| {
+        Error::ort(
+            network,
+            OrtCall::Tensor,
+            format!("reading output {name}"),
+            e,
+        )
     };
     match ty {
         TensorElementType::Float32 => {
-            let (shape, data) = v.try_extract_tensor::<f32>().map_err(|e| e.to_string())?;
+            let (shape, data) = v.try_extract_tensor::<f32>().map_err(reading)?;
             Ok(HostTensor::from_f32(
                 shape.iter().map(|&d| d as u64).collect(),
                 data,
             ))
         }
         TensorElementType::Int64 => {
-            let (shape, data) = v.try_extract_tensor::<i64>().map_err(|e| e.to_string())?;
+            let (shape, data) = v.try_extract_tensor::<i64>().map_err(reading)?;
             Ok(HostTensor::from_i64(
                 shape.iter().map(|&d| d as u64).collect(),
                 data,
             ))
         }
-        other => Err(format!(
+        other => Err(unsupported(format!(
             "output {name} has unsupported element type {other:?}"
-        )),
+        ))),
     }
 }
 
@@ -92,21 +106,16 @@ pub fn run(
     network: &str,
     inputs: &[(String, HostTensor)],
 ) -> Result<BTreeMap<String, HostTensor>> {
-    let fail = |reason: String| Error::Inference {
-        network: network.into(),
-        reason,
-    };
     let mut values = Vec::with_capacity(inputs.len());
     for (name, t) in inputs {
-        values.push((
-            name.as_str(),
-            to_value(t).map_err(|r| fail(format!("input {name}: {r}")))?,
-        ));
+        values.push((name.as_str(), to_value(network, name, t)?));
     }
-    let outputs = session.run(values).map_err(|e| fail(e.to_string()))?;
+    let outputs = session
+        .run(values)
+        .map_err(|e| Error::ort(network, OrtCall::Run, "running", e))?;
     let mut out = BTreeMap::new();
     for (name, v) in outputs.iter() {
-        out.insert(name.to_string(), from_value(name, &v).map_err(fail)?);
+        out.insert(name.to_string(), from_value(network, name, &v)?);
     }
     Ok(out)
 }

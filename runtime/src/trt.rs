@@ -1,21 +1,11 @@
-//! The native TensorRT backend.
+//! What the build knows about TensorRT.
 //!
-//! The top-level `build.rs` probes for TensorRT (`TENSORRT_ROOT`, or the
-//! usual system paths) and, when it finds headers and libraries, builds the
-//! C++ bridge in `cpp/` and sets `cfg(wanrt_tensorrt)`. Without it, this
-//! typed "not available" path is all there is: the ONNX Runtime backends
-//! (including its TensorRT provider) still work.
-
-use crate::error::Error;
-
-/// Why the native backend cannot be used in this build.
-pub fn unavailable() -> Error {
-    Error::TensorRtUnavailable(format!(
-        "this build of wanrt has no native TensorRT backend ({}); rebuild with TensorRT installed \
-         (TENSORRT_ROOT=/path/to/TensorRT cargo build --release), or use --backend ort-tensorrt",
-        status()
-    ))
-}
+//! The top-level `build.rs` looks for TensorRT's headers and `libnvinfer`
+//! (`TENSORRT_ROOT`, `/usr/local/tensorrt`, `/usr`) and records what it found
+//! in `WANRT_TENSORRT_STATUS`. Nothing is compiled against TensorRT: this
+//! build has no native TensorRT backend, and TensorRT is reached through ONNX
+//! Runtime's TensorRT provider (`ort-tensorrt`). The status only makes the
+//! refusal of `--backend tensorrt` say what the build saw.
 
 /// What the build script found, for diagnostics.
 pub fn status() -> &'static str {

@@ -42,9 +42,12 @@ pub(super) fn export_text_encoder(
 
     /// A runtime failure while caching, as a compiler error.
     fn run_error(e: wanrt_runtime::Error) -> Error {
-        Error::Graph(wanrt_graphs::Error::Invalid(format!(
-            "running the exported text encoder on the default negative prompt: {e}"
-        )))
+        Error::CompileTimeRun {
+            what: "caching the default negative prompt's embedding (running the exported text \
+                   encoder; --no-negative-cache skips it)"
+                .into(),
+            source: e,
+        }
     }
 
     /// Runs the graph in `staging` on `negative`; `Ok(None)` when ONNX
@@ -102,11 +105,15 @@ pub(super) fn export_text_encoder(
             .map_err(run_error)?
             .remove(0);
         if let Some(bad) = embeds.embeds.iter().find(|v| !v.is_finite()) {
-            return Err(Error::Graph(wanrt_graphs::Error::Invalid(format!(
-                "the default negative prompt's embedding holds {bad} at precision {}: \
-                 the graph overflows for this checkpoint; compile the text encoder at bf16 or fp32",
-                entry.precision
-            ))));
+            return Err(run_error(wanrt_runtime::Error::Inference {
+                network: "text_encoder".into(),
+                reason: format!(
+                    "the default negative prompt's embedding holds {bad} at precision {}: \
+                     the graph overflows for this checkpoint; compile the text encoder at bf16 \
+                     or fp32",
+                    entry.precision
+                ),
+            }));
         }
         let file = staging.join(NEGATIVE_CACHE_FILE);
         embeds.write(&file, true).map_err(run_error)?;

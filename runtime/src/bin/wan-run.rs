@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use wanrt_core::NetworkKind;
+use wanrt_runtime::backend::{BackendChoice, Resolved, check_precisions};
 use wanrt_runtime::{Artifacts, Backend, tensorfile};
 
 #[derive(Parser, Debug)]
@@ -65,9 +66,10 @@ struct GenerateArgs {
     /// Also write the final denoised latents (tensor `latents`).
     #[arg(long)]
     save_latents: Option<PathBuf>,
-    /// ort-cpu, ort-cuda, ort-tensorrt or tensorrt.
-    #[arg(long, default_value = "ort-cpu")]
-    backend: Backend,
+    /// auto (default: ort-cuda when ONNX Runtime has the CUDA provider and a
+    /// GPU is visible, else ort-cpu), ort-cpu, ort-cuda or ort-tensorrt.
+    #[arg(long, default_value = "auto")]
+    backend: BackendChoice,
     /// Replace existing outputs.
     #[arg(long)]
     overwrite: bool,
@@ -89,9 +91,9 @@ enum Command {
         /// Output tensors (safetensors), written atomically.
         #[arg(long)]
         output: PathBuf,
-        /// ort-cpu, ort-cuda, ort-tensorrt or tensorrt.
-        #[arg(long, default_value = "ort-cpu")]
-        backend: Backend,
+        /// auto (default), ort-cpu, ort-cuda or ort-tensorrt.
+        #[arg(long, default_value = "auto")]
+        backend: BackendChoice,
         /// Replace --output if it exists.
         #[arg(long)]
         overwrite: bool,
@@ -113,9 +115,9 @@ enum Command {
         /// Output tensors (safetensors), written atomically.
         #[arg(long)]
         output: PathBuf,
-        /// ort-cpu, ort-cuda, ort-tensorrt or tensorrt.
-        #[arg(long, default_value = "ort-cpu")]
-        backend: Backend,
+        /// auto (default), ort-cpu, ort-cuda or ort-tensorrt.
+        #[arg(long, default_value = "auto")]
+        backend: BackendChoice,
         /// Replace --output if it exists.
         #[arg(long)]
         overwrite: bool,
@@ -127,8 +129,9 @@ enum Command {
         engines: PathBuf,
         #[arg(long)]
         load: bool,
-        #[arg(long, default_value = "ort-cpu")]
-        backend: Backend,
+        /// auto (default), ort-cpu, ort-cuda or ort-tensorrt.
+        #[arg(long, default_value = "auto")]
+        backend: BackendChoice,
     },
     /// Compare tensors of two safetensors files (numeric debugging): prints
     /// the max error per tensor and fails if |a−b| > atol + rtol·|b|.
@@ -209,6 +212,19 @@ fn compare(
     Ok(())
 }
 
+/// Resolves `--backend`, says which backend runs and why, and refuses at
+/// once a network whose precision that backend has no kernels for.
+fn choose_backend(
+    choice: BackendChoice,
+    artifacts: &Artifacts,
+    only: Option<NetworkKind>,
+) -> Result<Resolved> {
+    let r = choice.resolve()?;
+    eprintln!("backend: {} ({})", r.backend, r.why);
+    check_precisions(&artifacts.manifest, only, &r)?;
+    Ok(r)
+}
+
 fn sidecar_path(output: &std::path::Path) -> PathBuf {
     let s = output.as_os_str().to_string_lossy();
     PathBuf::from(format!("{}.json", s.trim_end_matches('/')))
@@ -264,12 +280,10 @@ fn generate(g: GenerateArgs) -> Result<()> {
     }
     let artifacts = Artifacts::open(&engines)?;
     let model_digest = artifacts.entry(NetworkKind::Dit)?.weights_digest.clone();
-    eprintln!(
-        "loading engines from {} on {}",
-        engines.display(),
-        g.backend
-    );
-    let mut pipeline = Pipeline::load(artifacts, g.backend)?;
+    let resolved = choose_backend(g.backend, &artifacts, None)?;
+    let backend = resolved.backend;
+    eprintln!("loading engines from {} on {backend}", engines.display());
+    let mut pipeline = Pipeline::load(artifacts, backend)?;
     let opts = GenerateOptions {
         prompt,
         negative_prompt: g.negative_prompt.clone(),
@@ -317,7 +331,8 @@ fn generate(g: GenerateArgs) -> Result<()> {
         "wanrt": env!("CARGO_PKG_VERSION"),
         "engines": engines.display().to_string(),
         "model_digest": model_digest,
-        "backend": g.backend.name(),
+        "backend": backend.name(),
+        "backend_reason": resolved.why,
         "profile": pipeline.profile(),
         "settings": out.settings,
         "timings": out.timings,
@@ -367,6 +382,7 @@ fn run() -> Result<()> {
                 );
             }
             let artifacts = Artifacts::open(&engines)?;
+            let backend = choose_backend(backend, &artifacts, Some(network))?.backend;
             let inputs = tensorfile::read(&input)?;
             let start = std::time::Instant::now();
             let mut net = artifacts.load(network, backend)?;
@@ -442,6 +458,8 @@ fn run() -> Result<()> {
                 );
             }
             let artifacts = Artifacts::open(&engines)?;
+            let backend =
+                choose_backend(backend, &artifacts, Some(NetworkKind::TextEncoder))?.backend;
             let start = std::time::Instant::now();
             let mut encoder = wanrt_runtime::prompt::PromptEncoder::load(&artifacts, backend)?;
             let loaded = start.elapsed();
@@ -465,6 +483,11 @@ fn run() -> Result<()> {
             backend,
         } => {
             let artifacts = Artifacts::open(&engines)?;
+            let backend: Backend = if load {
+                choose_backend(backend, &artifacts, None)?.backend
+            } else {
+                Backend::OrtCpu
+            };
             let m = &artifacts.manifest;
             println!(
                 "{} (format {} v{}), {} model, layout {}",
