@@ -216,7 +216,7 @@ fn debug_outputs_expose_each_block() {
 #[test]
 fn original_layout_enforces_the_vit_h_preset() {
     // model/original's .pth holds the tiny CLIP, but the original layout has
-    // no config for it: it is ViT-H/14 by definition (§4.1), so the first
+    // no config for it: it is ViT-H/14 by definition (docs/WAN.md §2.3, §8.1), so the first
     // `visual.` tensor must be refused by name.
     let case = Case::new("i2v-tiny");
     let e = case

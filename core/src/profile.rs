@@ -5,14 +5,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// VAE compression of the Wan2.1 VAE: time ×4, space ×8 (`WAN_SPEC.md` §5.1).
+/// VAE compression of the Wan2.1 VAE: time ×4, space ×8 (`docs/WAN.md` §2.4).
 pub const VAE_STRIDE_T: u32 = 4;
 pub const VAE_STRIDE_S: u32 = 8;
-/// DiT patch size (t, h, w) of every Wan2.1 variant (§1.1).
+/// DiT patch size (t, h, w) of every Wan2.1 variant (§2.1).
 pub const PATCH: (u32, u32, u32) = (1, 2, 2);
-/// Default text length of Wan2.1 (`text_len`, §1.1).
+/// Default text length of Wan2.1 (`text_len`, §2.1).
 pub const DEFAULT_TEXT_LEN: u32 = 512;
-/// Default frame count (§1.2).
+/// Default frame count (§9.2).
 pub const DEFAULT_FRAMES: u32 = 81;
 
 /// How the batch dimension of the graphs is shaped.
@@ -48,7 +48,7 @@ pub struct Profile {
     pub batch: BatchMode,
 }
 
-/// The built-in profiles: name, width, height (`WAN_SPEC.md` §1.2).
+/// The built-in profiles: name, width, height (`docs/WAN.md` §9.2).
 pub const BUILTIN: [(&str, u32, u32); 4] = [
     ("480p", 832, 480),
     ("480p-portrait", 480, 832),

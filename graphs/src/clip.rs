@@ -1,8 +1,8 @@
 //! The CLIP ViT visual tower Wan2.1 conditions I2V on, as a typed ONNX graph.
 //!
 //! Mirrors `wan/modules/clip.py::VisionTransformer` of the official
-//! repository as `CLIPModel` calls it (`use_31_block=True`, `WAN_SPEC.md`
-//! §4.1), which equals transformers' `CLIPVisionModel(...,
+//! repository as `CLIPModel` calls it (`use_31_block=True`, `docs/WAN.md`
+//! §2.3), which equals transformers' `CLIPVisionModel(...,
 //! output_hidden_states=True).hidden_states[-2]`: Conv2d patch embedding
 //! (kernel = stride = patch, no bias) → class token prepended → learned
 //! positions added → `pre_norm` LayerNorm → the first `used_layers` pre-LN
@@ -43,12 +43,12 @@ use crate::error::{Error, Result};
 use crate::layers::{self, io_dims};
 use crate::weights::Weights;
 
-/// Side of the square input of ViT-H/14 (`image_size`, §4.1).
+/// Side of the square input of ViT-H/14 (`image_size`, §2.3).
 pub const IMAGE_SIZE: u32 = 224;
 /// Per-channel mean of the CLIP normalisation (`wan/modules/clip.py`,
-/// `image_processor/preprocessor_config.json`; §4.2).
+/// `image_processor/preprocessor_config.json`; §5.1).
 pub const MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
-/// Per-channel standard deviation of the CLIP normalisation (§4.2).
+/// Per-channel standard deviation of the CLIP normalisation (§5.1).
 pub const STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 /// Options of an image-encoder export.

@@ -1,7 +1,7 @@
 //! The Wan2.1 diffusion transformer (DiT) as a typed ONNX graph.
 //!
 //! Mirrors `wan/modules/model.py::WanModel` of the official repository
-//! (`WAN_SPEC.md` §2), for T2V (16 input channels) and I2V (36 channels, CLIP
+//! (`docs/WAN.md` §3), for T2V (16 input channels) and I2V (36 channels, CLIP
 //! tokens through `img_emb`, separate `k_img`/`v_img` attention summed with
 //! the text attention before the output projection).
 //!
@@ -10,7 +10,7 @@
 //! `encoder_hidden_states_image [B, 257, image_dim]`; output `noise_pred [B,
 //! 16, F', H', W']`; float32 at the boundary for every precision.
 //!
-//! Precision map (§2.11): with `bf16`/`fp16` the patch embedding, text and
+//! Precision map (§3.8): with `bf16`/`fp16` the patch embedding, text and
 //! image MLPs, q/k/v/o projections, attention and FFN run in the half type;
 //! the sinusoid, time MLP, modulation, every LayerNorm and RMSNorm, RoPE, the
 //! residual stream, the gates and the output head stay float32.
@@ -42,7 +42,7 @@ fn sinusoid_freqs(freq_dim: u32) -> Vec<f32> {
         .collect()
 }
 
-/// Cos/sin tables `[tokens, head_dim/2]` of the 3-D RoPE (§2.9), computed in
+/// Cos/sin tables `[tokens, head_dim/2]` of the 3-D RoPE (§3.6), computed in
 /// float64 and rounded once, as ORIG does. Pair `j` of the head belongs to
 /// the t, h or w axis by the contiguous split of [`DitConfig::rope_axes`].
 pub fn rope_tables(cfg: &DitConfig, grid: (u32, u32, u32)) -> (Vec<f32>, Vec<f32>) {
@@ -266,7 +266,7 @@ pub fn build(
         (e, e0)
     };
 
-    // Text embedding: Linear → GELU(tanh) → Linear, all L rows kept (§2.4).
+    // Text embedding: Linear → GELU(tanh) → Linear, all L rows kept (§3.3).
     let ctx = dit.linear("text_embedding.0", text, cfg.text_dim, d, c)?;
     let ctx = dit
         .b
@@ -274,7 +274,7 @@ pub fn build(
     let ctx = dit.linear("text_embedding.2", &ctx, d, d, c)?; // [b, L, d]
     debug.push(("text_context".into(), ctx.clone(), vec![l, dd]));
 
-    // Image embedding (I2V): LN → Linear → GELU(erf) → Linear → LN (§2.5).
+    // Image embedding (I2V): LN → Linear → GELU(erf) → Linear → LN (§3.3).
     let img_ctx = match (cfg.task, image) {
         (Task::I2v, Some(image)) => {
             let id = cfg.image_dim.unwrap_or(1280);
@@ -378,7 +378,7 @@ pub fn build(
     debug.push(("proj_out".into(), out.clone(), vec![n, patch_out as i64]));
 
     // Unpatchify: feature ((p·2 + q)·2 + r)·16 + c of token (f, h, w) goes to
-    // (c, f·1 + p, h·2 + q, w·2 + r) (§2.8).
+    // (c, f·1 + p, h·2 + q, w·2 + r) (§3.7).
     let b = &mut *dit.b;
     let noise = b.scoped("unpatchify", |b| {
         let y = b.reshape(

@@ -2,7 +2,7 @@
 //!
 //! Graph builders ask for weights by their original Wan2.1 name; a diffusers
 //! checkpoint stores them under the names of `convert_wan_to_diffusers.py`
-//! (`WAN_SPEC.md` §7.3). This table is that mapping, complete for the DiT;
+//! (`docs/WAN.md` §8.3). This table is that mapping, complete for the DiT;
 //! it is a bijection (checked by a test), so unused checkpoint tensors can be
 //! reported by their original name too.
 
@@ -176,8 +176,8 @@ mod tests {
 }
 
 // ---------------------------------------------------------------------------
-// Text encoder, VAE and CLIP: the original `.pth` names (WAN_SPEC.md §3.1,
-// §7.4, §4.1) ↔ the diffusers / transformers names. Same conventions as the
+// Text encoder, VAE and CLIP: the original `.pth` names (docs/WAN.md
+// §8.4) ↔ the diffusers / transformers names. Same conventions as the
 // DiT table: `None` for an unknown name; a pattern ending in `.` matches a
 // prefix and keeps the rest of the name.
 
@@ -234,7 +234,7 @@ pub fn t5_from_diffusers(diff: &str) -> Option<String> {
     apply(T5_TOP, diff, false)
 }
 
-/// Wan-VAE residual block internals (`WAN_SPEC.md` §7.4).
+/// Wan-VAE residual block internals (`docs/WAN.md` §8.4).
 const VAE_RESNET: &[(&str, &str)] = &[
     ("residual.0.", "norm1."),
     ("residual.2.", "conv1."),

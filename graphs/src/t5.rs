@@ -1,7 +1,7 @@
 //! The UMT5-XXL text encoder as a typed ONNX graph.
 //!
 //! Mirrors `wan/modules/t5.py::T5Encoder` of the official repository with
-//! `shared_pos=False` (the `umt5_xxl` encoder, `WAN_SPEC.md` §3), which is
+//! `shared_pos=False` (the `umt5_xxl` encoder, `docs/WAN.md` §2.2, §4.3), which is
 //! transformers' `UMT5EncoderModel` under other names:
 //!
 //! 1. `x = E[input_ids]` — no embedding scaling, no absolute positions;
@@ -15,7 +15,7 @@
 //! Contract ([`NetworkContract::text_encoder`]): inputs `input_ids`,
 //! `attention_mask` `[B, L]` int64, output `last_hidden_state [B, L,
 //! d_model]` float32 for every precision. `L` is the profile's text length;
-//! the bucket table of §3.2 is computed here for it (a constant `[L, L]`
+//! the bucket table of §4.3 is computed here for it (a constant `[L, L]`
 //! index table) and every layer gathers its `[num_buckets, heads]` table
 //! through it. Trimming to the prompt's length and zero-padding is the
 //! runtime's (`wanrt_runtime::prompt`), as the contract says.
@@ -78,7 +78,7 @@ pub fn mask_value(dtype: DType) -> f32 {
     }
 }
 
-/// The relative-position bucket of `rel = key − query` (§3.2,
+/// The relative-position bucket of `rel = key − query` (§4.3,
 /// bidirectional), computed the way `T5RelativeEmbedding` does: the
 /// logarithmic part in float32 (`torch.log` of a float tensor divided by the
 /// Python float `log(max_distance / max_exact)` and multiplied by an int, then
@@ -468,7 +468,7 @@ mod tests {
         }
     }
 
-    /// The same bucketing in float64 (the formula as written in §3.2).
+    /// The same bucketing in float64 (the formula as written in `docs/WAN.md` §4.3).
     fn bucket_f64(rel: i64) -> i64 {
         let base = if rel > 0 { 16 } else { 0 };
         let n = rel.abs();

@@ -3,7 +3,7 @@
 //!
 //! Mirrors `wan/modules/vae.py` (`WanVAE_`, `Encoder3d`, `Decoder3d`,
 //! `CausalConv3d`, `ResidualBlock`, `AttentionBlock`, `Resample`) of the
-//! official repository (`WAN_SPEC.md` §5). The official code runs the VAE
+//! official repository (`docs/WAN.md` §6). The official code runs the VAE
 //! chunk by chunk (encoder: frame 0, then 4 frames; decoder: one latent frame)
 //! with a list of feature caches; here each chunk is one call of a graph whose
 //! caches are explicit inputs and outputs, so shapes are static per profile

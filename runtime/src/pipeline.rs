@@ -2,7 +2,7 @@
 //!
 //! Mirrors `wan/text2video.py::WanT2V.generate` and
 //! `wan/image2video.py::WanI2V.generate` of the official repository
-//! (`WAN_SPEC.md` §8.1, §8.2): prompt encoding (the default negative prompt
+//! (`docs/WAN.md` §9.1): prompt encoding (the default negative prompt
 //! from the artifact cache), initial noise, the step-scheduled sampler with
 //! classifier-free guidance in fp32, the I2V conditioning (CLIP tokens, the
 //! 4 mask channels and the VAE latent of `[image, zeros…]`), and a streaming
@@ -81,7 +81,7 @@ pub struct Generated {
     pub timings: Timings,
 }
 
-/// Default sampling settings of the official code (`WAN_SPEC.md` §1.3):
+/// Default sampling settings of the official code (`docs/WAN.md` §9.2):
 /// 50 steps (40 for I2V), guidance 5, shift 5 (3 for I2V at 480P areas).
 pub fn defaults(task: Task, width: u32, height: u32) -> (usize, f32, f64) {
     match task {

@@ -1,5 +1,5 @@
 //! Prompt → text embeddings for the DiT: cleaning, tokenizing, the UMT5
-//! encoder, trimming and zero-padding (`WAN_SPEC.md` §3.3–§3.5).
+//! encoder, trimming and zero-padding (`docs/WAN.md` §4.1–§4.4).
 //!
 //! The reference runs the encoder on the padded `[1, L]` ids with the mask,
 //! keeps the first `seq_len` rows (`seq_len` = mask-1 positions, `</s>`
@@ -72,7 +72,7 @@ impl PromptEmbeds {
     }
 
     /// Trims one row of the encoder output (`[L, d_model]`) to the prompt's
-    /// length and zero-pads it back to `L` rows (§3.5).
+    /// length and zero-pads it back to `L` rows (§4.4).
     pub fn from_hidden(encoded: &Encoded, hidden: &[f32], d_model: usize) -> Result<Self> {
         let l = encoded.input_ids.len();
         if hidden.len() != l * d_model || encoded.seq_len > l || encoded.seq_len == 0 {

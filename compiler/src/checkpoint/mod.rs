@@ -1,4 +1,4 @@
-//! Checkpoint loading for the layouts users actually have (`WAN_SPEC.md` §7).
+//! Checkpoint loading for the layouts users actually have (`docs/WAN.md` §8).
 //!
 //! * **original** — `config.json` (`_class_name: WanModel`) beside
 //!   `diffusion_pytorch_model.safetensors` or shards with

@@ -1,4 +1,4 @@
-//! CLIP ViT-H/14 visual tower configuration (`WAN_SPEC.md` §4.1).
+//! CLIP ViT-H/14 visual tower configuration (`docs/WAN.md` §2.3).
 
 use std::path::Path;
 

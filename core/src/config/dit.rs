@@ -1,7 +1,7 @@
 //! Model configurations: serde mirrors of the checkpoints' own `config.json`
 //! (field names verbatim) and the normalised config the graph builders read.
 //!
-//! Presets are named constructors whose numbers come from `WAN_SPEC.md` §1.1.
+//! Presets are named constructors whose numbers come from `docs/WAN.md` §2.1.
 //! The architecture is never guessed from tensor counts: the config says it,
 //! and the weight accessor checks every shape against it.
 
@@ -174,7 +174,7 @@ impl DitConfig {
         self.dim / self.num_heads
     }
 
-    /// Real dimensions of the (t, h, w) RoPE sub-ranges of a head (§2.9):
+    /// Real dimensions of the (t, h, w) RoPE sub-ranges of a head (`docs/WAN.md` §3.6):
     /// `d - 4·⌊d/6⌋`, `2·⌊d/6⌋`, `2·⌊d/6⌋`.
     pub fn rope_axes(&self) -> [u32; 3] {
         let d = self.head_dim();

@@ -1,7 +1,7 @@
 //! Model configurations: serde mirrors of each checkpoint's own config file
 //! (field names verbatim) and the normalised configs the graph builders read.
 //!
-//! Presets are named constructors citing `WAN_SPEC.md`. The architecture is
+//! Presets are named constructors citing `docs/WAN.md` §2. The architecture is
 //! never guessed from tensor counts: the config says it, and the weight
 //! accessor checks every shape against it. Original-layout checkpoints of the
 //! encoders and the VAE ship without a config file (the official code

@@ -1,4 +1,4 @@
-//! UMT5-XXL encoder configuration (`WAN_SPEC.md` §3.1).
+//! UMT5-XXL encoder configuration (`docs/WAN.md` §2.2).
 
 use std::path::Path;
 

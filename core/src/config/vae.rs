@@ -1,4 +1,4 @@
-//! Wan-VAE configuration (`WAN_SPEC.md` §5.1, §5.6).
+//! Wan-VAE configuration (`docs/WAN.md` §2.4, §6.4).
 
 use std::path::Path;
 
@@ -40,7 +40,7 @@ pub struct VaeConfig {
 
 impl VaeConfig {
     /// The Wan2.1 VAE. The original release has no config file: the official
-    /// code hard-codes this architecture and these latent statistics (§5.6),
+    /// code hard-codes this architecture and these latent statistics (§2.4),
     /// so for the original layout this preset *is* the checkpoint's config.
     pub fn wan21() -> Self {
         VaeConfig {

@@ -1,6 +1,6 @@
 //! Image input and preprocessing for image-to-video (I2V / FLF2V).
 //!
-//! Mirrors the official Wan2.1 code (`WAN_SPEC.md` §2.10, §4.2, §8.2):
+//! Mirrors the official Wan2.1 code (`docs/WAN.md` §5, §9.1):
 //!
 //! * `wan/image2video.py` (`WanI2V.generate`): `img` is a PIL image in RGB
 //!   (`Image.open(path).convert('RGB')` in `generate.py`), turned into
@@ -58,7 +58,7 @@ use crate::tensorfile::HostTensor;
 /// decoding ([`ImageProblem::TooLarge`]). Also the largest resize target.
 pub const MAX_IMAGE_SIDE: u32 = 16384;
 
-/// Side of the square CLIP input (`image_size` of ViT-H/14, §4.1).
+/// Side of the square CLIP input (`image_size` of ViT-H/14, §2.3).
 pub const CLIP_IMAGE_SIZE: usize = 224;
 /// Per-channel mean of the CLIP normalisation (`wan/modules/clip.py`).
 pub const CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
@@ -443,7 +443,7 @@ pub fn resize_bicubic(x: &ImageTensor, height: usize, width: usize) -> Result<Im
     })
 }
 
-/// The official CLIP input of one image (`CLIPModel.visual`, §4.2): the
+/// The official CLIP input of one image (`CLIPModel.visual`, §5.1): the
 /// original-resolution image in [−1, 1] (`[3, H, W]`, from
 /// [`to_tensor_pm1`]) squashed to `size × size` by [`resize_bicubic`]
 /// (aspect ratio not kept, no crop), then `x · 0.5 + 0.5` and
@@ -475,7 +475,7 @@ pub fn clip_preprocess(img_pm1: &ImageTensor, size: usize) -> Result<HostTensor>
     ))
 }
 
-/// Video size of the official I2V size rule (§2.10), with its inputs kept
+/// Video size of the official I2V size rule (§5.2), with its inputs kept
 /// for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct I2vSize {
@@ -519,7 +519,7 @@ impl I2vSize {
     }
 }
 
-/// The official I2V size rule (`wan/image2video.py`, §2.10): for an image
+/// The official I2V size rule (`wan/image2video.py`, §5.2): for an image
 /// of `image_height × image_width` and a maximum area `A`, with
 /// `ar = h0 / w0` in f64:
 /// `lat_h = round(√(A·ar) // 8 // 2 · 2)`, `lat_w = round(√(A/ar) // 8 // 2 · 2)`,

@@ -378,7 +378,7 @@ fn official_size_rule_examples() {
         let r = official_i2v_size(h, w, a).unwrap();
         (r.height, r.width, r.lat_h, r.lat_w)
     };
-    // §2.10 examples.
+    // The examples of docs/WAN.md §5.2.
     assert_eq!(s(720, 1280, MAX_AREA_720P), (720, 1280, 90, 160));
     assert_eq!(s(1080, 1920, MAX_AREA_480P), (464, 832, 58, 104));
     // The quirk: √(399360 · 480/832) = 479.99999999999994.

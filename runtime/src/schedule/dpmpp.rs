@@ -1,6 +1,6 @@
 //! Multistep DPM-Solver++ (2M, midpoint, data prediction) for flow
 //! matching: ORIG `FlowDPMSolverMultistepScheduler` as `--sample_solver dpm++`
-//! configures it (WAN_SPEC.md §6.4).
+//! configures it (docs/WAN.md §7.4).
 //!
 //! With `m_i = x_i − σ_i·v_i` and `h = λ_{i+1} − λ_i`:
 //!

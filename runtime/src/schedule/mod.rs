@@ -1,16 +1,16 @@
-//! Step-scheduled flow-matching samplers of Wan2.1 (WAN_SPEC.md §6) and the
-//! classifier-free-guidance helper (§1.5).
+//! Step-scheduled flow-matching samplers of Wan2.1 (docs/WAN.md §7) and the
+//! classifier-free-guidance helper (§7.6).
 //!
 //! The DiT predicts the flow velocity `v = ε − x0` of `x_σ = (1 − σ)·x0 + σ·ε`
-//! (§6.1). A sampler turns the velocity at the current latent into the latent
+//! (§7.1). A sampler turns the velocity at the current latent into the latent
 //! at the next, smaller σ. Three solvers exist, chosen with [`Solver`]:
 //!
 //! * [`Solver::UniPc`] (default, ORIG `FlowUniPCMultistepScheduler`): order-2
 //!   UniP predictor + UniC corrector, `bh2`, lower order at the first and last
-//!   step, final σ = 0 (§6.3), on the grid of §6.2.
+//!   step, final σ = 0 (§7.3), on the grid of §7.2.
 //! * [`Solver::DpmPp`] (ORIG `--sample_solver dpm++`): multistep DPM-Solver++
-//!   (2M, midpoint) on its own grid that starts at σ = 1 (§6.4).
-//! * [`Solver::Euler`]: `x_{i+1} = x_i + (σ_{i+1} − σ_i)·v_i` on the §6.2 grid.
+//!   (2M, midpoint) on its own grid that starts at σ = 1 (§7.4).
+//! * [`Solver::Euler`]: `x_{i+1} = x_i + (σ_{i+1} − σ_i)·v_i` on the §7.2 grid (§7.5).
 //!
 //! "Step-scheduled" means that everything that depends only on the σ grid
 //! (timesteps, α, λ, h, φ/B coefficients, the UniPC corrector's ρ, which is
@@ -57,16 +57,16 @@ pub const NUM_TRAIN_TIMESTEPS: u32 = 1000;
 /// `--steps 5000000` from allocating a huge table.
 pub const MAX_STEPS: usize = NUM_TRAIN_TIMESTEPS as usize;
 
-/// σ_max of the training grid: float32(0.999) = 0.9990000128746033 (§6.2).
+/// σ_max of the training grid: float32(0.999) = 0.9990000128746033 (§7.2).
 const SIGMA_MAX_F32: f32 = 0.999;
 
 /// The ODE solver of the sampling loop (the CLI's `--solver` values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Solver {
-    /// UniPC multistep, order 2, bh2 (§6.3). The official default.
+    /// UniPC multistep, order 2, bh2 (§7.3). The official default.
     #[default]
     UniPc,
-    /// DPM-Solver++ 2M midpoint on the σ = 1 grid (§6.4).
+    /// DPM-Solver++ 2M midpoint on the σ = 1 grid (§7.4).
     DpmPp,
     /// First-order flow Euler on the UniPC grid.
     Euler,
@@ -117,7 +117,7 @@ impl FromStr for Solver {
 /// from the float64 σ before its cast to float32, as the reference does). The
 /// model is conditioned on `timesteps[i]` while the solver uses `sigmas[i]`.
 ///
-/// # The duplicate-`t_0` quirk (§6.2)
+/// # The duplicate-`t_0` quirk (§7.2)
 ///
 /// The reference finds its step index by looking `t_0` up in the timestep
 /// list and, if `t_0` occurs twice, starts at the *second* occurrence; it then
@@ -134,7 +134,7 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// The official UniPC grid of §6.2, also used by [`Solver::Euler`]:
+    /// The official UniPC grid of §7.2, also used by [`Solver::Euler`]:
     /// `σ_k = shift(linspace(float32(0.999), 0, N+1)[k])`, k < N, then 0.
     pub fn wan_flow(steps: usize, shift: f64) -> Result<Schedule> {
         check_steps_shift(steps, shift)?;
@@ -144,7 +144,7 @@ impl Schedule {
         Self::from_unshifted((0..steps).map(|k| k as f64 * delta + start), shift)
     }
 
-    /// The DPM-Solver++ grid of §6.4: `σ_k = shift(linspace(1, 0, N+1)[k])`,
+    /// The DPM-Solver++ grid of §7.4: `σ_k = shift(linspace(1, 0, N+1)[k])`,
     /// starting at exactly 1.0 (first timestep 1000), then 0.
     pub fn wan_dpmpp(steps: usize, shift: f64) -> Result<Schedule> {
         check_steps_shift(steps, shift)?;
@@ -395,7 +395,7 @@ impl Sampler {
 }
 
 /// Whether the unconditional (negative-prompt) DiT pass is needed: only when
-/// `guidance > 1` (DIFF's `do_classifier_free_guidance`, §1.5). Otherwise
+/// `guidance > 1` (DIFF's `do_classifier_free_guidance`, §7.6). Otherwise
 /// the conditional velocity is used as is and one DiT pass per step is saved.
 pub fn guidance_needs_uncond(guidance: f32) -> bool {
     guidance > 1.0

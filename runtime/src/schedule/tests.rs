@@ -118,7 +118,7 @@ fn spec_list(s: &str) -> Vec<i64> {
 
 #[test]
 fn spec_schedules() {
-    // WAN_SPEC.md §6.2, as printed there.
+    // docs/WAN.md §7.2, as printed there.
     let cases = [
         (
             50,
@@ -272,7 +272,7 @@ fn unipc_corrector_rho_solves_its_system() {
     let lam = |s: f32| (1.0 - s as f64).ln() - (s as f64).ln();
     for (i, step) in plan.iter().enumerate().skip(2) {
         let rho = step.corrector_rho().expect("order-2 corrector");
-        // Independent f64 evaluation of R·ρ = b (§6.3 step 2).
+        // Independent f64 evaluation of R·ρ = b (docs/WAN.md §7.3 step 2).
         let h = lam(sigmas[i]) - lam(sigmas[i - 1]);
         let r = (lam(sigmas[i - 2]) - lam(sigmas[i - 1])) / h;
         let hh = -h;
@@ -325,7 +325,7 @@ fn dpmpp_grid_and_orders() {
 
 #[test]
 fn dpmpp_first_step_from_pure_noise() {
-    // §6.4: with σ_0 = 1 the first step is x_1 = σ_1·x_0 + α_1·m_0.
+    // docs/WAN.md §7.4: with σ_0 = 1 the first step is x_1 = σ_1·x_0 + α_1·m_0.
     let n = 64;
     let x0 = values(1, n);
     let v = values(2, n);

@@ -1,6 +1,6 @@
 //! UniPC multistep (order 2, `bh2`, data prediction) for flow matching:
 //! ORIG `FlowUniPCMultistepScheduler` / DIFF `UniPCMultistepScheduler` with
-//! `use_flow_sigmas` (WAN_SPEC.md §6.3).
+//! `use_flow_sigmas` (docs/WAN.md §7.3).
 //!
 //! Step i (0-based, N steps) with model output v_i at the model input x_i:
 //!

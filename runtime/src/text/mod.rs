@@ -3,8 +3,8 @@
 //! Mirrors the text side of the reference: `wan/modules/tokenizers.py`
 //! (`HuggingfaceTokenizer` with `clean="whitespace"`: ftfy, `html.unescape`
 //! twice, whitespace collapsing), diffusers' `prompt_clean` (the same steps),
-//! and the default negative prompts of `wan/configs` (WAN_SPEC.md §1.4,
-//! §3.3-§3.5). Cleaning is a port of ftfy 6.3 `fix_text`; see [`fix_text`]
+//! and the default negative prompts of `wan/configs` (docs/WAN.md §4.5,
+//! §4.1-§4.4). Cleaning is a port of ftfy 6.3 `fix_text`; see [`fix_text`]
 //! for what it leaves out.
 
 mod clean;

@@ -1,4 +1,4 @@
-//! Writing generated videos: the last step of a run (spec §5.7).
+//! Writing generated videos: the last step of a run (`docs/WAN.md` §6.5).
 //!
 //! The VAE decodes to a `[3, F, H, W]` f32 tensor in [−1, 1]. This module
 //! turns it into 8-bit RGB frames ([`RgbFrames::from_chw`]) and writes them
@@ -6,7 +6,7 @@
 //!
 //! * `x.mp4` → an H.264 (Constrained Baseline, yuv420p, BT.601 limited range,
 //!   tagged) MP4 with `moov` before `mdat` ("faststart"), at 16 fps by default
-//!   (§1.2). The encoder is OpenH264 built from the source bundled in the
+//!   (§9.2). The encoder is OpenH264 built from the source bundled in the
 //!   `openh264` crate; the MP4 muxer is ours ([`mp4`]), so no ffmpeg binary
 //!   is needed at run time.
 //! * `dir/` (trailing separator) or an existing directory → numbered lossless
@@ -18,7 +18,7 @@
 //! or failed write leaves no temporary file behind.
 //!
 //! Pixel rule: `u8 = round(clamp((x + 1) / 2, 0, 1) · 255)`. The reference
-//! truncates instead of rounding (§5.7); rounding is the unbiased choice and
+//! truncates instead of rounding (§6.5); rounding is the unbiased choice and
 //! stays within one level of the reference's float frames · 255. NaN maps to
 //! 0 (black): a NaN pixel is a numerical failure upstream, and black makes it
 //! visible instead of inventing a plausible colour.
@@ -38,7 +38,7 @@ use crate::tensorfile::HostTensor;
 pub use mp4::{Mp4Options, write_mp4};
 pub use png::{frame_file_name, write_png_frames};
 
-/// Output frame rate of every Wan2.1 task (spec §1.2: `sample_fps = 16`).
+/// Output frame rate of every Wan2.1 task (`docs/WAN.md` §9.2: `sample_fps = 16`).
 pub const DEFAULT_FPS: u32 = 16;
 
 /// The flag named in argument errors: the CLI option that chose the output.

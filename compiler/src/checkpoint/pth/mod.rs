@@ -2,7 +2,7 @@
 //! executing anything.
 //!
 //! The original Wan2.1 release ships the text encoder, the VAE and CLIP as
-//! `torch.save` state dicts (`WAN_SPEC.md` §7.1): a zip archive holding
+//! `torch.save` state dicts (`docs/WAN.md` §8.1): a zip archive holding
 //! `<prefix>/data.pkl` (the pickle) and one *stored* (uncompressed) entry
 //! `<prefix>/data/<key>` per storage. [`PthCheckpoint::open`]
 //!

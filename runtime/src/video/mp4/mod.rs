@@ -58,7 +58,7 @@ pub struct Mp4Options {
     /// frame and macroblock (no rate control): the input is the result of an
     /// expensive diffusion run, so quality, not size, is the target. The
     /// default is the finest OpenH264 allows, 12, the closest it gets to the
-    /// reference's libx264 CRF 10 (imageio quality 8, §5.7); 81 frames of
+    /// reference's libx264 CRF 10 (imageio quality 8, `docs/WAN.md` §6.5); 81 frames of
     /// 832×480 come to a few MB.
     pub qp: u8,
     /// Frames between IDR (key) frames; 0 = only the first frame. The
