@@ -234,6 +234,8 @@ mod tests {
     use std::error::Error as _;
 
     fn ort_err(code: ort::ErrorCode, msg: &str) -> ort::Error {
+        // An ort::Error owns an ONNX Runtime status: the library must be loaded.
+        crate::ortlib::environment().expect("ONNX Runtime (source scripts/env.sh)");
         ort::Error::new_with_code(code, msg)
     }
 
