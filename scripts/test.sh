@@ -6,6 +6,21 @@
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 
+# Tools the tests call: ffprobe (an independent check of the MP4 writer).
+# Installed from Debian's packages when missing (CI runs as root).
+need_apt=()
+command -v ffprobe >/dev/null || need_apt+=(ffmpeg)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing ${need_apt[*]} (apt-get)" >&2
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >&2
+  else
+    echo "FAIL: ${need_apt[*]} missing and not root: install them (apt-get install ${need_apt[*]})" >&2
+    exit 1
+  fi
+fi
+
 echo "== dependency rule: the runtime links no build-time code" >&2
 tree="$(cargo tree -p wanrt-runtime -e normal,build --prefix none --no-dedupe)"
 for forbidden in wanrt-graphs wanrt-compiler prost safetensors memmap2; do
@@ -18,6 +33,9 @@ echo "ok: wanrt-runtime depends on none of wanrt-graphs, wanrt-compiler, prost, 
 
 echo "== rustfmt" >&2
 cargo fmt --all -- --check
+
+echo "== clippy" >&2
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== tests" >&2
 cargo build --workspace --bins --quiet

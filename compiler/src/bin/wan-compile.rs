@@ -50,7 +50,9 @@ struct Args {
     /// `dynamic`.
     #[arg(long, default_value = "1")]
     batch: String,
-    /// Precision written into the graphs.
+    /// Precision written into the graphs: bf16 (default, the official
+    /// compute type; for GPU backends), fp16, or fp32 (for ONNX Runtime's CPU
+    /// provider, which has no bf16 kernels).
     #[arg(long, default_value = "bf16")]
     precision: Precision,
     /// Precision of the VAE graphs (fp32 by default, as the reference
@@ -153,6 +155,16 @@ fn run() -> Result<()> {
         opts.profile.frames,
         start.elapsed().as_secs_f64()
     );
+    if manifest
+        .networks
+        .values()
+        .any(|e| e.precision == Precision::Bf16)
+    {
+        eprintln!(
+            "note: bf16 networks run on GPU backends (wan-run --backend ort-cuda / ort-tensorrt); \
+             ONNX Runtime's CPU provider has no bf16 kernels: compile with --precision fp32 for it"
+        );
+    }
     Ok(())
 }
 
