@@ -6,14 +6,19 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
-use common::{CASES, Case, assert_close};
+use common::{CASES, Case, assert_close, assert_fp32};
 use wanrt::core::{BatchMode, Precision};
 use wanrt::runtime::pipeline::{GenerateOptions, Pipeline};
-use wanrt::runtime::schedule::{Schedule, Solver};
+use wanrt::runtime::schedule::Solver;
 use wanrt::runtime::video::RgbFrames;
 use wanrt::runtime::{Artifacts, Backend};
+
+/// The tight fp32 tier of the final latents (`common::assert_fp32`), ≤ 5× the
+/// measured max |Δ|: t2v-tiny 1.9e-6, i2v-tiny 8.6e-6 (its VAE-encoded
+/// conditioning adds error).
+fn tight(case: &str) -> f32 {
+    if case == "i2v-tiny" { 3e-5 } else { 8e-6 }
+}
 
 fn case_options(case: &Case) -> GenerateOptions {
     let json: serde_json::Value =
@@ -59,26 +64,26 @@ fn t2v_and_i2v_reproduce_the_reference_runs() {
             .unwrap();
         assert_eq!(steps_seen, 4);
 
-        // The schedule: timesteps exactly, sigmas within 1e-6.
+        // The schedule the pipeline used: timesteps exactly, sigmas within
+        // 1e-6, the same count as the reference's.
         assert_eq!(
             got.settings.timesteps,
             golden["timesteps"].to_i64().unwrap(),
             "{name}: timesteps"
         );
-        let schedule = Schedule::for_solver(Solver::UniPc, 4, 3.0).unwrap();
         let sig = golden["sigmas"].to_f32().unwrap();
-        for (a, b) in schedule.sigmas().iter().zip(&sig) {
+        assert_eq!(got.settings.sigmas.len(), sig.len(), "{name}: sigma count");
+        for (a, b) in got.settings.sigmas.iter().zip(&sig) {
             assert!((a - b).abs() <= 1e-6, "{name}: sigma {a} vs {b}");
         }
 
         // The final latents (what --save-latents writes).
         assert_eq!(got.latents.shape, golden["latents_out"].shape);
-        assert_close(
+        assert_fp32(
             &format!("{name}/latents_out"),
             &got.latents.to_f32().unwrap(),
             &golden["latents_out"].to_f32().unwrap(),
-            1e-4,
-            1e-3,
+            tight(name),
         );
 
         // The frames: 8-bit within one level of the reference's float frames · 255.
@@ -142,7 +147,6 @@ fn wrong_task_inputs_are_refused() {
         .err()
         .unwrap();
     assert_eq!(e.kind(), wanrt::runtime::ErrorKind::Interrupted);
-    let _ = BTreeMap::<String, String>::new();
 }
 
 #[test]

@@ -3,8 +3,8 @@
 //! The runtime reads an artifact directory written by `wan-compile`
 //! (`manifest.json` + typed ONNX graphs), checks it, and runs its networks on
 //! ONNX Runtime (CPU, CUDA or TensorRT execution providers, loaded
-//! dynamically) or natively on TensorRT when this build found it. It links no
-//! build-time code: no graph builder, no protobuf writer, no checkpoint
+//! dynamically; there is no native TensorRT backend in this build). It links
+//! no build-time code: no graph builder, no protobuf writer, no checkpoint
 //! loader.
 //!
 //! ```no_run

@@ -57,7 +57,10 @@ pub struct Settings {
     pub height: u32,
     pub frames: u32,
     pub fps: u32,
+    /// The timesteps the DiT was given, one per step.
     pub timesteps: Vec<i64>,
+    /// The sampler's sigmas, one per step plus the final one (0).
+    pub sigmas: Vec<f32>,
 }
 
 /// Wall-clock time per stage.
@@ -305,13 +308,7 @@ impl Pipeline {
         })?;
         let mut z = mu.to_f32().expect("float output");
         let plane = (mu.shape[2] * mu.shape[3] * mu.shape[4]) as usize;
-        for (c, chunk) in z.chunks_mut(plane).enumerate() {
-            // Official order of operations: (mu − mean) · (1/std).
-            let (mean, inv) = (self.vae.latents_mean[c], 1.0f32 / self.vae.latents_std[c]);
-            for v in chunk {
-                *v = (*v - mean) * inv;
-            }
-        }
+        self.vae.normalize_latents(&mut z, plane);
         let latent = HostTensor::from_f32(mu.shape.clone(), &z);
         // Mask: latent frame 0 known (all 4 channels), the rest unknown.
         let (lt, lh, lw) = (
@@ -409,6 +406,7 @@ impl Pipeline {
         // batch decides (a fixed batch of 1 is looped by `Network::run`).
         let mut sampler = Sampler::new(opts.solver, steps, shift, n)?;
         let timesteps = sampler.schedule().timesteps().to_vec();
+        let sigmas = sampler.schedule().sigmas()[1..].to_vec();
         let t_denoise = Instant::now();
         let mut step = 0;
         while let Some(t) = sampler.timestep() {
@@ -466,12 +464,7 @@ impl Pipeline {
         let t0 = Instant::now();
         let plane = (shape[2] * shape[3] * shape[4]) as usize;
         let mut raw = latents;
-        for (c, chunk) in raw.chunks_mut(plane).enumerate() {
-            let (mean, inv) = (self.vae.latents_mean[c], 1.0f32 / self.vae.latents_std[c]);
-            for v in chunk {
-                *v = *v / inv + mean;
-            }
-        }
+        self.vae.denormalize_latents(&mut raw, plane);
         let raw = HostTensor::from_f32(shape.clone(), &raw);
         let mut parts = Vec::new();
         self.vae_decoder.run_streaming(&raw, |c| {
@@ -503,6 +496,7 @@ impl Pipeline {
             frames: p.frames,
             fps: crate::video::DEFAULT_FPS,
             timesteps,
+            sigmas,
         };
         Ok(Generated {
             settings,

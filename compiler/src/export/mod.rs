@@ -216,6 +216,40 @@ pub struct GraphJob {
     pub doc: String,
 }
 
+/// A graph builder for network `name` streaming its weights to
+/// `staging/<name>.onnx.data`, with the compile's progress bar and interrupt
+/// flag attached. Every export (single-graph or chunked) starts here.
+fn start_builder<'a>(
+    name: &str,
+    opts: &'a CompileOptions,
+    staging: &Path,
+    pb: &'a indicatif::ProgressBar,
+) -> Result<GraphBuilder<'a>> {
+    let data_file = format!("{name}.onnx.data");
+    let mut builder =
+        GraphBuilder::new(name, Some(&staging.join(&data_file)))?.with_progress(|n| pb.inc(n));
+    if let Some(flag) = &opts.interrupt {
+        builder = builder.with_interrupt(flag);
+    }
+    Ok(builder)
+}
+
+/// Writes one graph's proto to `staging/file`, synced to disk before the
+/// manifest can name it; returns its size and `sha256:` digest.
+fn write_graph(
+    staging: &Path,
+    file: &str,
+    model: &wanrt_graphs::onnx::ModelProto,
+) -> Result<(u64, String)> {
+    let bytes = model.to_bytes();
+    let path = staging.join(file);
+    let mut f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+    f.write_all(&bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(&path, e))?;
+    Ok((bytes.len() as u64, file_digest(&bytes)))
+}
+
 /// Builds one graph into `staging` (`<name>.onnx` + `<name>.onnx.data`) and
 /// returns its manifest entry.
 pub fn export_graph(
@@ -229,21 +263,12 @@ pub fn export_graph(
     let onnx_file = format!("{name}.onnx");
     let data_file = format!("{onnx_file}.data");
     let pb = progress_bar(opts.show_progress, name);
-    let mut builder =
-        GraphBuilder::new(name, Some(&staging.join(&data_file)))?.with_progress(|n| pb.inc(n));
-    if let Some(flag) = &opts.interrupt {
-        builder = builder.with_interrupt(flag);
-    }
+    let mut builder = start_builder(name, opts, staging, &pb)?;
     build(&mut builder)?;
     let exported = builder.finish(&job.doc)?;
     pb.finish_and_clear();
     let nodes = exported.model.graph.as_ref().map_or(0, |g| g.node.len());
-    let bytes = exported.model.to_bytes();
-    let path = staging.join(&onnx_file);
-    let mut f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
-    f.write_all(&bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::io(&path, e))?;
+    let (graph_bytes, graph_digest) = write_graph(staging, &onnx_file, &exported.model)?;
     let entry = NetworkEntry {
         file: onnx_file,
         external_data: Some(data_file),
@@ -252,7 +277,7 @@ pub fn export_graph(
         profile: opts.profile.clone(),
         config: job.config,
         weights_digest: exported.weights_digest,
-        graph_digest: file_digest(&bytes),
+        graph_digest,
         inputs: job.contract.inputs,
         outputs: job.contract.outputs,
         tools: tools(),
@@ -260,7 +285,7 @@ pub fn export_graph(
     };
     let report = NetworkReport {
         network: job.kind,
-        graph_bytes: bytes.len() as u64,
+        graph_bytes,
         weight_bytes: exported.external_data_bytes,
         nodes,
         elapsed: start.elapsed(),

@@ -47,11 +47,7 @@ pub(super) fn export_vae(
     let name = kind.name();
     let data_file = format!("{name}.onnx.data");
     let pb = progress_bar(opts.show_progress, name);
-    let mut builder =
-        GraphBuilder::new(name, Some(&staging.join(&data_file)))?.with_progress(|n| pb.inc(n));
-    if let Some(flag) = &opts.interrupt {
-        builder = builder.with_interrupt(flag);
-    }
+    let mut builder = start_builder(name, opts, staging, &pb)?;
     let (p, encoder) = (&opts.profile, kind == NetworkKind::VaeEncoder);
     let mut chunks = Vec::new();
     let mut nodes = 0;
@@ -79,14 +75,12 @@ pub(super) fn export_vae(
             g.input.iter().map(spec_of).collect(),
             g.output.iter().map(spec_of).collect(),
         );
-        let bytes = model.to_bytes();
-        graph_bytes += bytes.len() as u64;
-        let path = staging.join(&file);
-        std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
+        let (len, graph_digest) = write_graph(staging, &file, &model)?;
+        graph_bytes += len;
         chunks.push(wanrt_core::manifest::ChunkGraph {
             role: chunk.name().into(),
             file,
-            graph_digest: file_digest(&bytes),
+            graph_digest,
             inputs,
             outputs,
         });

@@ -113,4 +113,64 @@ impl VaeConfig {
     pub fn spatial_stride(&self) -> u32 {
         1 << self.temperal_downsample.len()
     }
+
+    /// The VAE's raw latent `[c, …]` (channel-major, `plane` values per
+    /// channel) to the normalised space the DiT works in, in place, in the
+    /// official order of operations: `(z − mean) · (1/std)`
+    /// (docs/WAN.md §6.4). Channels past `z_dim` are left alone.
+    pub fn normalize_latents(&self, z: &mut [f32], plane: usize) {
+        for (c, chunk) in z
+            .chunks_mut(plane.max(1))
+            .take(self.latents_mean.len())
+            .enumerate()
+        {
+            let (mean, inv) = (self.latents_mean[c], 1.0f32 / self.latents_std[c]);
+            for v in chunk {
+                *v = (*v - mean) * inv;
+            }
+        }
+    }
+
+    /// The inverse of [`normalize_latents`](Self::normalize_latents), in
+    /// place, as the official code and diffusers compute it: `z / (1/std) +
+    /// mean`.
+    pub fn denormalize_latents(&self, z: &mut [f32], plane: usize) {
+        for (c, chunk) in z
+            .chunks_mut(plane.max(1))
+            .take(self.latents_mean.len())
+            .enumerate()
+        {
+            let (mean, inv) = (self.latents_mean[c], 1.0f32 / self.latents_std[c]);
+            for v in chunk {
+                *v = *v / inv + mean;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latent_normalisation_round_trips_in_the_official_order() {
+        let mut cfg = VaeConfig::wan21();
+        cfg.latents_mean = (0..16).map(|c| c as f32 * 0.1 - 0.7).collect();
+        cfg.latents_std = (0..16).map(|c| 0.5 + c as f32 * 0.25).collect();
+        let plane = 3;
+        let raw: Vec<f32> = (0..16 * plane)
+            .map(|i| (i as f32 * 0.37).sin() * 2.0)
+            .collect();
+        let mut z = raw.clone();
+        cfg.normalize_latents(&mut z, plane);
+        for (i, (&n, &r)) in z.iter().zip(&raw).enumerate() {
+            let c = i / plane;
+            // Bit for bit the official expression.
+            assert_eq!(n, (r - cfg.latents_mean[c]) * (1.0 / cfg.latents_std[c]));
+        }
+        cfg.denormalize_latents(&mut z, plane);
+        for (a, b) in z.iter().zip(&raw) {
+            assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
+        }
+    }
 }
