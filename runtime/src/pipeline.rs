@@ -406,7 +406,7 @@ impl Pipeline {
         // batch decides (a fixed batch of 1 is looped by `Network::run`).
         let mut sampler = Sampler::new(opts.solver, steps, shift, n)?;
         let timesteps = sampler.schedule().timesteps().to_vec();
-        let sigmas = sampler.schedule().sigmas()[1..].to_vec();
+        let sigmas = sampler.schedule().sigmas().to_vec();
         let t_denoise = Instant::now();
         let mut step = 0;
         while let Some(t) = sampler.timestep() {
