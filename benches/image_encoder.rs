@@ -27,19 +27,10 @@ fn fixtures() -> PathBuf {
 }
 
 fn options(model: ModelSource, out: &Path, profile: &Profile) -> CompileOptions {
-    CompileOptions {
-        model,
-        out: out.to_path_buf(),
-        profile: profile.clone(),
-        precision: Precision::Fp32,
-        vae_precision: Precision::Fp32,
-        cache_negative_prompt: true,
-        networks: vec![NetworkKind::ImageEncoder],
-        debug_outputs: false,
-        overwrite: true,
-        show_progress: false,
-        interrupt: None,
-    }
+    CompileOptions::new(model, out, profile.clone())
+        .with_precision(Precision::Fp32)
+        .with_networks([NetworkKind::ImageEncoder])
+        .with_overwrite(true)
 }
 
 /// The tiny fixture's image encoder, compiled as `wan-compile` does.

@@ -112,22 +112,19 @@ fn bench_text_encoder(c: &mut Criterion) {
     // The tiny fixture through the whole compile path, at its own L.
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/i2v-tiny/model");
     let dir = tempfile::tempdir().unwrap();
-    compile(&CompileOptions {
-        model: ModelSource::Dir(model),
-        out: dir.path().to_path_buf(),
-        profile: Profile::custom(32, 32, 9, 512)
-            .unwrap()
-            .with_batch(BatchMode::Fixed(1))
-            .unwrap(),
-        precision: Precision::Fp32,
-        vae_precision: wanrt::core::Precision::Fp32,
-        cache_negative_prompt: true,
-        networks: vec![NetworkKind::TextEncoder],
-        debug_outputs: false,
-        overwrite: true,
-        show_progress: false,
-        interrupt: None,
-    })
+    compile(
+        &CompileOptions::new(
+            ModelSource::Dir(model),
+            dir.path(),
+            Profile::custom(32, 32, 9, 512)
+                .unwrap()
+                .with_batch(BatchMode::Fixed(1))
+                .unwrap(),
+        )
+        .with_precision(Precision::Fp32)
+        .with_networks([NetworkKind::TextEncoder])
+        .with_overwrite(true),
+    )
     .unwrap();
     let artifacts = Artifacts::open(dir.path()).unwrap();
     let mut net = artifacts

@@ -175,19 +175,17 @@ fn manifest_records_preprocessing_and_config() {
 fn debug_outputs_expose_each_block() {
     let case = Case::new("i2v-tiny");
     let out = tempfile::tempdir().unwrap();
-    wanrt::compiler::compile(&wanrt::compiler::CompileOptions {
-        model: wanrt::compiler::ModelSource::Dir(case.model_dir(false)),
-        out: out.path().to_path_buf(),
-        profile: case.profile(BatchMode::Fixed(1)),
-        precision: Precision::Fp32,
-        vae_precision: Precision::Fp32,
-        cache_negative_prompt: true,
-        networks: vec![IE],
-        debug_outputs: true,
-        overwrite: true,
-        show_progress: false,
-        interrupt: None,
-    })
+    wanrt::compiler::compile(
+        &wanrt::compiler::CompileOptions::new(
+            wanrt::compiler::ModelSource::Dir(case.model_dir(false)),
+            out.path(),
+            case.profile(BatchMode::Fixed(1)),
+        )
+        .with_precision(Precision::Fp32)
+        .with_networks([IE])
+        .with_debug_outputs(true)
+        .with_overwrite(true),
+    )
     .unwrap();
     let (_, pixels, _) = goldens(&case).remove(0);
     let artifacts = Artifacts::open(out.path()).unwrap();

@@ -349,19 +349,13 @@ fn copy_model() -> (tempfile::TempDir, std::path::PathBuf) {
 }
 
 fn compile_text_encoder_of(model: &Path, out: &Path) -> wanrt::compiler::Result<()> {
-    let opts = wanrt::compiler::CompileOptions {
-        model: wanrt::compiler::ModelSource::Dir(model.to_path_buf()),
-        out: out.to_path_buf(),
-        profile: Case::new("t2v-tiny").profile(BatchMode::Fixed(1)),
-        precision: Precision::Fp32,
-        vae_precision: wanrt::core::Precision::Fp32,
-        cache_negative_prompt: true,
-        networks: vec![NetworkKind::TextEncoder],
-        debug_outputs: false,
-        overwrite: false,
-        show_progress: false,
-        interrupt: None,
-    };
+    let opts = wanrt::compiler::CompileOptions::new(
+        wanrt::compiler::ModelSource::Dir(model.to_path_buf()),
+        out,
+        Case::new("t2v-tiny").profile(BatchMode::Fixed(1)),
+    )
+    .with_precision(Precision::Fp32)
+    .with_networks([NetworkKind::TextEncoder]);
     wanrt::compiler::compile(&opts).map(|_| ())
 }
 
@@ -466,19 +460,17 @@ fn original_layout_pth_holds_the_same_weights() {
 fn debug_outputs_expose_every_block() {
     let case = Case::new("t2v-tiny");
     let out = tempfile::tempdir().unwrap();
-    wanrt::compiler::compile(&wanrt::compiler::CompileOptions {
-        model: wanrt::compiler::ModelSource::Dir(case.model_dir(false)),
-        out: out.path().to_path_buf(),
-        profile: case.profile(BatchMode::Fixed(1)),
-        precision: Precision::Fp32,
-        networks: vec![NetworkKind::TextEncoder],
-        vae_precision: Precision::Fp32,
-        cache_negative_prompt: true,
-        debug_outputs: true,
-        overwrite: true,
-        show_progress: false,
-        interrupt: None,
-    })
+    wanrt::compiler::compile(
+        &wanrt::compiler::CompileOptions::new(
+            wanrt::compiler::ModelSource::Dir(case.model_dir(false)),
+            out.path(),
+            case.profile(BatchMode::Fixed(1)),
+        )
+        .with_precision(Precision::Fp32)
+        .with_networks([NetworkKind::TextEncoder])
+        .with_debug_outputs(true)
+        .with_overwrite(true),
+    )
     .unwrap();
     let artifacts = Artifacts::open(out.path()).unwrap();
     let mut net = artifacts

@@ -30,6 +30,10 @@ pub enum ErrorKind {
     /// negative prompt's embedding) failed; the runtime's error is the
     /// source, and `runtime_kind()` says which kind it was.
     CompileTimeRun,
+    /// Prebuilt engines were asked for (`--engine`) and cannot be built
+    /// here (no TensorRT, no GPU) or failed to build; `runtime_kind()` has
+    /// the runtime's kind.
+    Engine,
     Io,
 }
 
@@ -57,6 +61,12 @@ pub enum Error {
     InvalidArgument { flag: String, reason: String },
     #[error("output directory {dir}: {reason}")]
     Output { dir: PathBuf, reason: String },
+    #[error("{what}: {source}")]
+    Engine {
+        what: String,
+        #[source]
+        source: wanrt_runtime::Error,
+    },
     #[error("{what}: {source}")]
     CompileTimeRun {
         what: String,
@@ -99,6 +109,7 @@ impl Error {
             Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             Error::Output { .. } => ErrorKind::Output,
             Error::CompileTimeRun { .. } => ErrorKind::CompileTimeRun,
+            Error::Engine { .. } => ErrorKind::Engine,
             Error::Io { .. } => ErrorKind::Io,
         }
     }
@@ -107,7 +118,9 @@ impl Error {
     /// no kernel, …).
     pub fn runtime_kind(&self) -> Option<wanrt_runtime::ErrorKind> {
         match self {
-            Error::CompileTimeRun { source, .. } => Some(source.kind()),
+            Error::CompileTimeRun { source, .. } | Error::Engine { source, .. } => {
+                Some(source.kind())
+            }
             _ => None,
         }
     }

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod contract;
 pub mod dtype;
+pub mod engines;
 pub mod error;
 pub mod fsio;
 pub mod manifest;

@@ -97,6 +97,10 @@ pub struct Manifest {
     pub version: u32,
     pub model: ModelInfo,
     pub networks: BTreeMap<NetworkKind, NetworkEntry>,
+    /// Prebuilt GPU engines and what they were built for (`wan-compile
+    /// --engine`); absent for ONNX-only artifacts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engines: Option<crate::engines::EngineRecord>,
 }
 
 impl Manifest {
@@ -106,6 +110,7 @@ impl Manifest {
             version: FORMAT_VERSION,
             model,
             networks: BTreeMap::new(),
+            engines: None,
         }
     }
 
@@ -140,6 +145,19 @@ impl Manifest {
         }
         let m: Manifest =
             serde_json::from_str(&text).map_err(|e| bad(format!("schema mismatch: {e}")))?;
+        for f in m.engines.iter().flat_map(|e| e.files()) {
+            let rel = Path::new(&f.file);
+            if rel.is_absolute()
+                || rel
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(bad(format!(
+                    "engine file '{}' leaves the artifact directory",
+                    f.file
+                )));
+            }
+        }
         for (kind, net) in &m.networks {
             let chunk_files = net.chunks.iter().map(|c| &c.file);
             for p in std::iter::once(&net.file)

@@ -95,8 +95,17 @@ impl ChunkedNetwork {
     pub fn load(dir: &Path, name: &str, entry: &NetworkEntry, backend: Backend) -> Result<Self> {
         let first_spec = chunk(entry, "first", name, dir)?.clone();
         let step_spec = chunk(entry, "step", name, dir)?.clone();
-        let first = crate::session::create(&dir.join(&first_spec.file), backend)?;
-        let step = crate::session::create(&dir.join(&step_spec.file), backend)?;
+        let graph = |c: &ChunkGraph| {
+            crate::session::create_artifact_graph(
+                dir,
+                name,
+                &c.file,
+                &c.graph_digest,
+                entry,
+                backend,
+            )
+        };
+        let (first, step) = (graph(&first_spec)?, graph(&step_spec)?);
         let cache_names: Vec<String> = step_spec
             .inputs
             .iter()

@@ -82,9 +82,19 @@ impl Artifacts {
                 why: "--backend".into(),
             },
         )?;
+        if backend == Backend::OrtTensorRt {
+            // Prebuilt engines for this machine, or a typed refusal: the
+            // provider must never rebuild them silently.
+            let machine = crate::engines::machine_target_lenient(0);
+            crate::engines::check_record(&self.dir, &self.manifest, &machine)?;
+        }
         let inner = if entry.chunks.is_empty() {
-            Inner::Plain(crate::session::create(
-                &self.dir.join(&entry.file),
+            Inner::Plain(crate::session::create_artifact_graph(
+                &self.dir,
+                kind.name(),
+                &entry.file,
+                &entry.graph_digest,
+                &entry,
                 backend,
             )?)
         } else {

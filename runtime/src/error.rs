@@ -9,8 +9,15 @@ pub enum ErrorKind {
     /// An execution provider failed to register (never a silent fallback).
     Provider,
     /// TensorRT was asked for and is not available: the native backend is
-    /// not part of this build (see `cpp/README.md`).
+    /// not part of this build (see `cpp/README.md`), or this machine lacks
+    /// ONNX Runtime's TensorRT provider, TensorRT itself or a GPU.
     TensorRtUnavailable,
+    /// A node of a graph ran on a provider the backend does not allow (a CPU
+    /// node on a GPU backend).
+    Placement,
+    /// The artifact's prebuilt engines do not fit: built for another GPU
+    /// architecture or library version, from other graphs, or missing.
+    EngineMismatch,
     /// The artifact directory is missing files, has another version, or a
     /// file does not match its digest or size.
     Artifacts,
@@ -52,6 +59,10 @@ pub enum Error {
     Provider { provider: String, reason: String },
     #[error("TensorRT: {0}")]
     TensorRtUnavailable(String),
+    #[error("placement of {graph}: {reason}")]
+    Placement { graph: String, reason: String },
+    #[error("engines in {dir}: {reason}")]
+    EngineMismatch { dir: PathBuf, reason: String },
     #[error("artifacts {dir}: {reason}")]
     Artifacts { dir: PathBuf, reason: String },
     #[error(transparent)]
@@ -103,6 +114,8 @@ impl Error {
             Error::OrtLibrary(_) => ErrorKind::OrtLibrary,
             Error::Provider { .. } => ErrorKind::Provider,
             Error::TensorRtUnavailable(_) => ErrorKind::TensorRtUnavailable,
+            Error::EngineMismatch { .. } => ErrorKind::EngineMismatch,
+            Error::Placement { .. } => ErrorKind::Placement,
             Error::Artifacts { .. } => ErrorKind::Artifacts,
             Error::Core(e) => match e.kind() {
                 wanrt_core::ErrorKind::ContractMismatch => ErrorKind::ContractMismatch,

@@ -23,10 +23,12 @@
 pub mod backend;
 pub mod chunked;
 pub mod engine;
+pub mod engines;
 pub mod error;
 pub mod image;
 pub mod ortlib;
 pub mod pipeline;
+pub mod placement;
 pub mod prompt;
 pub mod schedule;
 pub mod session;

@@ -12,21 +12,79 @@ use crate::backend::Backend;
 use crate::error::{Error, OrtCall, Result, classify_ort};
 use crate::tensorfile::HostTensor;
 
+/// How a session is set up besides its backend.
+#[derive(Debug, Clone, Default)]
+pub struct SessionSetup {
+    /// For `ort-tensorrt`: where the graph's prebuilt engines are.
+    pub trt: Option<crate::engines::TrtCache>,
+    /// Write ONNX Runtime's profile (per-node events, with the provider
+    /// that ran each node) under this path prefix.
+    pub profiling: Option<std::path::PathBuf>,
+}
+
+/// A session for one graph of an artifact directory: `file` of network
+/// `name` (`entry`), whose digest is `graph_digest`. On `ort-tensorrt` the
+/// provider loads the graph's prebuilt engines from `dir/engines`.
+pub fn create_artifact_graph(
+    dir: &Path,
+    name: &str,
+    file: &str,
+    graph_digest: &str,
+    entry: &wanrt_core::manifest::NetworkEntry,
+    backend: Backend,
+) -> Result<Session> {
+    let setup = SessionSetup {
+        trt: (backend == Backend::OrtTensorRt)
+            .then(|| crate::engines::TrtCache::for_graph(dir, name, graph_digest, entry)),
+        profiling: None,
+    };
+    create_with(&dir.join(file), backend, &setup)
+}
+
 /// A session for the graph at `path` on `backend`.
 pub fn create(path: &Path, backend: Backend) -> Result<Session> {
+    create_with(path, backend, &SessionSetup::default())
+}
+
+/// A session for the graph at `path` on `backend`, set up as `setup` says.
+///
+/// GPU sessions run with ONNX Runtime's CPU fallback disabled, so a node
+/// without a GPU kernel fails the load instead of silently running on the
+/// CPU; `ort-tensorrt` registers the TensorRT provider first and the CUDA
+/// provider second, so nodes TensorRT rejects go to CUDA, never to the CPU.
+pub fn create_with(path: &Path, backend: Backend, setup: &SessionSetup) -> Result<Session> {
     let env = crate::ortlib::environment()?;
     let net = path.display().to_string();
     let mut builder = Session::builder(env)
         .map_err(|e| Error::ort(&net, OrtCall::Configure, "creating the session builder", e))?;
+    if let Some(prefix) = &setup.profiling {
+        builder = builder
+            .with_profiling(prefix)
+            .map_err(|e| Error::ort(&net, OrtCall::Configure, "enabling profiling", e))?;
+    }
+    if backend.is_gpu() {
+        builder = builder
+            .with_disable_cpu_fallback()
+            .map_err(|e| Error::ort(&net, OrtCall::Configure, "disabling the CPU fallback", e))?;
+    }
     let registering = || format!("registering the {backend} execution provider");
     builder = match backend {
         Backend::OrtCpu => builder,
         Backend::OrtCuda => builder
             .with_execution_providers([ep::CUDA::default().build().error_on_failure()])
             .map_err(|e| Error::ort(&net, OrtCall::Provider, registering(), e))?,
-        Backend::OrtTensorRt => builder
-            .with_execution_providers([ep::TensorRT::default().build().error_on_failure()])
-            .map_err(|e| Error::ort(&net, OrtCall::Provider, registering(), e))?,
+        Backend::OrtTensorRt => {
+            let trt = match &setup.trt {
+                Some(cache) => cache.provider(0),
+                None => ep::TensorRT::default(),
+            };
+            builder
+                .with_execution_providers([
+                    trt.build().error_on_failure(),
+                    ep::CUDA::default().build().error_on_failure(),
+                ])
+                .map_err(|e| Error::ort(&net, OrtCall::Provider, registering(), e))?
+        }
     };
     builder.commit_from_file(path).map_err(|e| {
         let what = if classify_ort(OrtCall::Load, &e) == crate::ErrorKind::NoKernel {

@@ -73,6 +73,12 @@ struct Args {
     /// Replace artifacts already in --out.
     #[arg(long)]
     overwrite: bool,
+    /// Also build GPU engines ahead of time: `tensorrt` builds every
+    /// network's TensorRT engines through ONNX Runtime's TensorRT provider
+    /// into --out/engines, keyed in the manifest to this GPU and these
+    /// library versions (needs a GPU, onnxruntime-gpu and TensorRT 10.x).
+    #[arg(long, value_parser = ["tensorrt"])]
+    engine: Option<String>,
 }
 
 fn profile(args: &Args, default: &str) -> Result<Profile> {
@@ -123,6 +129,11 @@ fn run() -> Result<()> {
         .with_networks(args.networks.iter().copied())
         .with_debug_outputs(args.debug_outputs)
         .with_overwrite(args.overwrite)
+        .with_engine(
+            args.engine
+                .as_deref()
+                .map(|_| wanrt_core::engines::EngineKind::Tensorrt),
+        )
         .with_progress(true)
         .with_interrupt(interrupt);
     let start = std::time::Instant::now();

@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::synthetic::SyntheticSource;
 
 mod encoders;
+pub mod engines;
 mod vae;
 use self::vae::export_vae;
 use encoders::{export_image_encoder, export_text_encoder, export_text_encoder_synthetic};
@@ -60,6 +61,8 @@ pub struct CompileOptions {
     pub overwrite: bool,
     pub show_progress: bool,
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// Also build GPU engines ahead of time (`--engine tensorrt`).
+    pub engine: Option<wanrt_core::engines::EngineKind>,
 }
 
 impl CompileOptions {
@@ -79,7 +82,13 @@ impl CompileOptions {
             overwrite: false,
             show_progress: false,
             interrupt: None,
+            engine: None,
         }
+    }
+
+    pub fn with_engine(mut self, engine: Option<wanrt_core::engines::EngineKind>) -> Self {
+        self.engine = engine;
+        self
     }
 
     pub fn with_precision(mut self, precision: Precision) -> Self {
@@ -425,6 +434,11 @@ pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> 
         }
     }
 
+    // Engines need a GPU and TensorRT: refuse before --out is touched.
+    let engine_target = match opts.engine {
+        Some(kind) => Some((kind, engines::probe(kind)?)),
+        None => None,
+    };
     let mut staging = prepare_out(&opts.out, opts.overwrite)?;
     let mut manifest = Manifest::new(info);
     let mut reports = Vec::new();
@@ -479,7 +493,11 @@ pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> 
         manifest.networks.insert(n, entry);
         reports.push(report);
     }
-    // Files a network adds beside its graph (tokenizer, cached embeddings).
+    if let Some((kind, target)) = engine_target {
+        manifest.engines = Some(engines::build(&staging.dir, &manifest, kind, target)?);
+    }
+    // Files a network adds beside its graph (tokenizer, cached embeddings,
+    // the engines directory).
     let extra: Vec<String> = std::fs::read_dir(&staging.dir)
         .map_err(|e| Error::io(&staging.dir, e))?
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))

@@ -122,13 +122,19 @@ enum Command {
         #[arg(long)]
         overwrite: bool,
     },
-    /// Describe an artifact directory (networks, profile, precision, I/O) and,
-    /// with --load, create every network's session on --backend.
+    /// Describe an artifact directory (networks, profile, precision, I/O,
+    /// prebuilt engines) and, with --load, create every network's session on
+    /// --backend.
     Inspect {
         #[arg(long)]
         engines: PathBuf,
         #[arg(long)]
         load: bool,
+        /// With --load: run each graph once on zero inputs with ONNX Runtime's
+        /// profiler and report which provider ran each node (counts per
+        /// provider; on a GPU backend a CPU node is an error naming it).
+        #[arg(long, requires = "load")]
+        placement: bool,
         /// auto (default), ort-cpu, ort-cuda or ort-tensorrt.
         #[arg(long, default_value = "auto")]
         backend: BackendChoice,
@@ -480,6 +486,7 @@ fn run() -> Result<()> {
         Command::Inspect {
             engines,
             load,
+            placement,
             backend,
         } => {
             let artifacts = Artifacts::open(&engines)?;
@@ -497,6 +504,19 @@ fn run() -> Result<()> {
                 m.model.task.name(),
                 m.model.layout
             );
+            match &m.engines {
+                Some(r) => println!(
+                    "  engines: {} for {} (sm {}), TensorRT {}, CUDA {}, ONNX Runtime {}; {} files",
+                    r.kind,
+                    r.target.gpu_name,
+                    r.target.compute_capability,
+                    r.target.tensorrt_version,
+                    r.target.cuda_version,
+                    r.target.onnxruntime_version,
+                    r.files().count()
+                ),
+                None => println!("  engines: none (ONNX graphs only)"),
+            }
             for (kind, e) in &m.networks {
                 let p = &e.profile;
                 println!(
@@ -525,6 +545,17 @@ fn run() -> Result<()> {
                         "    loaded on {backend} in {:.1} s",
                         start.elapsed().as_secs_f64()
                     );
+                    if placement {
+                        let graphs = wanrt_runtime::placement::network_placement(
+                            &artifacts.dir,
+                            kind.name(),
+                            e,
+                            backend,
+                        )?;
+                        for g in graphs {
+                            println!("    placement {}: {}", g.graph, g.summary());
+                        }
+                    }
                 }
             }
             Ok(())
