@@ -34,6 +34,8 @@ pub enum ErrorKind {
     /// here (no TensorRT, no GPU) or failed to build; `runtime_kind()` has
     /// the runtime's kind.
     Engine,
+    /// A `--lora` file cannot be merged (which problem: the payload).
+    Lora(crate::lora::LoraProblem),
     Io,
 }
 
@@ -73,6 +75,13 @@ pub enum Error {
         #[source]
         source: wanrt_runtime::Error,
     },
+    #[error("{}: LoRA{}: {reason}", file.display(), if key.is_empty() { String::new() } else { format!(" key '{key}'") })]
+    Lora {
+        file: PathBuf,
+        key: String,
+        problem: crate::lora::LoraProblem,
+        reason: String,
+    },
     #[error("{file}: {source}")]
     Io {
         file: PathBuf,
@@ -110,6 +119,7 @@ impl Error {
             Error::Output { .. } => ErrorKind::Output,
             Error::CompileTimeRun { .. } => ErrorKind::CompileTimeRun,
             Error::Engine { .. } => ErrorKind::Engine,
+            Error::Lora { problem, .. } => ErrorKind::Lora(*problem),
             Error::Io { .. } => ErrorKind::Io,
         }
     }

@@ -2,12 +2,14 @@
 //!
 //! [`checkpoint`] detects the layout and memory-maps the weights,
 //! [`synthetic`] generates random weights at a real configuration, and
+//! [`lora`] merges LoRA files into the DiT while it streams, and
 //! [`export`] drives the graph builders of `wanrt-graphs` and writes the
 //! self-describing artifact directory the runtime loads.
 
 pub mod checkpoint;
 pub mod error;
 pub mod export;
+pub mod lora;
 pub mod synthetic;
 
 pub use error::{Error, ErrorKind, Result};

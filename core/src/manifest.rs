@@ -56,6 +56,26 @@ pub struct ChunkGraph {
     pub outputs: Vec<TensorSpec>,
 }
 
+/// A LoRA merged into a network's weights at compile time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraRecord {
+    /// The file name as given (no directory).
+    pub file: String,
+    /// `sha256:` of the file.
+    pub sha256: String,
+    /// The user scale s of W′ = W + s·ΔW.
+    pub scale: f32,
+    /// Key layout: `peft`, `kohya`, `comfy` or `aitoolkit`.
+    pub layout: String,
+    /// Number of the file's keys that were merged.
+    pub keys_applied: usize,
+    /// Number of the network's tensors the file changed.
+    pub tensors_modified: usize,
+    /// Keys that modified nothing (only with `--lora-ignore-unmatched`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmatched_keys: Vec<String>,
+}
+
 /// One compiled network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetworkEntry {
@@ -80,6 +100,10 @@ pub struct NetworkEntry {
     /// `inputs`/`outputs` above are then the contract of the whole call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<ChunkGraph>,
+    /// LoRAs merged into the weights, in the order applied (older
+    /// manifests have none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<LoraRecord>,
 }
 
 impl NetworkEntry {
@@ -232,6 +256,7 @@ mod tests {
                     onnx_ir_version: 11,
                 },
                 chunks: vec![],
+                loras: vec![],
             },
         );
         m
@@ -242,8 +267,27 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wanrt-manifest-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let m = sample();
+        // A manifest without LoRAs has no `loras` field, as before they existed.
+        assert!(!m.to_json().contains("loras"));
         std::fs::write(Manifest::path(&dir), m.to_json()).unwrap();
         assert_eq!(Manifest::read(&dir).unwrap(), m);
+        let mut with_lora = m.clone();
+        with_lora
+            .networks
+            .get_mut(&NetworkKind::Dit)
+            .unwrap()
+            .loras
+            .push(LoraRecord {
+                file: "style.safetensors".into(),
+                sha256: "sha256:22".into(),
+                scale: 0.7,
+                layout: "kohya".into(),
+                keys_applied: 60,
+                tensors_modified: 20,
+                unmatched_keys: vec![],
+            });
+        std::fs::write(Manifest::path(&dir), with_lora.to_json()).unwrap();
+        assert_eq!(Manifest::read(&dir).unwrap(), with_lora);
 
         let mut v: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();
         v["version"] = 99.into();

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result};
 use clap::Parser;
 use wanrt_compiler::export::{CompileOptions, ModelSource, compile};
+use wanrt_compiler::lora::LoraSpec;
 use wanrt_core::profile::{DEFAULT_FRAMES, DEFAULT_TEXT_LEN};
 use wanrt_core::{BatchMode, NetworkKind, Precision, Profile};
 
@@ -79,6 +80,16 @@ struct Args {
     /// library versions (needs a GPU, onnxruntime-gpu and TensorRT 10.x).
     #[arg(long, value_parser = ["tensorrt"])]
     engine: Option<String>,
+    /// Merge a LoRA into the DiT at compile time, with scale SCALE (default
+    /// 1.0); repeatable, applied in order. Layouts: diffusers/PEFT,
+    /// kohya/musubi-tuner, ComfyUI/LightX2V extracted (`diffusion_model.`,
+    /// with .diff/.diff_b/.diff_m), ai-toolkit/diffusion-pipe.
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    lora: Vec<LoraSpec>,
+    /// Merge what matches and list the LoRA keys that modify no tensor,
+    /// instead of refusing the file.
+    #[arg(long)]
+    lora_ignore_unmatched: bool,
 }
 
 fn profile(args: &Args, default: &str) -> Result<Profile> {
@@ -134,10 +145,33 @@ fn run() -> Result<()> {
                 .as_deref()
                 .map(|_| wanrt_core::engines::EngineKind::Tensorrt),
         )
+        .with_lora_ignore_unmatched(args.lora_ignore_unmatched)
         .with_progress(true)
         .with_interrupt(interrupt);
+    let opts = args
+        .lora
+        .iter()
+        .cloned()
+        .fold(opts, CompileOptions::with_lora);
     let start = std::time::Instant::now();
     let (manifest, reports) = compile(&opts)?;
+    for entry in manifest.networks.values() {
+        for l in &entry.loras {
+            eprintln!(
+                "merged LoRA {} ({}, scale {}): {} keys into {} tensors",
+                l.file, l.layout, l.scale, l.keys_applied, l.tensors_modified
+            );
+            if !l.unmatched_keys.is_empty() {
+                eprintln!(
+                    "  {} keys matched no tensor and were ignored:",
+                    l.unmatched_keys.len()
+                );
+                for k in &l.unmatched_keys {
+                    eprintln!("    {k}");
+                }
+            }
+        }
+    }
     for r in &reports {
         eprintln!(
             "{}: {} nodes, graph {} KiB, weights {:.1} MiB, {:.1} s",

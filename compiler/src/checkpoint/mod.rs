@@ -447,6 +447,30 @@ impl Checkpoint {
         v
     }
 
+    /// Every stored tensor under its canonical name, with its shape (read
+    /// from the header; no data is touched). Names the renaming table does
+    /// not know are left out; `unused` reports them.
+    pub fn canonical_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let mut v: Vec<(String, Vec<usize>)> = self
+            .stored
+            .names()
+            .into_iter()
+            .filter_map(|stored| {
+                let canonical = match self.naming {
+                    Naming::Canonical => Some(stored.to_string()),
+                    Naming::DiffusersDit => names::dit_from_diffusers(stored),
+                    Naming::DiffusersT5 => names::t5_from_diffusers(stored),
+                    Naming::DiffusersVae => names::vae_from_diffusers(stored),
+                    // CLIP tensors can be parts of one canonical tensor.
+                    Naming::DiffusersClip => None,
+                }?;
+                Some((canonical, self.stored.get(stored)?.shape))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Bytes of all tensors.
     pub fn total_bytes(&self) -> u64 {
         self.stored.total_bytes()

@@ -158,6 +158,27 @@ impl SafetensorsSet {
         })
     }
 
+    /// Opens one safetensors file on its own (a LoRA, say).
+    pub fn open_file(path: &Path) -> Result<Self> {
+        let shard = Shard::open(path)?;
+        let index = shard
+            .meta
+            .tensors()
+            .keys()
+            .map(|name| (name.clone(), 0))
+            .collect();
+        Ok(SafetensorsSet {
+            shards: vec![shard],
+            index,
+            dir: wanrt_core::fsio::parent_dir(path),
+        })
+    }
+
+    /// The header's `__metadata__` of the first file (string to string).
+    pub fn metadata(&self) -> Option<&HashMap<String, String>> {
+        self.shards.first()?.meta.metadata().as_ref()
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.index.keys().map(String::as_str)
     }

@@ -23,6 +23,7 @@ use wanrt_graphs::{GraphBuilder, WeightSource, Weights};
 
 use crate::checkpoint::{Checkpoint, ModelDir};
 use crate::error::{Error, Result};
+use crate::lora::{LoraFile, LoraMerge, LoraSpec};
 use crate::synthetic::SyntheticSource;
 
 mod encoders;
@@ -63,6 +64,11 @@ pub struct CompileOptions {
     pub interrupt: Option<Arc<AtomicBool>>,
     /// Also build GPU engines ahead of time (`--engine tensorrt`).
     pub engine: Option<wanrt_core::engines::EngineKind>,
+    /// LoRAs merged into the DiT, in order (`--lora FILE[:SCALE]`).
+    pub loras: Vec<LoraSpec>,
+    /// Merge the keys that match and record the others instead of failing
+    /// (`--lora-ignore-unmatched`).
+    pub lora_ignore_unmatched: bool,
 }
 
 impl CompileOptions {
@@ -83,11 +89,25 @@ impl CompileOptions {
             show_progress: false,
             interrupt: None,
             engine: None,
+            loras: Vec::new(),
+            lora_ignore_unmatched: false,
         }
     }
 
     pub fn with_engine(mut self, engine: Option<wanrt_core::engines::EngineKind>) -> Self {
         self.engine = engine;
+        self
+    }
+
+    /// Merges `lora` into the DiT after the LoRAs given before it.
+    pub fn with_lora(mut self, lora: LoraSpec) -> Self {
+        self.loras.push(lora);
+        self
+    }
+
+    /// Keys of a LoRA that modify no tensor are recorded, not refused.
+    pub fn with_lora_ignore_unmatched(mut self, ignore: bool) -> Self {
+        self.lora_ignore_unmatched = ignore;
         self
     }
 
@@ -291,6 +311,7 @@ pub fn export_graph(
         outputs: job.contract.outputs,
         tools: tools(),
         chunks: vec![],
+        loras: vec![],
     };
     let report = NetworkReport {
         network: job.kind,
@@ -344,6 +365,27 @@ fn export_dit(
     export_graph(job, opts, staging, |b| {
         dit::build(b, Weights::new(source), cfg, &opts.profile, &dopts)
     })
+}
+
+/// Exports the DiT with `loras` merged into its weights while they stream.
+fn export_dit_merged(
+    source: &dyn WeightSource,
+    loras: &[LoraFile],
+    cfg: &DitConfig,
+    opts: &CompileOptions,
+    staging: &Path,
+) -> Result<(NetworkEntry, NetworkReport)> {
+    if loras.is_empty() {
+        return export_dit(source, cfg, opts, staging);
+    }
+    let merge = LoraMerge::new(source, loras);
+    let exported = export_dit(&merge, cfg, opts, staging);
+    if let Some(e) = merge.take_failure() {
+        return Err(e);
+    }
+    let (mut entry, report) = exported?;
+    entry.loras = merge.finish(opts.lora_ignore_unmatched)?;
+    Ok((entry, report))
 }
 
 /// Compiles the requested networks into `opts.out`.
@@ -434,6 +476,25 @@ pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> 
         }
     }
 
+    // LoRAs: open and check them against the checkpoint before writing.
+    if !opts.loras.is_empty() && !networks.contains(&NetworkKind::Dit) {
+        return Err(Error::InvalidArgument {
+            flag: "--lora".into(),
+            reason: "LoRAs are merged into the DiT, which --networks leaves out".into(),
+        });
+    }
+    let loras = opts
+        .loras
+        .iter()
+        .map(LoraFile::open)
+        .collect::<Result<Vec<_>>>()?;
+    if let (false, Some((ck, _))) = (loras.is_empty(), &checkpoint) {
+        let unmatched = LoraMerge::precheck(&loras, &ck.canonical_shapes())?;
+        if !opts.lora_ignore_unmatched {
+            crate::lora::refuse_unmatched(&loras, &unmatched)?;
+        }
+    }
+
     // Engines need a GPU and TensorRT: refuse before --out is touched.
     let engine_target = match opts.engine {
         Some(kind) => Some((kind, engines::probe(kind)?)),
@@ -445,7 +506,7 @@ pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> 
     for n in networks {
         let (entry, report) = match (n, &checkpoint) {
             (NetworkKind::Dit, Some((ck, _))) => {
-                let r = export_dit(ck, &cfg, opts, &staging.dir)?;
+                let r = export_dit_merged(ck, &loras, &cfg, opts, &staging.dir)?;
                 check_unused(ck, n)?;
                 r
             }
@@ -453,7 +514,7 @@ pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> 
                 let s = synthetic
                     .as_ref()
                     .expect("a synthetic source without a checkpoint");
-                export_dit(s, &cfg, opts, &staging.dir)?
+                export_dit_merged(s, &loras, &cfg, opts, &staging.dir)?
             }
             (NetworkKind::TextEncoder, Some((_, md))) => {
                 export_text_encoder(md, opts, &staging.dir)?

@@ -158,6 +158,7 @@ fn vae_entry(
         outputs: contract.outputs,
         tools: tools(),
         chunks,
+        loras: vec![],
     };
     let report = NetworkReport {
         network: kind,
