@@ -36,6 +36,7 @@ fn case_options(case: &Case) -> GenerateOptions {
         solver: Solver::UniPc,
         seed: 0,
         latents: Some(golden["latents_init"].clone()),
+        ..Default::default()
     }
 }
 
@@ -66,11 +67,13 @@ fn t2v_and_i2v_reproduce_the_reference_runs() {
 
         // The schedule the pipeline used: timesteps exactly, sigmas within
         // 1e-6, the same count as the reference's.
-        assert_eq!(
-            got.settings.timesteps,
-            golden["timesteps"].to_i64().unwrap(),
-            "{name}: timesteps"
-        );
+        let want: Vec<f32> = golden["timesteps"]
+            .to_i64()
+            .unwrap()
+            .iter()
+            .map(|&t| t as f32)
+            .collect();
+        assert_eq!(got.settings.timesteps, want, "{name}: timesteps");
         let sig = golden["sigmas"].to_f32().unwrap();
         assert_eq!(got.settings.sigmas.len(), sig.len(), "{name}: sigma count");
         for (a, b) in got.settings.sigmas.iter().zip(&sig) {

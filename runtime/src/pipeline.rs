@@ -20,7 +20,9 @@ use crate::chunked::concat_time;
 use crate::engine::{Artifacts, Network};
 use crate::error::{Error, Result};
 use crate::prompt::PromptEncoder;
-use crate::schedule::{Sampler, Solver, apply_guidance, guidance_needs_uncond};
+use crate::schedule::{
+    Sampler, Schedule, Solver, apply_guidance, apply_guidance_zero_star, guidance_needs_uncond,
+};
 use crate::tensorfile::HostTensor;
 
 /// What to generate. `None` fields take the official defaults for the task.
@@ -38,6 +40,14 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Initial noise `[1, 16, F', H', W']` (normalised latent space).
     pub latents: Option<HostTensor>,
+    /// A step-distilled model's denoising step list (`--timesteps`), in
+    /// place of `steps` (see `Schedule::step_distill`).
+    pub timesteps: Option<Vec<u32>>,
+    /// CFG-Zero*'s optimised scale in the guidance (`--cfg-zero-star`).
+    pub cfg_zero_star: bool,
+    /// Velocity zero for the first K steps, whose forwards are skipped
+    /// (`--zero-init-steps`).
+    pub zero_init_steps: usize,
 }
 
 /// The settings a run actually used (for the sidecar).
@@ -57,10 +67,16 @@ pub struct Settings {
     pub height: u32,
     pub frames: u32,
     pub fps: u32,
-    /// The timesteps the DiT was given, one per step.
-    pub timesteps: Vec<i64>,
+    /// The timesteps the DiT was given, one per step (floats: a
+    /// `--timesteps` step list conditions it on 1000·σ).
+    pub timesteps: Vec<f32>,
     /// The sampler's sigmas, one per step plus the final one (0).
     pub sigmas: Vec<f32>,
+    /// The denoising step list given with `--timesteps`, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub denoising_step_list: Option<Vec<u32>>,
+    pub cfg_zero_star: bool,
+    pub zero_init_steps: usize,
 }
 
 /// Wall-clock time per stage.
@@ -334,7 +350,10 @@ impl Pipeline {
     ) -> Result<Generated> {
         let p = self.profile().clone();
         let (d_steps, d_guidance, d_shift) = defaults(self.task, p.width, p.height);
-        let steps = opts.steps.unwrap_or(d_steps);
+        let steps = match &opts.timesteps {
+            Some(list) => list.len(),
+            None => opts.steps.unwrap_or(d_steps),
+        };
         let guidance = opts.guidance_scale.unwrap_or(d_guidance);
         let shift = opts.shift.unwrap_or(d_shift);
         match (self.task, &opts.image) {
@@ -404,20 +423,34 @@ impl Pipeline {
 
         // One call per step and branch, or one batch-2 call: the DiT engine's
         // batch decides (a fixed batch of 1 is looped by `Network::run`).
-        let mut sampler = Sampler::new(opts.solver, steps, shift, n)?;
-        let timesteps = sampler.schedule().timesteps().to_vec();
+        let schedule = match &opts.timesteps {
+            Some(list) => Schedule::step_distill(list, shift)?,
+            None => Schedule::for_solver(opts.solver, steps, shift)?,
+        };
+        let mut sampler =
+            Sampler::with_schedule(opts.solver, schedule, n)?.with_noise_seed(opts.seed);
+        let timesteps = sampler.schedule().dit_timesteps().to_vec();
         let sigmas = sampler.schedule().sigmas().to_vec();
         let t_denoise = Instant::now();
         let mut step = 0;
-        while let Some(t) = sampler.timestep() {
+        while let Some(t) = sampler.dit_timestep() {
             check()?;
             let ts = Instant::now();
+            if step < opts.zero_init_steps {
+                // CFG-Zero*'s zero-init: v = 0, the DiT's outputs are unused.
+                sampler.step(&mut latents, &vec![0.0; n])?;
+                let secs = ts.elapsed().as_secs_f64();
+                timings.step_s.push(secs);
+                step += 1;
+                on_step(step, steps, secs);
+                continue;
+            }
             let x = HostTensor::from_f32(shape.clone(), &latents);
             let hidden = match &conditioning {
                 Some((_, y)) => concat_channels(&[&x, y]),
                 None => x,
             };
-            let timestep = HostTensor::from_f32(vec![1], &[t as f32]);
+            let timestep = HostTensor::from_f32(vec![1], &[t]);
             let mut inputs = BTreeMap::new();
             match &uncond {
                 Some(u) => {
@@ -446,7 +479,9 @@ impl Pipeline {
                     reason: "no float noise_pred".into(),
                 })?;
             let mut velocity = pred[..n].to_vec();
-            if use_uncond {
+            if use_uncond && opts.cfg_zero_star {
+                apply_guidance_zero_star(&mut velocity, &pred[n..2 * n], guidance, 1)?;
+            } else if use_uncond {
                 apply_guidance(&mut velocity, &pred[n..2 * n], guidance)?;
             }
             sampler.step(&mut latents, &velocity)?;
@@ -497,6 +532,9 @@ impl Pipeline {
             fps: crate::video::DEFAULT_FPS,
             timesteps,
             sigmas,
+            denoising_step_list: opts.timesteps.clone(),
+            cfg_zero_star: opts.cfg_zero_star,
+            zero_init_steps: opts.zero_init_steps,
         };
         Ok(Generated {
             settings,

@@ -39,8 +39,14 @@ struct GenerateArgs {
     #[arg(long)]
     image: Option<PathBuf>,
     /// Sampling steps (default: 50, 40 for I2V).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "timesteps")]
     steps: Option<usize>,
+    /// A step-distilled model's denoising step list, comma-separated and
+    /// decreasing (LightX2V's 4-step LoRA: 1000,750,500,250); mapped through
+    /// --shift, the DiT gets the float timesteps 1000·σ. Use with
+    /// --solver euler (or lcm) and --guidance-scale 1.
+    #[arg(long, value_delimiter = ',')]
+    timesteps: Option<Vec<u32>>,
     /// Classifier-free guidance scale (default 5.0; ≤ 1 skips the
     /// unconditional pass).
     #[arg(long)]
@@ -48,9 +54,18 @@ struct GenerateArgs {
     /// Sampling shift (default 5.0; 3.0 for I2V at 480P).
     #[arg(long)]
     shift: Option<f64>,
-    /// unipc (default), dpm++ or euler.
+    /// unipc (default), dpm++, euler (deterministic flow Euler) or lcm
+    /// (re-noises each step's data prediction with fresh noise).
     #[arg(long, default_value = "unipc")]
     solver: String,
+    /// CFG-Zero*: guide with the per-sample optimised scale
+    /// s* = <v_c, v_u> / |v_u|^2 (needs --guidance-scale > 1).
+    #[arg(long)]
+    cfg_zero_star: bool,
+    /// Zero the velocity of the first K steps, skipping their forwards
+    /// (CFG-Zero*'s zero-init; its recipe uses 1).
+    #[arg(long, default_value_t = 0)]
+    zero_init_steps: usize,
     /// Seed of the initial noise (default: random; recorded in the sidecar).
     #[arg(long)]
     seed: Option<u64>,
@@ -300,6 +315,9 @@ fn generate(g: GenerateArgs) -> Result<()> {
         solver,
         seed,
         latents,
+        timesteps: g.timesteps.clone(),
+        cfg_zero_star: g.cfg_zero_star,
+        zero_init_steps: g.zero_init_steps,
     };
     let pb = indicatif::ProgressBar::new(0);
     pb.set_style(

@@ -11,6 +11,16 @@
 //! * [`Solver::DpmPp`] (ORIG `--sample_solver dpm++`): multistep DPM-Solver++
 //!   (2M, midpoint) on its own grid that starts at σ = 1 (§7.4).
 //! * [`Solver::Euler`]: `x_{i+1} = x_i + (σ_{i+1} − σ_i)·v_i` on the §7.2 grid (§7.5).
+//! * [`Solver::Lcm`]: the data prediction re-noised to the next σ with fresh
+//!   noise at every step (for step-distilled models).
+//!
+//! [`Schedule::step_distill`] builds the grid of a step-distilled model from
+//! its denoising step list (`--timesteps 1000,750,500,250`), mapped through
+//! the shift as LightX2V's Wan step-distill scheduler does; the DiT is then
+//! conditioned on float timesteps 1000·σ (docs/WAN.md, step distillation).
+//!
+//! [`apply_guidance`] is classifier-free guidance; [`apply_guidance_zero_star`]
+//! is CFG-Zero*'s per-sample optimised scale (docs/WAN.md, CFG-Zero*).
 //!
 //! "Step-scheduled" means that everything that depends only on the σ grid
 //! (timesteps, α, λ, h, φ/B coefficients, the UniPC corrector's ρ, which is
@@ -37,6 +47,7 @@
 
 mod dpmpp;
 mod euler;
+mod lcm;
 mod unipc;
 
 #[cfg(test)]
@@ -70,18 +81,24 @@ pub enum Solver {
     DpmPp,
     /// First-order flow Euler on the UniPC grid.
     Euler,
+    /// Re-noise the data prediction with fresh noise each step (LCM).
+    Lcm,
 }
 
 impl Solver {
     /// Every solver, in the order of [`Solver::name`]s shown in help texts.
-    pub const ALL: [Solver; 3] = [Solver::UniPc, Solver::DpmPp, Solver::Euler];
+    pub const ALL: [Solver; 4] = [Solver::UniPc, Solver::DpmPp, Solver::Euler, Solver::Lcm];
 
-    /// The CLI spelling: `unipc`, `dpm++` or `euler`.
+    /// The deterministic ODE solvers (all but [`Solver::Lcm`]).
+    pub const ODE: [Solver; 3] = [Solver::UniPc, Solver::DpmPp, Solver::Euler];
+
+    /// The CLI spelling: `unipc`, `dpm++`, `euler` or `lcm`.
     pub fn name(self) -> &'static str {
         match self {
             Solver::UniPc => "unipc",
             Solver::DpmPp => "dpm++",
             Solver::Euler => "euler",
+            Solver::Lcm => "lcm",
         }
     }
 }
@@ -95,7 +112,7 @@ impl fmt::Display for Solver {
 impl FromStr for Solver {
     type Err = Error;
 
-    /// Parses the exact CLI spellings (`unipc`, `dpm++`, `euler`); anything
+    /// Parses the exact CLI spellings (`unipc`, `dpm++`, `euler`, `lcm`); anything
     /// else is an [`crate::ErrorKind::InvalidArgument`] naming the choices.
     fn from_str(s: &str) -> Result<Self> {
         Solver::ALL
@@ -104,7 +121,7 @@ impl FromStr for Solver {
             .ok_or_else(|| {
                 Error::arg(
                     "--solver",
-                    format!("unknown solver {s:?}; expected one of unipc, dpm++, euler"),
+                    format!("unknown solver {s:?}; expected one of unipc, dpm++, euler, lcm"),
                 )
             })
     }
@@ -127,10 +144,19 @@ impl FromStr for Solver {
 /// official step/shift combinations repeat a timestep);
 /// [`Schedule::first_timestep_repeats`] tells a caller when a setting would
 /// have triggered it in the reference, e.g. to warn that results will differ.
+///
+/// # Step-distilled schedules
+///
+/// [`Schedule::step_distill`] conditions the DiT on the float timesteps
+/// 1000·σ ([`Schedule::dit_timesteps`]); `timesteps` then holds their
+/// truncation, for display only. For every other grid the DiT timesteps are
+/// the integer timesteps, exactly.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Schedule {
     sigmas: Vec<f32>,
     timesteps: Vec<i64>,
+    /// What the DiT is conditioned on at each step.
+    dit_timesteps: Vec<f32>,
 }
 
 impl Schedule {
@@ -155,9 +181,59 @@ impl Schedule {
     /// The grid [`Sampler`] uses for `solver`.
     pub fn for_solver(solver: Solver, steps: usize, shift: f64) -> Result<Schedule> {
         match solver {
-            Solver::UniPc | Solver::Euler => Self::wan_flow(steps, shift),
+            Solver::UniPc | Solver::Euler | Solver::Lcm => Self::wan_flow(steps, shift),
             Solver::DpmPp => Self::wan_dpmpp(steps, shift),
         }
+    }
+
+    /// The grid of a step-distilled model from its denoising step list
+    /// (strictly decreasing training timesteps in 1..=1000, e.g. LightX2V's
+    /// `[1000, 750, 500, 250]`), as LightX2V's Wan step-distill scheduler
+    /// builds it, all in float32: `s = linspace(1, 0, 1001)[1000 − d]`,
+    /// `σ = shift·s / (1 + (shift − 1)·s)`, DiT timestep `1000·σ` (not
+    /// truncated), then a final σ = 0.
+    pub fn step_distill(step_list: &[u32], shift: f64) -> Result<Schedule> {
+        check_steps_shift(step_list.len().max(1), shift)?;
+        let bad = |reason: String| Error::arg("--timesteps", reason);
+        if step_list.is_empty() || step_list.len() > MAX_STEPS {
+            return Err(bad(format!(
+                "{} denoising steps; expected 1..={MAX_STEPS}",
+                step_list.len()
+            )));
+        }
+        if let Some(&d) = step_list
+            .iter()
+            .find(|&&d| d == 0 || d > NUM_TRAIN_TIMESTEPS)
+        {
+            return Err(bad(format!(
+                "timestep {d}; expected values in 1..={NUM_TRAIN_TIMESTEPS}"
+            )));
+        }
+        if step_list.windows(2).any(|w| w[1] >= w[0]) {
+            return Err(bad(format!("{step_list:?} is not strictly decreasing")));
+        }
+        let (shift32, shift_m1) = (shift as f32, (shift - 1.0) as f32);
+        let mut sigmas = Vec::with_capacity(step_list.len() + 1);
+        let mut dit_timesteps = Vec::with_capacity(step_list.len());
+        for &d in step_list {
+            let s = distill_linspace(d);
+            let sigma = shift32 * s / (1.0 + shift_m1 * s);
+            sigmas.push(sigma);
+            dit_timesteps.push(sigma * NUM_TRAIN_TIMESTEPS as f32);
+        }
+        sigmas.push(0.0);
+        if sigmas.windows(2).any(|w| w[1] >= w[0]) || sigmas.iter().any(|s| !s.is_finite()) {
+            return Err(Error::arg(
+                "--shift",
+                format!("shift {shift} gives a degenerate σ grid for {step_list:?}"),
+            ));
+        }
+        Ok(Schedule {
+            sigmas,
+            // Truncated, as `as` does: display only.
+            timesteps: dit_timesteps.iter().map(|&t| t as i64).collect(),
+            dit_timesteps,
+        })
     }
 
     fn from_unshifted(unshifted: impl Iterator<Item = f64>, shift: f64) -> Result<Schedule> {
@@ -187,7 +263,12 @@ impl Schedule {
                 ),
             ));
         }
-        Ok(Schedule { sigmas, timesteps })
+        let dit_timesteps = timesteps.iter().map(|&t| t as f32).collect();
+        Ok(Schedule {
+            sigmas,
+            timesteps,
+            dit_timesteps,
+        })
     }
 
     /// Number of sampling steps N (model evaluations per guidance branch).
@@ -200,9 +281,16 @@ impl Schedule {
         &self.sigmas
     }
 
-    /// The N integer timesteps the DiT is conditioned on.
+    /// The N integer timesteps (what the DiT is conditioned on, except on
+    /// a [`Schedule::step_distill`] grid, where they are truncated).
     pub fn timesteps(&self) -> &[i64] {
         &self.timesteps
+    }
+
+    /// The N timesteps the DiT is conditioned on, as the float32 values it
+    /// receives.
+    pub fn dit_timesteps(&self) -> &[f32] {
+        &self.dit_timesteps
     }
 
     /// Whether `t_0` occurs again later in the list, the case in which the
@@ -210,6 +298,22 @@ impl Schedule {
     pub fn first_timestep_repeats(&self) -> bool {
         // Indexing is safe: a Schedule always has at least one step.
         self.timesteps[1..].contains(&self.timesteps[0])
+    }
+}
+
+/// Entry `1000 − d` of torch's float32 `linspace(1, 0, 1001)`, which
+/// evaluates `start + step·i` in the first half and `end − step·(n − 1 − i)`
+/// in the second, with `step = float32(−1/1000)`.
+fn distill_linspace(d: u32) -> f32 {
+    let step = -1.0f32 / NUM_TRAIN_TIMESTEPS as f32;
+    let i = NUM_TRAIN_TIMESTEPS - d;
+    // torch: `halfway = steps / 2` for the 1001 points.
+    let points = NUM_TRAIN_TIMESTEPS + 1;
+    let halfway = points / 2;
+    if i < halfway {
+        1.0 + step * i as f32
+    } else {
+        0.0 - step * d as f32
     }
 }
 
@@ -242,6 +346,7 @@ enum Plan {
     UniPc(Vec<unipc::Step>),
     DpmPp(Vec<dpmpp::Step>),
     Euler(Vec<euler::Step>),
+    Lcm(Vec<lcm::Step>),
 }
 
 /// A sampling loop in progress: the schedule, the precomputed coefficients
@@ -270,23 +375,33 @@ pub struct Sampler {
     m_prev2: Vec<f32>,
     /// UniPC's `last_sample`: the corrected x_{i−1} the corrector starts from.
     last: Vec<f32>,
+    /// Seed of the fresh noise [`Solver::Lcm`] draws at each step.
+    noise_seed: u64,
 }
 
 impl Sampler {
     /// Builds the schedule of `solver` and precomputes every step's
     /// coefficients for latents of `len` float32 elements.
     pub fn new(solver: Solver, steps: usize, shift: f64, len: usize) -> Result<Sampler> {
-        let schedule = Schedule::for_solver(solver, steps, shift)?;
+        Self::with_schedule(solver, Schedule::for_solver(solver, steps, shift)?, len)
+    }
+
+    /// A sampler running `solver` on a given grid (a
+    /// [`Schedule::step_distill`] one, say).
+    pub fn with_schedule(solver: Solver, schedule: Schedule, len: usize) -> Result<Sampler> {
+        let steps = schedule.steps();
         let sigmas = schedule.sigmas();
         let plan = match solver {
             Solver::UniPc => Plan::UniPc(unipc::plan(sigmas)),
             Solver::DpmPp => Plan::DpmPp(dpmpp::plan(sigmas)),
             Solver::Euler => Plan::Euler(euler::plan(sigmas)),
+            Solver::Lcm => Plan::Lcm(lcm::plan(sigmas)),
         };
         let finite = match &plan {
             Plan::UniPc(p) => p.iter().all(unipc::Step::is_finite),
             Plan::DpmPp(p) => p.iter().all(dpmpp::Step::is_finite),
             Plan::Euler(p) => p.iter().all(euler::Step::is_finite),
+            Plan::Lcm(p) => p.iter().all(lcm::Step::is_finite),
         };
         if !finite {
             // Reached when an extreme shift (≳ 3e4) rounds σ_0 to 1.0f32 on
@@ -294,13 +409,16 @@ impl Sampler {
             // reference would produce NaN latents). Refuse instead.
             return Err(Error::arg(
                 "--shift",
-                format!("shift {shift} with {steps} steps gives non-finite {solver} coefficients"),
+                format!(
+                    "this shift gives a σ grid (σ_0 = {}, {steps} steps) with non-finite {solver} coefficients",
+                    schedule.sigmas()[0]
+                ),
             ));
         }
         let (history, keeps_last) = match solver {
             Solver::UniPc => (len, true),
             Solver::DpmPp => (len, false),
-            Solver::Euler => (0, false),
+            Solver::Euler | Solver::Lcm => (0, false),
         };
         Ok(Sampler {
             solver,
@@ -311,7 +429,15 @@ impl Sampler {
             m_prev: vec![0.0; history],
             m_prev2: vec![0.0; history],
             last: vec![0.0; if keeps_last { len } else { 0 }],
+            noise_seed: 0,
         })
+    }
+
+    /// Seeds the fresh noise of [`Solver::Lcm`] (step i draws
+    /// `gaussian_noise(mix(seed, i))`); other solvers draw none.
+    pub fn with_noise_seed(mut self, seed: u64) -> Self {
+        self.noise_seed = seed;
+        self
     }
 
     /// The solver this sampler runs.
@@ -339,10 +465,16 @@ impl Sampler {
         self.index == self.steps()
     }
 
-    /// The timestep to condition the DiT on for the next step, `None` when
-    /// finished.
+    /// The integer timestep of the next step, `None` when finished (see
+    /// [`Schedule::timesteps`]).
     pub fn timestep(&self) -> Option<i64> {
         self.schedule.timesteps.get(self.index).copied()
+    }
+
+    /// The timestep to condition the DiT on for the next step, `None` when
+    /// finished.
+    pub fn dit_timestep(&self) -> Option<f32> {
+        self.schedule.dit_timesteps.get(self.index).copied()
     }
 
     /// σ of the current latent (before the next step), `None` when finished.
@@ -385,6 +517,17 @@ impl Sampler {
                 dpmpp::step(&plan[i], latents, velocity, &self.m_prev, &mut self.m_prev2)
             }
             Plan::Euler(plan) => euler::step(&plan[i], latents, velocity),
+            Plan::Lcm(plan) => {
+                let noise = if plan[i].needs_noise() {
+                    let seed = self
+                        .noise_seed
+                        .wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                    crate::pipeline::gaussian_noise(seed, self.len)
+                } else {
+                    Vec::new()
+                };
+                lcm::step(&plan[i], latents, velocity, &noise)
+            }
         }
         // The data prediction just written to m_prev2 becomes m_{i}; the
         // old m_{i−1} becomes m_{i−2}.
@@ -428,4 +571,53 @@ pub fn apply_guidance(cond: &mut [f32], uncond: &[f32], guidance: f32) -> Result
         *c = u + guidance * (*c - u);
     }
     Ok(())
+}
+
+/// CFG-Zero* in place (WeichenFan/CFG-Zero-star; diffusers'
+/// `ClassifierFreeZeroStarGuidance`): per sample, the optimised scale
+/// `s* = ⟨v_c, v_u⟩ / (‖v_u‖² + 1e-8)` over all of that sample's elements,
+/// then `cond ← v_u·s* + g·(v_c − v_u·s*)`. `cond` and `uncond` hold
+/// `samples` samples back to back; returns s* per sample.
+///
+/// The sums are accumulated in f64 and rounded to f32 (the reference sums
+/// float32 tensors; both agree to ~1e-7 relative); the update is float32,
+/// in the reference's order of operations.
+pub fn apply_guidance_zero_star(
+    cond: &mut [f32],
+    uncond: &[f32],
+    guidance: f32,
+    samples: usize,
+) -> Result<Vec<f32>> {
+    if cond.len() != uncond.len() || samples == 0 || !cond.len().is_multiple_of(samples) {
+        return Err(Error::arg(
+            "guidance",
+            format!(
+                "conditional ({}) and unconditional ({}) velocities do not split into {samples} samples",
+                cond.len(),
+                uncond.len()
+            ),
+        ));
+    }
+    if !guidance.is_finite() {
+        return Err(Error::arg(
+            "--guidance",
+            format!("guidance scale {guidance} is not finite"),
+        ));
+    }
+    let n = cond.len() / samples;
+    let mut scales = Vec::with_capacity(samples);
+    for (c, u) in cond.chunks_exact_mut(n).zip(uncond.chunks_exact(n)) {
+        let (mut dot, mut norm) = (0f64, 0f64);
+        for (&c, &u) in c.iter().zip(u) {
+            dot += f64::from(c) * f64::from(u);
+            norm += f64::from(u) * f64::from(u);
+        }
+        let s = (dot as f32) / ((norm as f32) + 1e-8);
+        for (c, &u) in c.iter_mut().zip(u) {
+            let us = u * s;
+            *c = us + guidance * (*c - us);
+        }
+        scales.push(s);
+    }
+    Ok(scales)
 }
