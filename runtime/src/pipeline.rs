@@ -354,6 +354,12 @@ impl Pipeline {
             Some(list) => list.len(),
             None => opts.steps.unwrap_or(d_steps),
         };
+        if opts.zero_init_steps > steps {
+            return Err(Error::arg(
+                "--zero-init-steps",
+                format!("{} zeroed steps of {steps}", opts.zero_init_steps),
+            ));
+        }
         let guidance = opts.guidance_scale.unwrap_or(d_guidance);
         let shift = opts.shift.unwrap_or(d_shift);
         match (self.task, &opts.image) {
