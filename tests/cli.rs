@@ -357,3 +357,87 @@ fn ctrl_c_stops_generation_without_leaving_files() {
         .collect();
     assert!(left.is_empty(), "files left after Ctrl-C: {left:?}");
 }
+
+/// The 4-step LoRA recipe as the README gives it: `wan-compile --lora`,
+/// then `wan-run --timesteps … --solver euler --guidance-scale 1`; the
+/// sidecar records the step list and the float DiT timesteps, and the
+/// latents are the reference's.
+#[test]
+fn lora_and_step_distill_recipe_end_to_end() {
+    let case = Case::new("t2v-tiny");
+    let tmp = tempfile::tempdir().unwrap();
+    let engines = tmp.path().join("engines");
+    let lora = case.dir.join("lora/comfy.safetensors");
+    let (ok, log) = run_cmd(
+        Command::new(bin("wan-compile"))
+            .arg("--model")
+            .arg(case.model_dir(false))
+            .arg("--out")
+            .arg(&engines)
+            .args(["--width", "32", "--height", "32", "--frames", "9"])
+            .args(["--text-len", "32", "--precision", "fp32", "--lora"])
+            .arg(format!("{}:1.0", lora.display())),
+    );
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("merged LoRA comfy.safetensors (comfy, scale 1): 95 keys into 69 tensors"),
+        "{log}"
+    );
+    let golden =
+        wanrt::runtime::tensorfile::read(&case.dir.join("lora/distill.safetensors")).unwrap();
+    let latents_in = tmp.path().join("latents_init.safetensors");
+    wanrt::runtime::tensorfile::write(
+        &latents_in,
+        &[(
+            "latents".to_string(),
+            golden["distill.latents_init"].clone(),
+        )]
+        .into(),
+        false,
+    )
+    .unwrap();
+    let prompt = "A cat and a dog baking a cake in a kitchen.";
+    let (out, saved) = (tmp.path().join("v/"), tmp.path().join("out.safetensors"));
+    let run = |steps: &str| {
+        run_cmd(
+            Command::new(bin("wan-run"))
+                .arg("--engines")
+                .arg(&engines)
+                .args(["--prompt", prompt, "--timesteps", steps, "--shift", "5"])
+                .args(["--guidance-scale", "1", "--solver", "euler", "--latents-in"])
+                .arg(&latents_in)
+                .arg("--save-latents")
+                .arg(&saved)
+                .arg("--output")
+                .arg(&out)
+                .arg("--overwrite"),
+        )
+    };
+    let (ok, log) = run("1000,750,500,250");
+    assert!(ok, "{log}");
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("v.json")).unwrap()).unwrap();
+    let s = &sidecar["settings"];
+    assert_eq!(
+        s["denoising_step_list"],
+        serde_json::json!([1000, 750, 500, 250])
+    );
+    let t: Vec<f64> = s["timesteps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(t.len(), 4);
+    assert_eq!(t[1], 937.5);
+    assert_eq!(t[2] as f32, 833.333_3f32);
+    let got = wanrt::runtime::tensorfile::read(&saved).unwrap()["latents"]
+        .to_f32()
+        .unwrap();
+    let want = golden["distill_lora.latents_out"].to_f32().unwrap();
+    common::assert_close("cli distill_lora", &got, &want, 1e-4, 1e-3);
+
+    // A step list that is not decreasing is refused, naming the flag.
+    let (ok, log) = run("250,500");
+    assert!(!ok && log.contains("--timesteps"), "{log}");
+}

@@ -70,7 +70,10 @@ fn main() -> Result<()> {
             data.insert(format!("{p}.diff_b"), (vec![out_f], rng.bf16(out_f, 0.001)));
         }
         let m = rng.bf16(6 * d, 0.001);
-        data.insert(format!("diffusion_model.blocks.{b}.diff_m"), (vec![1, 6, d], m));
+        data.insert(
+            format!("diffusion_model.blocks.{b}.diff_m"),
+            (vec![1, 6, d], m),
+        );
     }
     let views: Vec<(String, TensorView<'_>)> = data
         .iter()
