@@ -10,7 +10,7 @@
 //! builder, so the merge works in the checkpoint's `[out, in]` orientation and
 //! memory stays near one tensor.
 //!
-//! The rule, per file with user scale s (docs/WAN.md, LoRA):
+//! The rule, per file with user scale s (docs/WAN.md §12.1):
 //!
 //! * low rank: W′ = W + s·(α/r)·(up · down), r = `down.shape[0]`;
 //! * `.diff`: W′ = W + s·diff (any rank); `.diff_b`: b′ = b + s·diff_b;

@@ -17,10 +17,10 @@
 //! [`Schedule::step_distill`] builds the grid of a step-distilled model from
 //! its denoising step list (`--timesteps 1000,750,500,250`), mapped through
 //! the shift as LightX2V's Wan step-distill scheduler does; the DiT is then
-//! conditioned on float timesteps 1000·σ (docs/WAN.md, step distillation).
+//! conditioned on float timesteps 1000·σ (docs/WAN.md §12.2).
 //!
 //! [`apply_guidance`] is classifier-free guidance; [`apply_guidance_zero_star`]
-//! is CFG-Zero*'s per-sample optimised scale (docs/WAN.md, CFG-Zero*).
+//! is CFG-Zero*'s per-sample optimised scale (docs/WAN.md §12.3).
 //!
 //! "Step-scheduled" means that everything that depends only on the σ grid
 //! (timesteps, α, λ, h, φ/B coefficients, the UniPC corrector's ρ, which is
