@@ -1,6 +1,14 @@
 //! Small file-system helpers every stage shares: content digests in the
-//! manifest's `sha256:<hex>` form, and unique temporary names for atomic
-//! writes.
+//! manifest's `sha256:<hex>` form, unique temporary names for atomic
+//! writes, bounded reads of regular files, and the rule for what an output
+//! may replace.
+//!
+//! Every file wanrt reads whole goes through [`read_capped`] with a stated
+//! limit (the `MAX_*` constants beside each caller), and is refused before
+//! it is opened for reading when it is not a regular file: a FIFO, a device
+//! such as `/dev/zero` or a directory never hangs a run or fills memory.
+//! Outputs go through [`check_output`]: only a regular file is ever
+//! replaced, and only when the user asked for it.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -45,6 +53,132 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(sha256_string(hasher))
 }
 
+/// Refuses anything but a regular file (symlinks are followed) with an
+/// `InvalidInput` error saying what it is.
+pub fn require_regular(path: &Path) -> std::io::Result<std::fs::Metadata> {
+    let m = std::fs::metadata(path)?;
+    if m.is_file() {
+        Ok(m)
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("is {}, not a regular file", describe_type(&m.file_type())),
+        ))
+    }
+}
+
+/// "a directory", "a FIFO", ... for error messages.
+pub fn describe_type(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_file() {
+        "a regular file"
+    } else {
+        "a special file"
+    }
+}
+
+/// Opens a regular file for reading: the type is checked before the open,
+/// the open does not block (a FIFO swapped in meanwhile cannot hang it), and
+/// the opened file is checked again.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    require_regular(path)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("is {}, not a regular file", describe_type(&m.file_type())),
+        ));
+    }
+    Ok(f)
+}
+
+/// Reads a whole regular file of at most `cap` bytes. A larger file fails
+/// with `FileTooLarge` naming the limit, before anything is read; a file
+/// that grows while being read is cut off at `cap + 1` bytes and refused.
+pub fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    let f = open_regular(path)?;
+    let len = f.metadata()?.len();
+    let too_big = |len: u64| {
+        std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("{len} bytes exceed the {cap}-byte limit for this file"),
+        )
+    };
+    if len > cap {
+        return Err(too_big(len));
+    }
+    let mut out = Vec::with_capacity(len as usize);
+    f.take(cap + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > cap {
+        return Err(too_big(out.len() as u64));
+    }
+    Ok(out)
+}
+
+/// [`read_capped`] as UTF-8 text.
+pub fn read_capped_string(path: &Path, cap: u64) -> std::io::Result<String> {
+    String::from_utf8(read_capped(path, cap)?).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text: {e}"),
+        )
+    })
+}
+
+/// What an output path holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputState {
+    Absent,
+    /// A regular file that `overwrite` allows replacing.
+    ReplaceableFile,
+}
+
+/// The rule for every output wanrt writes: an absent path is fine; a
+/// regular file is replaced only with `overwrite` (else `AlreadyExists`);
+/// a symbolic link, directory, FIFO, device or socket is never replaced
+/// (`InvalidInput`, even with `overwrite`: `--output /dev/null --overwrite`
+/// must not turn a device into a file).
+pub fn check_output(path: &Path, overwrite: bool) -> std::io::Result<OutputState> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(OutputState::Absent),
+        Err(e) => Err(e),
+        Ok(m) if m.is_file() => {
+            if overwrite {
+                Ok(OutputState::ReplaceableFile)
+            } else {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "exists; pass --overwrite to replace it",
+                ))
+            }
+        }
+        Ok(m) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "is {}; wanrt only ever replaces regular files, even with --overwrite",
+                describe_type(&m.file_type())
+            ),
+        )),
+    }
+}
+
 /// The directory holding `path` (`.` for a bare file name).
 pub fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
@@ -87,6 +221,42 @@ mod tests {
         let data: Vec<u8> = (0..(3 << 20) + 17).map(|i| (i * 31 % 251) as u8).collect();
         std::fs::write(&f, &data).unwrap();
         assert_eq!(sha256_file(&f).unwrap(), sha256_bytes(&data));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reads_are_bounded_and_only_of_regular_files() {
+        let dir = std::env::temp_dir().join(format!("wanrt-fsio-cap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("x");
+        std::fs::write(&f, b"12345").unwrap();
+        assert_eq!(read_capped(&f, 5).unwrap(), b"12345");
+        let e = read_capped(&f, 4).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::FileTooLarge);
+        assert!(e.to_string().contains("4-byte limit"), "{e}");
+        for special in [Path::new("/dev/zero"), dir.as_path()] {
+            let e = read_capped(special, 1 << 20).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{special:?}");
+        }
+        // A FIFO is refused without blocking.
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(read_capped(&fifo, 10).unwrap_err().to_string().contains("FIFO"));
+        // Outputs: absent, file (only with overwrite), never anything else.
+        assert_eq!(check_output(&dir.join("new"), false).unwrap(), OutputState::Absent);
+        assert_eq!(
+            check_output(&f, false).unwrap_err().kind(),
+            std::io::ErrorKind::AlreadyExists
+        );
+        assert_eq!(check_output(&f, true).unwrap(), OutputState::ReplaceableFile);
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        for p in [Path::new("/dev/null"), fifo.as_path(), dir.as_path(), link.as_path()] {
+            let e = check_output(p, true).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{p:?}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

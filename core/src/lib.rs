@@ -1,6 +1,7 @@
 //! Shared vocabulary of the three wanrt stages.
 //!
-//! Nothing here does I/O beyond reading/writing the small JSON manifest: this
+//! Nothing here does I/O beyond bounded reads of small files (the JSON
+//! manifest, safetensors headers) and output checks: this
 //! crate is what lets `graphs`, `compiler` and `runtime` agree on shapes,
 //! names and dtypes without depending on each other.
 
@@ -12,6 +13,7 @@ pub mod error;
 pub mod fsio;
 pub mod manifest;
 pub mod profile;
+pub mod safetensors;
 
 pub use config::{ClipVisionConfig, DitConfig, Task, Umt5Config, VaeConfig};
 pub use contract::{Dim, NetworkContract, NetworkKind, TensorSpec};
