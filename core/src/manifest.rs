@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Task;
+use crate::config::{Task, VaeConfig};
 use crate::contract::{NetworkContract, NetworkKind, TensorSpec};
 use crate::dtype::Precision;
 use crate::error::{Error, Result};
@@ -25,6 +25,46 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const FORMAT: &str = "wanrt-artifacts";
 /// Bumped whenever the layout or a contract changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
+/// Largest `manifest.json` read (a real one is a few tens of KiB).
+pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+/// Largest element count a tensor spec may declare (2^36).
+pub const MAX_SPEC_ELEMENTS: u64 = 1 << 36;
+
+fn check_digest(d: &str) -> std::result::Result<(), String> {
+    match d.strip_prefix("sha256:") {
+        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(()),
+        _ => Err(format!("'{d}' is not sha256:<64 hex digits>")),
+    }
+}
+
+/// A path inside the artifact directory: relative, only normal components.
+fn check_relative(p: &str) -> std::result::Result<(), String> {
+    let rel = Path::new(p);
+    let plain = !p.is_empty()
+        && rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if plain {
+        Ok(())
+    } else {
+        Err(format!("path '{p}' leaves the artifact directory"))
+    }
+}
+
+fn check_spec(t: &TensorSpec) -> std::result::Result<(), String> {
+    if t.name.is_empty() || t.shape.len() > 8 {
+        return Err(format!("tensor spec '{}' of rank {}", t.name, t.shape.len()));
+    }
+    let mut n = 1u64;
+    for d in &t.shape {
+        if let crate::contract::Dim::Fixed(v) = d {
+            n = n.checked_mul(*v).filter(|&n| n <= MAX_SPEC_ELEMENTS).ok_or_else(|| {
+                format!("tensor '{}' declares more than {MAX_SPEC_ELEMENTS} elements", t.name)
+            })?;
+        }
+    }
+    Ok(())
+}
 
 /// Versions of the tools that produced a network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,22 +182,31 @@ impl Manifest {
         dir.join(MANIFEST_FILE)
     }
 
-    /// Reads and checks format and version. File-level checks (existence,
-    /// sizes, digests) belong to the loader that opens the files.
+    /// Reads and validates `<dir>/manifest.json` (at most [`MAX_MANIFEST_BYTES`],
+    /// a regular file): format, version, and every value [`Manifest::validate`]
+    /// checks. File-level checks (existence, sizes, digests, containment)
+    /// belong to the loader that opens the files.
     pub fn read(dir: &Path) -> Result<Self> {
         let file = Self::path(dir);
-        let text = std::fs::read_to_string(&file).map_err(|source| Error::Io {
-            file: file.clone(),
-            source,
+        let text = crate::fsio::read_capped_string(&file, MAX_MANIFEST_BYTES).map_err(|source| {
+            Error::Io {
+                file: file.clone(),
+                source,
+            }
         })?;
+        Self::from_json(&text, &file)
+    }
+
+    /// Parses and validates manifest text; `file` names it in errors.
+    pub fn from_json(text: &str, file: &Path) -> Result<Self> {
         let bad = |reason: String| Error::Manifest {
-            file: file.clone(),
+            file: file.to_path_buf(),
             reason,
         };
         // Look at format and version before the full schema, so a manifest
         // from another version says so instead of failing on a field.
         let head: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+            serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         if head.get("format").and_then(|v| v.as_str()) != Some(FORMAT) {
             return Err(bad(format!("not a {FORMAT} manifest")));
         }
@@ -168,39 +217,72 @@ impl Manifest {
             )));
         }
         let m: Manifest =
-            serde_json::from_str(&text).map_err(|e| bad(format!("schema mismatch: {e}")))?;
-        for f in m.engines.iter().flat_map(|e| e.files()) {
-            let rel = Path::new(&f.file);
-            if rel.is_absolute()
-                || rel
-                    .components()
-                    .any(|c| matches!(c, std::path::Component::ParentDir))
-            {
-                return Err(bad(format!(
-                    "engine file '{}' leaves the artifact directory",
-                    f.file
-                )));
-            }
+            serde_json::from_str(text).map_err(|e| bad(format!("schema mismatch: {e}")))?;
+        m.validate().map_err(bad)?;
+        Ok(m)
+    }
+
+    /// Every value that will size an allocation, index an array or name a
+    /// file is checked here, before anything is loaded:
+    ///
+    /// * at least one network; each profile within [`Profile::validate`]'s
+    ///   limits (sides ≤ 4096, frames ≤ 1025, text ≤ 4096, batch 1..=64);
+    /// * every digest present and of the form `sha256:<64 hex>` (a version-1
+    ///   manifest without one is refused, so a check cannot be switched off
+    ///   by deleting its field); every network has its external-data file;
+    /// * every path a plain relative path inside the artifact directory;
+    /// * every tensor spec of rank ≤ 8 with an element count ≤ 2^36;
+    /// * chunked networks have exactly a `first` and a `step` graph;
+    /// * the VAE's config (latent statistics of z_dim entries, std finite
+    ///   and positive) passes [`VaeConfig::validate`].
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.networks.is_empty() {
+            return Err("lists no network".into());
         }
-        for (kind, net) in &m.networks {
+        for f in self.engines.iter().flat_map(|e| e.files()) {
+            check_relative(&f.file).map_err(|e| format!("engine file: {e}"))?;
+        }
+        for (kind, net) in &self.networks {
+            let bad = |what: String| format!("network {kind}: {what}");
+            net.profile.validate().map_err(|e| bad(e.to_string()))?;
+            check_digest(&net.graph_digest).map_err(|e| bad(format!("graph_digest {e}")))?;
+            check_digest(&net.weights_digest).map_err(|e| bad(format!("weights_digest {e}")))?;
+            let Some(data) = &net.external_data else {
+                return Err(bad("has no external_data (every network of this version has one)".into()));
+            };
             let chunk_files = net.chunks.iter().map(|c| &c.file);
             for p in std::iter::once(&net.file)
-                .chain(net.external_data.iter())
+                .chain(std::iter::once(data))
                 .chain(chunk_files)
             {
-                let rel = Path::new(p);
-                if rel.is_absolute()
-                    || rel
-                        .components()
-                        .any(|c| matches!(c, std::path::Component::ParentDir))
-                {
-                    return Err(bad(format!(
-                        "network {kind}: path '{p}' leaves the artifact directory"
-                    )));
+                check_relative(p).map_err(bad)?;
+            }
+            for t in net.inputs.iter().chain(&net.outputs) {
+                check_spec(t).map_err(bad)?;
+            }
+            if !net.chunks.is_empty() {
+                let roles: Vec<&str> = net.chunks.iter().map(|c| c.role.as_str()).collect();
+                if roles != ["first", "step"] {
+                    return Err(bad(format!("chunk graphs {roles:?}, expected [\"first\", \"step\"]")));
+                }
+                for c in &net.chunks {
+                    check_digest(&c.graph_digest)
+                        .map_err(|e| bad(format!("chunk {} graph_digest {e}", c.role)))?;
+                    for t in c.inputs.iter().chain(&c.outputs) {
+                        check_spec(t).map_err(bad)?;
+                    }
                 }
             }
+            if net.inputs.is_empty() || net.outputs.is_empty() {
+                return Err(bad("has no inputs or no outputs".into()));
+            }
+            if matches!(kind, NetworkKind::VaeEncoder | NetworkKind::VaeDecoder) {
+                let cfg: VaeConfig = serde_json::from_value(net.config.clone())
+                    .map_err(|e| bad(format!("config: {e}")))?;
+                cfg.validate().map_err(|e| bad(format!("config: {e}")))?;
+            }
         }
-        Ok(m)
+        Ok(())
     }
 
     pub fn to_json(&self) -> String {
@@ -246,8 +328,8 @@ mod tests {
                 precision: Precision::Bf16,
                 profile,
                 config: serde_json::to_value(&cfg).unwrap(),
-                weights_digest: "sha256:00".into(),
-                graph_digest: "sha256:11".into(),
+                weights_digest: format!("sha256:{}", "0".repeat(64)),
+                graph_digest: format!("sha256:{}", "1".repeat(64)),
                 inputs: c.inputs,
                 outputs: c.outputs,
                 tools: Tools {
@@ -301,5 +383,54 @@ mod tests {
         std::fs::write(Manifest::path(&dir), v.to_string()).unwrap();
         assert!(Manifest::read(&dir).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn values_that_size_allocations_are_validated() {
+        let m = sample();
+        let f = Path::new("manifest.json");
+        let base: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();
+        let mut vae_net = base["networks"]["dit"].clone();
+        vae_net["config"] = serde_json::to_value(VaeConfig::wan21()).unwrap();
+        let with_vae = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = base.clone();
+            v["networks"]["vae_decoder"] = vae_net.clone();
+            edit(&mut v);
+            v
+        };
+        assert!(Manifest::from_json(&with_vae(&|_| {}).to_string(), f).is_ok());
+        type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Edit)> = vec![
+            ("batch", Box::new(|v| v["networks"]["dit"]["profile"]["batch"] = serde_json::json!({"fixed": 0}))),
+            ("65536", Box::new(|v| v["networks"]["dit"]["profile"]["width"] = 65536.into())),
+            ("frames", Box::new(|v| v["networks"]["dit"]["profile"]["frames"] = 100_001.into())),
+            (
+                "latents_mean",
+                Box::new(|v| v["networks"]["vae_decoder"]["config"]["latents_mean"] = vec![0.0f32; 3].into()),
+            ),
+            (
+                "latents_std",
+                Box::new(|v| v["networks"]["vae_decoder"]["config"]["latents_std"][2] = 0.0.into()),
+            ),
+            ("graph_digest", Box::new(|v| v["networks"]["dit"]["graph_digest"] = "".into())),
+            (
+                "external_data",
+                Box::new(|v| {
+                    v["networks"]["dit"].as_object_mut().unwrap().remove("external_data");
+                }),
+            ),
+            ("leaves", Box::new(|v| v["networks"]["dit"]["file"] = "/etc/passwd".into())),
+            ("leaves", Box::new(|v| v["networks"]["dit"]["external_data"] = "a/../../b".into())),
+            (
+                "elements",
+                Box::new(|v| v["networks"]["dit"]["inputs"][0]["shape"] = vec![1u64 << 20, 1 << 20].into()),
+            ),
+            ("no network", Box::new(|v| v["networks"] = serde_json::json!({}))),
+        ];
+        for (want, edit) in cases {
+            let e = Manifest::from_json(&with_vae(&*edit).to_string(), f).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Manifest);
+            assert!(e.to_string().contains(want), "'{e}' lacks '{want}'");
+        }
     }
 }

@@ -14,6 +14,10 @@ pub const PATCH: (u32, u32, u32) = (1, 2, 2);
 pub const DEFAULT_TEXT_LEN: u32 = 512;
 /// Default frame count (§9.2).
 pub const DEFAULT_FRAMES: u32 = 81;
+/// Largest frame count accepted (256 latent frames).
+pub const MAX_FRAMES: u32 = 1025;
+/// Largest width or height accepted, in pixels.
+pub const MAX_SIDE: u32 = 4096;
 
 /// How the batch dimension of the graphs is shaped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,9 +88,15 @@ impl Profile {
                     format!("{v} is not a positive multiple of {multiple}"),
                 ));
             }
-            if v > 4096 {
-                return Err(Error::profile(flag, format!("{v} exceeds 4096 pixels")));
+            if v > MAX_SIDE {
+                return Err(Error::profile(flag, format!("{v} exceeds {MAX_SIDE} pixels")));
             }
+        }
+        if frames > MAX_FRAMES {
+            return Err(Error::profile(
+                "--frames",
+                format!("{frames} exceeds {MAX_FRAMES} frames"),
+            ));
         }
         if frames == 0 || !(frames - 1).is_multiple_of(VAE_STRIDE_T) {
             return Err(Error::profile(
@@ -108,6 +118,22 @@ impl Profile {
             text_len,
             batch: BatchMode::Fixed(1),
         })
+    }
+
+    /// Checks a profile read from a file (a manifest) against every rule
+    /// [`Profile::custom`] and [`Profile::with_batch`] apply.
+    pub fn validate(&self) -> Result<()> {
+        if self.name.is_empty() || self.name.len() > 64 {
+            return Err(Error::profile("profile", "name must have 1 to 64 bytes"));
+        }
+        Self::new(&self.name, self.width, self.height, self.frames, self.text_len)?
+            .with_batch(self.batch)?;
+        if let BatchMode::Fixed(b) = self.batch
+            && b > 64
+        {
+            return Err(Error::profile("--batch", format!("batch {b} exceeds 64")));
+        }
+        Ok(())
     }
 
     pub fn with_batch(mut self, batch: BatchMode) -> Result<Self> {

@@ -27,6 +27,9 @@ pub enum ErrorKind {
     TensorFile,
     /// An output exists and overwriting was not asked for.
     OutputExists,
+    /// An output path holds something wanrt never replaces (a directory,
+    /// device, FIFO, symbolic link), or collides with another output.
+    OutputRefused,
     /// A user-supplied argument is invalid.
     InvalidArgument,
     /// Inference failed inside the backend (none of the more specific kinds
@@ -71,6 +74,8 @@ pub enum Error {
     TensorFile { file: PathBuf, reason: String },
     #[error("{file} exists; pass --overwrite to replace it")]
     OutputExists { file: PathBuf },
+    #[error("output {file}: {reason}")]
+    OutputRefused { file: PathBuf, reason: String },
     #[error("{flag}: {reason}")]
     InvalidArgument { flag: String, reason: String },
     #[error("inference of {network}: {reason}")]
@@ -128,6 +133,7 @@ impl Error {
             },
             Error::TensorFile { .. } => ErrorKind::TensorFile,
             Error::OutputExists { .. } => ErrorKind::OutputExists,
+            Error::OutputRefused { .. } => ErrorKind::OutputRefused,
             Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             Error::Inference { .. } => ErrorKind::Inference,
             Error::Ort { kind, .. } => *kind,

@@ -183,6 +183,39 @@ fn need(artifacts: &Artifacts, kind: NetworkKind, why: &str) -> Result<()> {
     }
 }
 
+/// A NaN or infinity in a network's output is an error naming the network
+/// and where, never a silently black or constant video.
+fn check_finite(network: &str, at: &str, values: &[f32]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::Inference {
+            network: network.into(),
+            reason: format!("non-finite output {} at element {i} {at}", values[i]),
+        }),
+    }
+}
+
+/// The VAE statistics size loops over the latent channels: checked before use.
+fn check_vae_config(artifacts: &Artifacts, vae: &VaeConfig) -> Result<()> {
+    let fail = |reason: String| Error::Artifacts {
+        dir: artifacts.dir.clone(),
+        reason: format!("vae_decoder config in manifest.json: {reason}"),
+    };
+    vae.validate().map_err(fail)?;
+    let dit = artifacts.entry(NetworkKind::Dit)?;
+    let channels = dit.outputs.first().and_then(|o| match o.shape.get(1) {
+        Some(wanrt_core::Dim::Fixed(c)) => Some(*c),
+        _ => None,
+    });
+    if channels != Some(u64::from(vae.z_dim)) {
+        return Err(fail(format!(
+            "z_dim {} does not match the DiT's latent channels {channels:?}",
+            vae.z_dim
+        )));
+    }
+    Ok(())
+}
+
 impl Pipeline {
     /// Loads every network the task needs on `backend`.
     pub fn load(artifacts: Artifacts, backend: Backend) -> Result<Self> {
@@ -241,6 +274,7 @@ impl Pipeline {
                     dir: artifacts.dir.clone(),
                     reason: format!("vae_decoder config: {e}"),
                 })?;
+        check_vae_config(&artifacts, &vae)?;
         let dit = artifacts.load(NetworkKind::Dit, backend)?;
         let text = PromptEncoder::load(&artifacts, backend)?;
         let vae_decoder = artifacts.load(NetworkKind::VaeDecoder, backend)?;
@@ -362,6 +396,12 @@ impl Pipeline {
         }
         let guidance = opts.guidance_scale.unwrap_or(d_guidance);
         let shift = opts.shift.unwrap_or(d_shift);
+        if !guidance.is_finite() {
+            return Err(Error::arg(
+                "--guidance-scale",
+                format!("{guidance} is not a finite number"),
+            ));
+        }
         match (self.task, &opts.image) {
             (Task::I2v, None) => {
                 return Err(Error::arg(
@@ -400,7 +440,14 @@ impl Pipeline {
                         ),
                     ));
                 }
-                t.to_f32().expect("float32")
+                let v = t.to_f32().expect("float32");
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    return Err(Error::arg(
+                        "--latents-in",
+                        format!("tensor 'latents' holds {} at element {i}", v[i]),
+                    ));
+                }
+                v
             }
             None => gaussian_noise(opts.seed, n),
         };
@@ -484,6 +531,7 @@ impl Pipeline {
                     network: "dit".into(),
                     reason: "no float noise_pred".into(),
                 })?;
+            check_finite("dit", &format!("at step {}", step + 1), &pred)?;
             let mut velocity = pred[..n].to_vec();
             if use_uncond && opts.cfg_zero_star {
                 apply_guidance_zero_star(&mut velocity, &pred[n..2 * n], guidance, 1)?;
@@ -512,6 +560,8 @@ impl Pipeline {
             if interrupt.is_some_and(|f| f.load(Ordering::Relaxed)) {
                 return Err(Error::Interrupted);
             }
+            let at = format!("in chunk {}", parts.len());
+            check_finite("vae_decoder", &at, &c.to_f32().unwrap_or_default())?;
             parts.push(c);
             Ok(())
         })?;

@@ -1,9 +1,9 @@
 //! Small tensor files in the safetensors format: the I/O of `wan-run
 //! component`, `--latents-in` and `--save-latents`.
 //!
-//! The runtime keeps its own reader/writer instead of a checkpoint loader:
-//! the format is an 8-byte little-endian header length, a JSON header
-//! `{name: {dtype, shape, data_offsets}}` and the packed data. Files written
+//! The runtime links no checkpoint loader: headers are read and written by
+//! the strict, dependency-free [`wanrt_core::safetensors`] (shared with the
+//! compiler), and the data is read here into host memory. Files written
 //! here load in the `safetensors` Python package and vice versa.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,6 @@ use std::io::Write;
 use std::path::Path;
 
 use half::{bf16, f16};
-use serde_json::{Map, Value as Json};
 use wanrt_core::DType;
 
 use crate::error::{Error, Result};
@@ -110,121 +109,118 @@ impl HostTensor {
     }
 }
 
-/// Reads every tensor of a safetensors file.
+/// Largest tensor file the runtime reads (16 GiB): far above any input of
+/// `wan-run component`, and a bound on what a wrong path can make it load.
+pub const MAX_TENSOR_FILE: u64 = 16 << 30;
+
+/// Reads every tensor of a safetensors file (at most [`MAX_TENSOR_FILE`]
+/// bytes), validated by the strict shared reader ([`wanrt_core::safetensors`]).
 pub fn read(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    parse(&bytes).map_err(|reason| Error::TensorFile {
+    read_capped(path, MAX_TENSOR_FILE)
+}
+
+/// [`read`] with another size limit. The header is read and validated
+/// before any tensor data, and only a regular file is opened.
+pub fn read_capped(path: &Path, cap: u64) -> Result<BTreeMap<String, HostTensor>> {
+    use std::io::Read;
+    let bad = |reason: String| Error::TensorFile {
         file: path.to_path_buf(),
         reason,
+    };
+    let mut f = wanrt_core::fsio::open_regular(path).map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len > cap {
+        return Err(bad(format!("{len} bytes exceed the {cap}-byte limit")));
+    }
+    let header = match wanrt_core::safetensors::read_header(&mut f, len) {
+        Ok(h) => h,
+        Err(wanrt_core::safetensors::ReadError::Io(e)) => return Err(Error::io(path, e)),
+        Err(wanrt_core::safetensors::ReadError::Header(e)) => return Err(bad(e.0)),
+    };
+    let mut out = BTreeMap::new();
+    for t in header.tensors {
+        let mut data = vec![0u8; t.nbytes() as usize];
+        f.read_exact(&mut data).map_err(|e| Error::io(path, e))?;
+        out.insert(t.name.clone(), host_tensor(t, data).map_err(bad)?);
+    }
+    Ok(out)
+}
+
+fn host_tensor(
+    t: wanrt_core::safetensors::TensorEntry,
+    data: Vec<u8>,
+) -> std::result::Result<HostTensor, String> {
+    let dtype = t
+        .dtype
+        .ok_or_else(|| format!("tensor '{}': dtype {} is not supported here", t.name, t.tag))?;
+    Ok(HostTensor {
+        dtype,
+        shape: t.shape,
+        data,
     })
 }
 
-fn parse(bytes: &[u8]) -> std::result::Result<BTreeMap<String, HostTensor>, String> {
-    if bytes.len() < 8 {
-        return Err("too short for a safetensors header (truncated?)".into());
-    }
-    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-    let header_end = 8u64
-        .checked_add(n)
-        .filter(|&e| e <= bytes.len() as u64)
-        .ok_or_else(|| format!("header length {n} runs past the end of the file (truncated?)"))?
-        as usize;
-    let header: Map<String, Json> = serde_json::from_slice(&bytes[8..header_end])
-        .map_err(|e| format!("header is not valid JSON: {e}"))?;
-    let data = &bytes[header_end..];
+/// Parses a whole safetensors file held in memory (the strict shared
+/// reader; the fuzz harness drives this entry point).
+pub fn parse(bytes: &[u8]) -> std::result::Result<BTreeMap<String, HostTensor>, String> {
+    let header = wanrt_core::safetensors::parse(bytes).map_err(|e| e.0)?;
+    let base = header.data_start() as usize;
     let mut out = BTreeMap::new();
-    for (name, info) in header {
-        if name == "__metadata__" {
-            continue;
-        }
-        let bad = |what: &str| format!("tensor '{name}': {what}");
-        let tag = info["dtype"].as_str().ok_or_else(|| bad("no dtype"))?;
-        let dtype = DType::from_safetensors_tag(tag)
-            .ok_or_else(|| bad(&format!("unsupported dtype {tag}")))?;
-        let shape: Vec<u64> = info["shape"]
-            .as_array()
-            .ok_or_else(|| bad("no shape"))?
-            .iter()
-            .map(|d| {
-                d.as_u64()
-                    .ok_or_else(|| bad("shape is not a list of sizes"))
-            })
-            .collect::<std::result::Result<_, _>>()?;
-        let offs = info["data_offsets"]
-            .as_array()
-            .ok_or_else(|| bad("no data_offsets"))?;
-        let (s, e) = match (
-            offs.first().and_then(Json::as_u64),
-            offs.get(1).and_then(Json::as_u64),
-        ) {
-            (Some(s), Some(e)) if s <= e => (s as usize, e as usize),
-            _ => return Err(bad("bad data_offsets")),
-        };
-        if e > data.len() {
-            return Err(bad("data runs past the end of the file (truncated?)"));
-        }
-        let numel: u64 = shape.iter().product();
-        if (e - s) as u64 != numel * dtype.size() as u64 {
-            return Err(bad(&format!(
-                "{} bytes for {numel} elements of {dtype}",
-                e - s
-            )));
-        }
-        out.insert(
-            name,
-            HostTensor {
-                dtype,
-                shape,
-                data: data[s..e].to_vec(),
-            },
-        );
+    for t in header.tensors {
+        // parse() checked that every range lies inside `bytes`.
+        let data = bytes[base + t.start as usize..base + t.end as usize].to_vec();
+        out.insert(t.name.clone(), host_tensor(t, data)?);
     }
     Ok(out)
 }
 
 /// Serialises tensors in the safetensors format (names sorted).
 pub fn serialize(tensors: &BTreeMap<String, HostTensor>) -> Vec<u8> {
-    let mut header = Map::new();
-    let mut offset = 0usize;
-    for (name, t) in tensors {
-        let mut info = Map::new();
-        info.insert("dtype".into(), t.dtype.safetensors_tag().into());
-        info.insert("shape".into(), t.shape.clone().into());
-        info.insert(
-            "data_offsets".into(),
-            vec![offset, offset + t.data.len()].into(),
-        );
-        offset += t.data.len();
-        header.insert(name.clone(), Json::Object(info));
-    }
-    let mut h = Json::Object(header).to_string().into_bytes();
-    // Pad the header with spaces so the data starts 8-byte aligned.
-    while !(8 + h.len()).is_multiple_of(8) {
-        h.push(b' ');
-    }
-    let mut out = Vec::with_capacity(8 + h.len() + offset);
-    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
-    out.extend_from_slice(&h);
+    let entries: Vec<_> = tensors
+        .iter()
+        .map(|(name, t)| wanrt_core::safetensors::NewTensor {
+            name,
+            dtype: t.dtype,
+            shape: &t.shape,
+        })
+        .collect();
+    let (mut out, len) = wanrt_core::safetensors::encode_header(&entries);
+    out.reserve(len as usize);
     for t in tensors.values() {
         out.extend_from_slice(&t.data);
     }
     out
 }
 
+/// Applies the output rule of [`wanrt_core::fsio::check_output`] to `path`:
+/// an existing regular file only with `overwrite`, never anything else.
+pub fn check_output(path: &Path, overwrite: bool) -> Result<()> {
+    match wanrt_core::fsio::check_output(path, overwrite) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::OutputExists {
+            file: path.to_path_buf(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Err(Error::OutputRefused {
+            file: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same
 /// directory, synced, then renamed. An existing file is refused unless
 /// `overwrite`.
 pub fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
-    if path.exists() && !overwrite {
-        return Err(Error::OutputExists {
-            file: path.to_path_buf(),
-        });
-    }
+    check_output(path, overwrite)?;
     let tmp = wanrt_core::fsio::temp_sibling(path);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        // Checked again just before the rename: the path may have changed
+        // while the file was written.
+        check_output(path, overwrite).map_err(std::io::Error::other)?;
         std::fs::rename(&tmp, path)
     })();
     if let Err(e) = result {
@@ -250,39 +246,30 @@ pub struct TimeStreamWriter {
     data_start: u64,
     shape: Vec<u64>,
     written_t: u64,
+    overwrite: bool,
     done: bool,
 }
 
 impl TimeStreamWriter {
     pub fn create(path: &Path, name: &str, shape: Vec<u64>, overwrite: bool) -> Result<Self> {
-        if path.exists() && !overwrite {
-            return Err(Error::OutputExists {
-                file: path.to_path_buf(),
-            });
-        }
+        check_output(path, overwrite)?;
         if shape.len() != 5 || shape[0] != 1 {
             return Err(Error::arg(
                 "--output",
                 format!("{name}: streaming needs [1, C, T, H, W], got {shape:?}"),
             ));
         }
-        let numel: u64 = shape.iter().product();
-        let mut header = Map::new();
-        let mut info = Map::new();
-        info.insert("dtype".into(), "F32".into());
-        info.insert("shape".into(), shape.clone().into());
-        info.insert("data_offsets".into(), vec![0, numel * 4].into());
-        header.insert(name.to_string(), Json::Object(info));
-        let mut h = Json::Object(header).to_string().into_bytes();
-        while !(8 + h.len()).is_multiple_of(8) {
-            h.push(b' ');
-        }
+        let (h, data_len) =
+            wanrt_core::safetensors::encode_header(&[wanrt_core::safetensors::NewTensor {
+                name,
+                dtype: DType::Float32,
+                shape: &shape,
+            }]);
         let tmp = wanrt_core::fsio::temp_sibling(path);
         let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(path, e))?;
-        let data_start = 8 + h.len() as u64;
-        file.write_all(&(h.len() as u64).to_le_bytes())
-            .and_then(|_| file.write_all(&h))
-            .and_then(|_| file.set_len(data_start + numel * 4))
+        let data_start = h.len() as u64;
+        file.write_all(&h)
+            .and_then(|_| file.set_len(data_start + data_len))
             .map_err(|e| Error::io(&tmp, e))?;
         Ok(TimeStreamWriter {
             path: path.to_path_buf(),
@@ -291,6 +278,7 @@ impl TimeStreamWriter {
             data_start,
             shape,
             written_t: 0,
+            overwrite,
             done: false,
         })
     }
@@ -331,6 +319,7 @@ impl TimeStreamWriter {
             ));
         }
         self.file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
+        check_output(&self.path, self.overwrite)?;
         std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
         self.done = true;
         Ok(())

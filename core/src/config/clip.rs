@@ -66,17 +66,10 @@ impl ClipVisionConfig {
                 c.hidden_act
             )));
         }
-        if c.num_channels != 3 || c.patch_size == 0 || !c.image_size.is_multiple_of(c.patch_size) {
-            return Err(bad(
-                "image_size must be a multiple of patch_size, 3 channels".into(),
-            ));
+        if c.num_channels != 3 {
+            return Err(bad(format!("num_channels {}: expected 3", c.num_channels)));
         }
-        if c.num_hidden_layers < 2 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
-            return Err(bad(
-                "need ≥ 2 layers and hidden_size divisible by heads".into()
-            ));
-        }
-        Ok(ClipVisionConfig {
+        let cfg = ClipVisionConfig {
             width: c.hidden_size,
             mlp_dim: c.intermediate_size,
             layers: c.num_hidden_layers,
@@ -84,8 +77,37 @@ impl ClipVisionConfig {
             image_size: c.image_size,
             patch_size: c.patch_size,
             eps: c.layer_norm_eps,
-            used_layers: c.num_hidden_layers - 1,
-        })
+            used_layers: c.num_hidden_layers.saturating_sub(1),
+        };
+        cfg.validate().map_err(bad)?;
+        Ok(cfg)
+    }
+
+    /// Every size is in range and consistent (the error names the field).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        use super::in_range;
+        in_range("hidden_size", self.width, 1, 65536)?;
+        in_range("intermediate_size", self.mlp_dim, 1, 1 << 18)?;
+        in_range("num_hidden_layers", self.layers, 2, 1024)?;
+        in_range("num_attention_heads", self.heads, 1, 1024)?;
+        in_range("patch_size", self.patch_size, 1, 1024)?;
+        in_range("image_size", self.image_size, 1, 4096)?;
+        if !self.width.is_multiple_of(self.heads) {
+            return Err(format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                self.width, self.heads
+            ));
+        }
+        if !self.image_size.is_multiple_of(self.patch_size) {
+            return Err(format!(
+                "image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            ));
+        }
+        if !(self.eps > 0.0 && self.eps < 1e-2) {
+            return Err(format!("layer_norm_eps {} is out of range", self.eps));
+        }
+        Ok(())
     }
 
     /// Tokens: patches plus the class token (257 for ViT-H/14 at 224).

@@ -267,7 +267,10 @@ impl DitConfig {
                 ));
             }
         };
-        let dim = c.num_attention_heads * c.attention_head_dim;
+        let dim = c
+            .num_attention_heads
+            .checked_mul(c.attention_head_dim)
+            .ok_or_else(|| bad("num_attention_heads × attention_head_dim overflows".into()))?;
         if let Some(kv) = c.added_kv_proj_dim
             && kv != dim
         {
@@ -305,6 +308,18 @@ impl DitConfig {
                 self.patch_size
             ));
         }
+        use super::in_range;
+        in_range("dim", self.dim, 1, 65536)?;
+        in_range("ffn_dim", self.ffn_dim, 1, 1 << 18)?;
+        in_range("text_dim", self.text_dim, 1, 65536)?;
+        in_range("num_layers", self.num_layers, 1, 1024)?;
+        in_range("freq_dim", self.freq_dim, 2, 65536)?;
+        in_range("out_dim", self.out_dim, 1, 1024)?;
+        in_range("text_len", self.text_len, 1, 4096)?;
+        in_range("rope_max_seq_len", self.rope_max_seq_len, 1, 1 << 20)?;
+        if let Some(d) = self.image_dim {
+            in_range("image_dim", d, 1, 65536)?;
+        }
         if self.num_heads == 0 || !self.dim.is_multiple_of(self.num_heads) {
             return Err(format!(
                 "dim {} is not divisible by num_heads {}",
@@ -331,16 +346,6 @@ impl DitConfig {
                 self.task.name(),
                 self.out_dim
             ));
-        }
-        for (name, v) in [
-            ("dim", self.dim),
-            ("ffn_dim", self.ffn_dim),
-            ("text_dim", self.text_dim),
-            ("num_layers", self.num_layers),
-        ] {
-            if v == 0 {
-                return Err(format!("{name} must be positive"));
-            }
         }
         if !(self.eps > 0.0 && self.eps < 1e-2) {
             return Err(format!("eps {} is out of range", self.eps));

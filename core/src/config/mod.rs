@@ -33,3 +33,13 @@ pub fn read_json<T: serde::de::DeserializeOwned>(file: &Path) -> Result<T> {
         reason: e.to_string(),
     })
 }
+
+/// `name` must lie in `lo..=hi` (configs of absurd size are refused before
+/// they size anything).
+pub(crate) fn in_range(name: &str, v: u32, lo: u32, hi: u32) -> std::result::Result<(), String> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{name} {v} is outside {lo}..={hi}"))
+    }
+}

@@ -79,10 +79,30 @@ impl Umt5Config {
             max_distance: c.relative_attention_max_distance,
             eps: c.layer_norm_epsilon,
         };
-        if cfg.num_buckets < 4 || !cfg.num_buckets.is_multiple_of(2) || cfg.max_distance == 0 {
-            return Err(bad("relative attention buckets must be even and ≥ 4".into()));
-        }
+        cfg.validate().map_err(bad)?;
         Ok(cfg)
+    }
+
+    /// Every size is in range (the error names the field).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        use super::in_range;
+        in_range("vocab_size", self.vocab_size, 2, 1 << 22)?;
+        in_range("d_model", self.d_model, 1, 65536)?;
+        in_range("d_kv", self.d_kv, 1, 4096)?;
+        in_range("d_ff", self.d_ff, 1, 1 << 18)?;
+        in_range("num_layers", self.num_layers, 1, 1024)?;
+        in_range("num_heads", self.num_heads, 1, 1024)?;
+        if self.num_buckets < 4 || !self.num_buckets.is_multiple_of(2) || self.num_buckets > 4096 {
+            return Err(format!(
+                "relative_attention_num_buckets {} must be even and in 4..=4096",
+                self.num_buckets
+            ));
+        }
+        in_range("relative_attention_max_distance", self.max_distance, 1, 1 << 20)?;
+        if !(self.eps > 0.0 && self.eps < 1e-2) {
+            return Err(format!("layer_norm_epsilon {} is out of range", self.eps));
+        }
+        Ok(())
     }
 
     /// Inner width of the attention (`heads × d_kv`).

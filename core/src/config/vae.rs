@@ -84,16 +84,7 @@ impl VaeConfig {
                 "dim_mult needs one entry more than temperal_downsample".into(),
             ));
         }
-        let z = c.z_dim as usize;
-        if c.latents_mean.len() != z || c.latents_std.len() != z {
-            return Err(bad(format!(
-                "latents_mean/latents_std must have z_dim = {z} entries"
-            )));
-        }
-        if c.latents_std.iter().any(|s| s.is_nan() || *s <= 0.0) {
-            return Err(bad("latents_std must be positive".into()));
-        }
-        Ok(VaeConfig {
+        let cfg = VaeConfig {
             base_dim: c.base_dim,
             z_dim: c.z_dim,
             dim_mult: c.dim_mult.clone(),
@@ -101,7 +92,42 @@ impl VaeConfig {
             temperal_downsample: c.temperal_downsample.clone(),
             latents_mean: c.latents_mean.clone(),
             latents_std: c.latents_std.clone(),
-        })
+        };
+        cfg.validate().map_err(bad)?;
+        Ok(cfg)
+    }
+
+    /// Every value that sizes a graph, a buffer or a loop is in range: the
+    /// compiler checks it on `config.json`, the runtime again on the
+    /// manifest (the latent statistics index the latent channels).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        super::in_range("base_dim", self.base_dim, 1, 4096)?;
+        super::in_range("z_dim", self.z_dim, 1, 1024)?;
+        super::in_range("num_res_blocks", self.num_res_blocks, 1, 64)?;
+        if self.dim_mult.is_empty() || self.dim_mult.len() > 8 {
+            return Err(format!("dim_mult has {} entries (1..=8)", self.dim_mult.len()));
+        }
+        for &m in &self.dim_mult {
+            super::in_range("dim_mult entry", m, 1, 64)?;
+        }
+        if self.dim_mult.len() != self.temperal_downsample.len() + 1 {
+            return Err("dim_mult needs one entry more than temperal_downsample".into());
+        }
+        let z = self.z_dim as usize;
+        if self.latents_mean.len() != z || self.latents_std.len() != z {
+            return Err(format!(
+                "latents_mean/latents_std have {}/{} entries, z_dim is {z}",
+                self.latents_mean.len(),
+                self.latents_std.len()
+            ));
+        }
+        if let Some(m) = self.latents_mean.iter().find(|m| !m.is_finite()) {
+            return Err(format!("latents_mean holds {m}"));
+        }
+        if let Some(s) = self.latents_std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(format!("latents_std holds {s}; it must be finite and positive"));
+        }
+        Ok(())
     }
 
     /// Temporal compression: 2 per downsampling stage.

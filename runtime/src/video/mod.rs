@@ -207,14 +207,30 @@ pub fn output_kind(path: &Path) -> Result<OutputKind> {
     if text.is_empty() {
         return Err(Error::arg(OUTPUT_FLAG, "empty path"));
     }
-    if text.ends_with('/') || text.ends_with(std::path::MAIN_SEPARATOR) || path.is_dir() {
+    if text.ends_with('/') || text.ends_with(std::path::MAIN_SEPARATOR) {
         return Ok(OutputKind::PngFrames(path.to_path_buf()));
     }
     let is_mp4 = path
         .extension()
         .is_some_and(|e| e.to_string_lossy().eq_ignore_ascii_case("mp4"));
     if is_mp4 {
+        // A directory (or device, FIFO, link) named like a video is never
+        // written into or replaced.
+        if let Ok(m) = std::fs::symlink_metadata(path)
+            && !m.is_file()
+        {
+            return Err(Error::OutputRefused {
+                file: path.to_path_buf(),
+                reason: format!(
+                    "is {}, not an MP4 file (for PNG frames end the path with '/')",
+                    wanrt_core::fsio::describe_type(&m.file_type())
+                ),
+            });
+        }
         return Ok(OutputKind::Mp4(path.to_path_buf()));
+    }
+    if path.is_dir() {
+        return Ok(OutputKind::PngFrames(path.to_path_buf()));
     }
     Err(Error::arg(
         OUTPUT_FLAG,
@@ -330,6 +346,9 @@ impl Drop for TempFile {
 /// check-then-rename fallback where it does not.
 fn publish(tmp: &Path, target: &Path, overwrite: bool) -> Result<()> {
     if overwrite {
+        // Only a regular file is ever replaced (never a device, FIFO,
+        // directory or symbolic link), checked right before the rename.
+        crate::tensorfile::check_output(target, true)?;
         return std::fs::rename(tmp, target).map_err(|e| Error::io(target, e));
     }
     match std::fs::hard_link(tmp, target) {

@@ -161,10 +161,8 @@ fn write_into_existing(
         .map(|i| dir.join(frame_file_name(i)))
         .collect();
     // Refuse before the expensive part; `publish` re-checks at the end.
-    if !overwrite && let Some(existing) = targets.iter().find(|p| p.exists()) {
-        return Err(Error::OutputExists {
-            file: existing.clone(),
-        });
+    for t in &targets {
+        crate::tensorfile::check_output(t, overwrite)?;
     }
     let mut temps = Vec::with_capacity(targets.len());
     for (index, target) in targets.iter().enumerate() {

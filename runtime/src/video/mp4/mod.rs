@@ -92,11 +92,7 @@ pub fn write_mp4(
 ) -> Result<()> {
     validate(frames, options)?;
     // Refuse before the expensive part; `persist` re-checks atomically.
-    if !overwrite && path.exists() {
-        return Err(Error::OutputExists {
-            file: path.to_path_buf(),
-        });
-    }
+    crate::tensorfile::check_output(path, overwrite)?;
     // Creating the temporary first surfaces an unwritable destination
     // before minutes of encoding, not after.
     let mut tmp = TempFile::create(path)?;
