@@ -35,11 +35,15 @@ impl Artifacts {
             return Err(fail("not a directory (--engines)".into()));
         }
         let manifest = Manifest::read(dir)?;
+        let root = dir
+            .canonicalize()
+            .map_err(|e| fail(format!("cannot resolve it: {e}")))?;
         for (kind, net) in &manifest.networks {
             let graphs = std::iter::once((&net.file, &net.graph_digest))
                 .chain(net.chunks.iter().map(|c| (&c.file, &c.graph_digest)));
             for (file, want) in graphs {
-                let graph = dir.join(file);
+                let graph = resolve_inside(dir, &root, file)
+                    .map_err(|e| fail(format!("network {kind}: {e}")))?;
                 let digest = wanrt_core::fsio::sha256_file(&graph)
                     .map_err(|e| fail(format!("network {kind}: {}: {e}", graph.display())))?;
                 if &digest != want {
@@ -49,7 +53,8 @@ impl Artifacts {
                 }
             }
             if let Some(data) = &net.external_data {
-                let p = dir.join(data);
+                let p = resolve_inside(dir, &root, data)
+                    .map_err(|e| fail(format!("network {kind}: {e}")))?;
                 let len = std::fs::metadata(&p)
                     .map_err(|e| fail(format!("network {kind}: {}: {e}", p.display())))?
                     .len();
@@ -64,6 +69,17 @@ impl Artifacts {
         Ok(Artifacts {
             dir: dir.to_path_buf(),
             manifest,
+        })
+    }
+
+    /// The path of `file` (relative, from the manifest) after checking that
+    /// it resolves to a regular file inside the artifact directory (a
+    /// symbolic link to elsewhere is refused).
+    pub fn file(&self, file: &str) -> Result<PathBuf> {
+        let root = self.dir.canonicalize().map_err(|e| Error::io(&self.dir, e))?;
+        resolve_inside(&self.dir, &root, file).map_err(|reason| Error::Artifacts {
+            dir: self.dir.clone(),
+            reason,
         })
     }
 
@@ -107,6 +123,23 @@ impl Artifacts {
         };
         Ok(Network { kind, entry, inner })
     }
+}
+
+/// `dir/file`, required to be a regular file whose canonical path lies
+/// under `root` (the canonical `dir`).
+fn resolve_inside(dir: &Path, root: &Path, file: &str) -> std::result::Result<PathBuf, String> {
+    let p = dir.join(file);
+    let real = p
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", p.display()))?;
+    if !real.starts_with(root) {
+        return Err(format!(
+            "{file} resolves to {}, outside the artifact directory (symbolic link?)",
+            real.display()
+        ));
+    }
+    wanrt_core::fsio::require_regular(&real).map_err(|e| format!("{file} {e}"))?;
+    Ok(p)
 }
 
 /// A loaded network.

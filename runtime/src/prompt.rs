@@ -259,7 +259,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 pub struct TextEncoderFiles {
     /// Tokenizer file, relative to the artifact directory.
     pub tokenizer: String,
-    pub tokenizer_sha256: Option<String>,
+    /// Required: a version-1 manifest without it is refused, so the check
+    /// cannot be switched off by deleting the field.
+    pub tokenizer_sha256: String,
     /// The raw negative prompt the cache holds (none: no cache).
     pub negative_prompt: Option<String>,
     /// The cache file, relative to the artifact directory.
@@ -276,6 +278,14 @@ impl TextEncoderFiles {
                 dir: artifacts.dir.clone(),
                 reason: format!("text_encoder config in manifest.json: {e}"),
             })?;
+        if files.negative_prompt_embeds.is_some() != files.negative_prompt_embeds_sha256.is_some()
+            || files.negative_prompt_embeds.is_some() != files.negative_prompt.is_some()
+        {
+            return Err(Error::Artifacts {
+                dir: artifacts.dir.clone(),
+                reason: "text_encoder config in manifest.json: negative_prompt, negative_prompt_embeds and its sha256 must be present together".into(),
+            });
+        }
         for f in std::iter::once(&files.tokenizer).chain(&files.negative_prompt_embeds) {
             let p = Path::new(f);
             if p.is_absolute() || p.components().count() != 1 {
@@ -290,8 +300,7 @@ impl TextEncoderFiles {
 }
 
 /// Checks `file` against the digest the manifest records for it.
-fn check_digest(artifacts: &Artifacts, file: &Path, want: Option<&str>) -> Result<()> {
-    let Some(want) = want else { return Ok(()) };
+fn check_digest(artifacts: &Artifacts, file: &Path, want: &str) -> Result<()> {
     let got = sha256_file(file)?;
     if got != want {
         return Err(Error::Artifacts {
@@ -347,16 +356,16 @@ impl PromptEncoder {
             }
         };
         let files = TextEncoderFiles::of(artifacts)?;
-        let tok_path = artifacts.dir.join(&files.tokenizer);
-        check_digest(artifacts, &tok_path, files.tokenizer_sha256.as_deref())?;
+        let tok_path = artifacts.file(&files.tokenizer)?;
+        check_digest(artifacts, &tok_path, &files.tokenizer_sha256)?;
         let tokenizer = PromptTokenizer::from_file(&tok_path)?;
         let negative = match (&files.negative_prompt, &files.negative_prompt_embeds) {
             (Some(text), Some(file)) => {
-                let p = artifacts.dir.join(file);
+                let p = artifacts.file(file)?;
                 check_digest(
                     artifacts,
                     &p,
-                    files.negative_prompt_embeds_sha256.as_deref(),
+                    files.negative_prompt_embeds_sha256.as_deref().unwrap_or_default(),
                 )?;
                 Some((text.clone(), p))
             }

@@ -130,8 +130,10 @@ fn run() -> Result<()> {
     let interrupt = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupt.clone();
+        // SIGINT, SIGTERM and SIGHUP (ctrlc's `termination` feature): the
+        // compile stops at the next check and removes its staging directory.
         ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
-            .context("installing the Ctrl-C handler")?;
+            .context("installing the Ctrl-C/SIGTERM/SIGHUP handler")?;
     }
     let opts = CompileOptions::new(model, args.out.clone(), profile(&args, default_profile)?)
         .with_precision(args.precision)

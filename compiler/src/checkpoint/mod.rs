@@ -84,7 +84,8 @@ fn class_name(config: &Path) -> Result<Option<String>> {
     if !config.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(config).map_err(|e| Error::io(config, e))?;
+    let text = wanrt_core::fsio::read_capped_string(config, wanrt_core::config::MAX_CONFIG_BYTES)
+        .map_err(|e| Error::io(config, e))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
         file: config.to_path_buf(),
         reason: format!("not valid JSON: {e}"),
@@ -92,6 +93,80 @@ fn class_name(config: &Path) -> Result<Option<String>> {
     Ok(v.get("_class_name")
         .and_then(|c| c.as_str())
         .map(str::to_string))
+}
+
+/// What `model_index.json` must say for each component of a Wan2.1
+/// diffusers pipeline: `[library, class]` (classes as diffusers and
+/// transformers save them; the tokenizer in either its fast or slow form).
+const COMPONENTS: &[(&str, &[&str])] = &[
+    ("transformer", &["WanTransformer3DModel"]),
+    ("text_encoder", &["UMT5EncoderModel"]),
+    ("tokenizer", &["T5TokenizerFast", "T5Tokenizer", "AutoTokenizer"]),
+    ("vae", &["AutoencoderKLWan"]),
+];
+const I2V_COMPONENTS: &[(&str, &[&str])] = &[
+    (
+        "image_encoder",
+        &["CLIPVisionModelWithProjection", "CLIPVisionModel"],
+    ),
+    ("image_processor", &["CLIPImageProcessor"]),
+];
+
+/// Parses and checks `<root>/model_index.json` (diffusers layout): a Wan
+/// pipeline class, and every component the pipeline needs listed with its
+/// expected class and present as a directory. Garbage is an error naming
+/// the file and the component.
+pub fn check_model_index(root: &Path) -> Result<()> {
+    let file = root.join("model_index.json");
+    let text = wanrt_core::fsio::read_capped_string(&file, wanrt_core::config::MAX_CONFIG_BYTES)
+        .map_err(|e| Error::io(&file, e))?;
+    check_model_index_text(&text, |c| root.join(c).is_dir()).map_err(|reason| Error::Config {
+        file: file.clone(),
+        reason,
+    })
+}
+
+/// [`check_model_index`] on the text; `has_dir(component)` says whether its
+/// directory exists.
+pub fn check_model_index_text(
+    text: &str,
+    has_dir: impl Fn(&str) -> bool,
+) -> std::result::Result<(), String> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let class = v.get("_class_name").and_then(|c| c.as_str());
+    let i2v = match class {
+        Some("WanPipeline") => false,
+        Some("WanImageToVideoPipeline") => true,
+        other => {
+            return Err(format!(
+                "_class_name {other:?}: expected \"WanPipeline\" or \"WanImageToVideoPipeline\""
+            ));
+        }
+    };
+    let needed = COMPONENTS
+        .iter()
+        .chain(if i2v { I2V_COMPONENTS } else { &[] });
+    for (name, classes) in needed {
+        let entry = v.get(*name).and_then(|e| e.as_array());
+        let cls = match entry.map(Vec::as_slice) {
+            Some([lib, cls]) if lib.is_string() => cls.as_str(),
+            _ => None,
+        };
+        match cls {
+            Some(c) if classes.contains(&c) => {}
+            _ => {
+                return Err(format!(
+                    "component '{name}' is {}, expected [library, one of {classes:?}]",
+                    v.get(*name).map_or("missing".to_string(), |e| e.to_string())
+                ));
+            }
+        }
+        if !has_dir(name) {
+            return Err(format!("lists '{name}' but the model has no {name}/ directory"));
+        }
+    }
+    Ok(())
 }
 
 impl ModelDir {
@@ -109,6 +184,7 @@ impl ModelDir {
             dit_dir,
         };
         if root.join("model_index.json").is_file() {
+            check_model_index(root)?;
             let t = root.join("transformer");
             return match class_name(&t.join("config.json"))?.as_deref() {
                 Some("WanTransformer3DModel") => Ok(found(Layout::Diffusers, t)),
@@ -137,7 +213,9 @@ impl ModelDir {
     /// The DiT config, normalised.
     pub fn dit_config(&self) -> Result<DitConfig> {
         let file = self.dit_dir.join("config.json");
-        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+        let text =
+            wanrt_core::fsio::read_capped_string(&file, wanrt_core::config::MAX_CONFIG_BYTES)
+                .map_err(|e| Error::io(&file, e))?;
         let bad = |e: serde_json::Error| Error::Config {
             file: file.clone(),
             reason: e.to_string(),
@@ -300,12 +378,13 @@ pub enum Stored {
 }
 
 impl Stored {
-    fn get(&self, name: &str) -> Option<SourceTensor<'_>> {
-        match self {
+    fn get(&self, name: &str) -> wanrt_graphs::Result<Option<SourceTensor<'_>>> {
+        Ok(match self {
             Stored::Safetensors(s) => s.tensor(name),
-            Stored::Pth(p) => p.get(name),
-        }
+            Stored::Pth(p) => p.tensor(name)?,
+        })
     }
+
     fn names(&self) -> Vec<&str> {
         match self {
             Stored::Safetensors(s) => s.names().collect(),
@@ -501,7 +580,7 @@ impl WeightSource for Checkpoint {
         };
         let mut got = Vec::with_capacity(parts.len());
         for (stored, _) in &parts {
-            match self.stored.get(stored) {
+            match self.stored.get(stored)? {
                 Some(t) => got.push(t),
                 None => return Ok(None),
             }

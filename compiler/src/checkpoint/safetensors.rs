@@ -1,22 +1,27 @@
 //! Memory-mapped safetensors files, single or sharded with an index.
+//!
+//! Every file is validated by the strict shared reader
+//! [`wanrt_core::safetensors`] (the same one the runtime uses): header cap,
+//! overflow-checked sizes, tensors tiling the data section exactly.
 
-use std::collections::HashMap;
-use std::fs::File;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use safetensors::SafeTensors;
-use safetensors::tensor::{Dtype, Metadata};
 use wanrt_core::DType;
+use wanrt_core::safetensors::{Header, TensorEntry};
 use wanrt_graphs::SourceTensor;
 
 use crate::error::{Error, Result};
 
+/// Largest `*.safetensors.index.json` read (a real one is ~100 KiB).
+pub const MAX_INDEX_BYTES: u64 = 64 << 20;
+
 struct Shard {
     path: PathBuf,
     mmap: Mmap,
-    data_start: usize,
-    meta: Metadata,
+    header: Header,
+    by_name: HashMap<String, usize>,
 }
 
 /// One or more safetensors files seen as one name space.
@@ -26,61 +31,68 @@ pub struct SafetensorsSet {
     dir: PathBuf,
 }
 
-fn dtype_of(d: Dtype) -> Option<DType> {
-    Some(match d {
-        Dtype::F32 => DType::Float32,
-        Dtype::F16 => DType::Float16,
-        Dtype::BF16 => DType::Bfloat16,
-        Dtype::I64 => DType::Int64,
-        Dtype::I32 => DType::Int32,
-        Dtype::U8 => DType::Uint8,
-        Dtype::BOOL => DType::Bool,
-        _ => return None,
-    })
+/// Validates a whole safetensors file held in memory exactly as
+/// [`SafetensorsSet`] validates a mapped one (the fuzz harness and the
+/// shared corpus test drive this).
+pub fn validate_bytes(bytes: &[u8]) -> std::result::Result<Header, String> {
+    wanrt_core::safetensors::parse(bytes).map_err(|e| e.0)
 }
 
 impl Shard {
     fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = wanrt_core::fsio::open_regular(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only; a checkpoint modified while we export
         // is outside what any loader can guard against.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let corrupt = |reason: String| Error::Checkpoint {
+        let header = validate_bytes(&mmap).map_err(|reason| Error::Checkpoint {
             file: path.to_path_buf(),
-            reason,
-        };
-        let (header_len, meta) = SafeTensors::read_metadata(&mmap[..]).map_err(|e| {
-            corrupt(format!(
-                "not a valid safetensors file (corrupt or truncated): {e}"
-            ))
+            reason: format!("not a valid safetensors file (corrupt or truncated): {reason}"),
         })?;
-        let data_start = 8 + header_len;
-        // read_metadata checks the header; check that every tensor's bytes are
-        // really in the file, so a truncated download fails here, by name.
-        let available = mmap.len().saturating_sub(data_start);
-        for (name, info) in meta.tensors() {
-            let (s, e) = info.data_offsets;
-            if e > available {
-                return Err(corrupt(format!(
-                    "tensor '{name}' ends at byte {} but the file has {} (truncated?)",
-                    data_start + e,
-                    mmap.len()
-                )));
-            }
-            let numel: usize = info.shape.iter().product();
-            if dtype_of(info.dtype).is_some_and(|d| numel * d.size() != e - s) {
-                return Err(corrupt(format!(
-                    "tensor '{name}': size does not match its shape"
-                )));
-            }
-        }
+        let by_name = header
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
         Ok(Shard {
             path: path.to_path_buf(),
             mmap,
-            data_start,
-            meta,
+            header,
+            by_name,
         })
     }
+
+    fn info(&self, name: &str) -> Option<&TensorEntry> {
+        self.by_name.get(name).map(|&i| &self.header.tensors[i])
+    }
+
+    /// Byte range of `t` in the map (validated to lie inside it).
+    fn range(&self, t: &TensorEntry) -> (usize, usize) {
+        let base = self.header.data_start() as usize;
+        (base + t.start as usize, base + t.end as usize)
+    }
+}
+
+/// The shard file names of an index's `weight_map`, deduplicated in linear
+/// time and sorted; a name with a path separator or `..` is refused.
+pub fn shard_names(index_json: &str) -> std::result::Result<Vec<String>, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(index_json).map_err(|e| format!("not valid JSON: {e}"))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or("no weight_map object")?;
+    let mut seen = HashSet::new();
+    for f in map.values() {
+        let f = f.as_str().ok_or("weight_map values must be file names")?;
+        if f.is_empty() || f.contains('/') || f.contains('\\') || f == "." || f.contains("..") {
+            return Err(format!("shard name '{f}' leaves the directory"));
+        }
+        seen.insert(f);
+    }
+    let mut files: Vec<String> = seen.into_iter().map(str::to_string).collect();
+    files.sort();
+    Ok(files)
 }
 
 impl SafetensorsSet {
@@ -90,39 +102,16 @@ impl SafetensorsSet {
         let index_path = dir.join(format!("{stem}.safetensors.index.json"));
         let single = dir.join(format!("{stem}.safetensors"));
         let files: Vec<PathBuf> = if index_path.is_file() {
-            let text =
-                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+            let text = wanrt_core::fsio::read_capped_string(&index_path, MAX_INDEX_BYTES)
+                .map_err(|e| Error::io(&index_path, e))?;
+            shard_names(&text)
+                .map_err(|reason| Error::Checkpoint {
                     file: index_path.clone(),
-                    reason: format!("not valid JSON: {e}"),
-                })?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| Error::Checkpoint {
-                    file: index_path.clone(),
-                    reason: "no weight_map".into(),
-                })?;
-            let mut files: Vec<PathBuf> = Vec::new();
-            for f in map.values() {
-                let f = f.as_str().ok_or_else(|| Error::Checkpoint {
-                    file: index_path.clone(),
-                    reason: "weight_map values must be file names".into(),
-                })?;
-                if f.contains('/') || f.contains("..") {
-                    return Err(Error::Checkpoint {
-                        file: index_path.clone(),
-                        reason: format!("shard name '{f}' leaves the directory"),
-                    });
-                }
-                let p = dir.join(f);
-                if !files.contains(&p) {
-                    files.push(p);
-                }
-            }
-            files.sort();
-            files
+                    reason,
+                })?
+                .into_iter()
+                .map(|f| dir.join(f))
+                .collect()
         } else if single.is_file() {
             vec![single]
         } else {
@@ -141,7 +130,7 @@ impl SafetensorsSet {
                 });
             }
             let shard = Shard::open(f)?;
-            for name in shard.meta.tensors().keys() {
+            for name in shard.by_name.keys() {
                 if index.insert(name.clone(), shards.len()).is_some() {
                     return Err(Error::Checkpoint {
                         file: f.clone(),
@@ -197,7 +186,7 @@ impl SafetensorsSet {
     pub fn total_bytes(&self) -> u64 {
         self.shards
             .iter()
-            .map(|s| (s.mmap.len() - s.data_start) as u64)
+            .map(|s| s.header.data_len())
             .sum()
     }
 
@@ -207,24 +196,23 @@ impl SafetensorsSet {
             return;
         };
         let shard = &self.shards[i];
-        if let Some(info) = shard.meta.info(name) {
-            let (s, e) = info.data_offsets;
-            super::release_pages(&shard.mmap, shard.data_start + s, e - s);
+        if let Some(info) = shard.info(name) {
+            let (s, e) = shard.range(info);
+            super::release_pages(&shard.mmap, s, e - s);
         }
     }
 
     /// The tensor, borrowed from the map.
     pub fn tensor(&self, name: &str) -> Option<SourceTensor<'_>> {
         let shard = &self.shards[*self.index.get(name)?];
-        let info = shard.meta.info(name)?;
-        let (s, e) = info.data_offsets;
-        let data = &shard.mmap[shard.data_start + s..shard.data_start + e];
+        let info = shard.info(name)?;
+        let (s, e) = shard.range(info);
         Some(SourceTensor {
-            // Unknown dtypes surface as Uint8 and are refused by the accessor
-            // with the tensor's name.
-            dtype: dtype_of(info.dtype).unwrap_or(DType::Uint8),
-            shape: info.shape.clone(),
-            data: std::borrow::Cow::Borrowed(data),
+            // Dtypes wanrt has no type for surface as Uint8 and are refused
+            // by the accessor with the tensor's name.
+            dtype: info.dtype.unwrap_or(DType::Uint8),
+            shape: info.shape.iter().map(|&d| d as usize).collect(),
+            data: std::borrow::Cow::Borrowed(&shard.mmap[s..e]),
         })
     }
 }

@@ -158,9 +158,20 @@ pub(super) fn export_text_encoder(
     check_unused(&ck, NetworkKind::TextEncoder)?;
 
     let tok_dst = staging.join(TOKENIZER_FILE);
-    std::fs::copy(&tokenizer_src, &tok_dst).map_err(|e| Error::io(&tok_dst, e))?;
+    // Bounded read of a regular file, validated as the runtime will.
+    let bytes = wanrt_core::fsio::read_capped(
+        &tokenizer_src,
+        wanrt_runtime::text::MAX_TOKENIZER_BYTES,
+    )
+    .map_err(|e| Error::io(&tokenizer_src, e))?;
+    wanrt_runtime::text::validate_tokenizer_json(&bytes).map_err(|reason| {
+        Error::Config {
+            file: tokenizer_src.clone(),
+            reason: format!("not a UMT5 tokenizer.json: {reason}"),
+        }
+    })?;
+    std::fs::write(&tok_dst, &bytes).map_err(|e| Error::io(&tok_dst, e))?;
     entry.config["tokenizer"] = TOKENIZER_FILE.into();
-    let bytes = std::fs::read(&tok_dst).map_err(|e| Error::io(&tok_dst, e))?;
     entry.config["tokenizer_sha256"] = file_digest(&bytes).into();
 
     let negative = wanrt_runtime::text::default_negative_prompt(task);

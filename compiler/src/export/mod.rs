@@ -174,18 +174,86 @@ pub const SUPPORTED: &[NetworkKind] = &[
     NetworkKind::VaeDecoder,
 ];
 
-/// Removes the staging directory unless disarmed.
+/// Removes the staging directory when dropped (after success it is empty;
+/// after an error or interrupt it holds the partial output), and the
+/// `--out` directory itself when this compile created it and failed.
 struct Staging {
     dir: PathBuf,
-    armed: bool,
+    created_out: Option<PathBuf>,
 }
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if self.armed {
-            let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(out) = &self.created_out {
+            // remove_dir only removes an empty directory.
+            let _ = std::fs::remove_dir(out);
         }
     }
+}
+
+/// Prefix of the staging directories inside `--out`; the process id
+/// follows, so a leftover of a killed compile can be told from a live one.
+pub const STAGING_PREFIX: &str = ".wanrt-staging-";
+
+/// Removes `.wanrt-staging-<pid>` directories of processes that no longer
+/// run (a compile killed by SIGKILL or a power cut); returns how many.
+pub fn clean_stale_staging(out: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(STAGING_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && e.file_type().is_ok_and(|t| t.is_dir()) && std::fs::remove_dir_all(e.path()).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// The files an artifact directory's manifest says are wanrt's (the only
+/// ones `--overwrite` may replace). Read leniently: a manifest of another
+/// version still names its files.
+fn files_of_manifest(out: &Path) -> std::collections::HashSet<String> {
+    let mut ours = std::collections::HashSet::new();
+    let Ok(text) = wanrt_core::fsio::read_capped_string(
+        &Manifest::path(out),
+        wanrt_core::manifest::MAX_MANIFEST_BYTES,
+    ) else {
+        return ours;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return ours;
+    };
+    ours.insert(wanrt_core::manifest::MANIFEST_FILE.to_string());
+    let plain = |s: &str| !s.is_empty() && !s.contains('/') && s != "..";
+    if let Some(nets) = v.get("networks").and_then(|n| n.as_object()) {
+        for net in nets.values() {
+            let chunks = net.get("chunks").and_then(|c| c.as_array());
+            let names = ["file", "external_data"]
+                .iter()
+                .filter_map(|k| net.get(*k))
+                .chain(chunks.into_iter().flatten().filter_map(|c| c.get("file")))
+                .chain(
+                    ["tokenizer", "negative_prompt_embeds"]
+                        .iter()
+                        .filter_map(|k| net.get("config").and_then(|c| c.get(*k))),
+                );
+            for n in names.filter_map(|n| n.as_str()).filter(|n| plain(n)) {
+                ours.insert(n.to_string());
+            }
+        }
+    }
+    ours
 }
 
 fn file_digest(bytes: &[u8]) -> String {
@@ -200,24 +268,64 @@ fn tools() -> Tools {
     }
 }
 
-/// Prepares `out`: creatable, writable, and not holding artifacts unless
-/// `overwrite`.
+/// Prepares `out`: a directory we may write into, holding no artifacts
+/// (unless `overwrite`) and nothing else of the user's (an existing
+/// non-empty directory without a wanrt manifest is refused without
+/// `overwrite`; with it, [`compile`] still never replaces a file that is
+/// not one of ours). Stale staging directories of dead compiles are removed.
 fn prepare_out(out: &Path, overwrite: bool) -> Result<Staging> {
     let fail = |reason: String| Error::Output {
         dir: out.to_path_buf(),
         reason,
     };
-    std::fs::create_dir_all(out).map_err(|e| fail(format!("cannot create it: {e} (--out)")))?;
-    if Manifest::path(out).exists() && !overwrite {
+    let created_out = match std::fs::metadata(out) {
+        Ok(m) if m.is_dir() => None,
+        Ok(m) => {
+            return Err(fail(format!(
+                "is {}, not a directory (--out)",
+                wanrt_core::fsio::describe_type(&m.file_type())
+            )));
+        }
+        Err(_) => {
+            std::fs::create_dir_all(out)
+                .map_err(|e| fail(format!("cannot create it: {e} (--out)")))?;
+            Some(out.to_path_buf())
+        }
+    };
+    let cleaned = clean_stale_staging(out);
+    if cleaned > 0 {
+        eprintln!(
+            "wan-compile: removed {cleaned} staging director{} left by an interrupted compile",
+            if cleaned == 1 { "y" } else { "ies" }
+        );
+    }
+    let has_manifest = Manifest::path(out).exists();
+    if has_manifest && !overwrite {
         return Err(fail(
             "it already holds compiled artifacts (manifest.json); pass --overwrite to replace them"
                 .into(),
         ));
     }
-    let dir = out.join(format!(".wanrt-staging-{}", std::process::id()));
+    if !has_manifest && !overwrite {
+        let user_file = std::fs::read_dir(out)
+            .map_err(|e| fail(format!("cannot list it: {e} (--out)")))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| !n.starts_with(STAGING_PREFIX));
+        if let Some(f) = user_file {
+            return Err(fail(format!(
+                "it is not empty (it holds '{f}') and has no wanrt manifest; choose an empty or new directory, \
+                 or pass --overwrite (files that are not wanrt's are never replaced)"
+            )));
+        }
+    }
+    let dir = out.join(format!("{STAGING_PREFIX}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir(&dir).map_err(|e| fail(format!("not writable: {e} (--out)")))?;
-    Ok(Staging { dir, armed: true })
+    Ok(Staging {
+        dir,
+        created_out,
+    })
 }
 
 fn progress_bar(show: bool, what: &str) -> indicatif::ProgressBar {
@@ -572,6 +680,27 @@ pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> 
     files.retain(|f| f != wanrt_core::manifest::MANIFEST_FILE);
     files.sort();
     files.push(wanrt_core::manifest::MANIFEST_FILE.to_string());
+    // Only our own regular files are ever replaced: anything at a target
+    // name that the old manifest does not list (or that is not a regular
+    // file) stops the compile before a single file is moved.
+    let ours = files_of_manifest(&opts.out);
+    for f in &files {
+        let to = opts.out.join(f);
+        match std::fs::symlink_metadata(&to) {
+            Err(_) => {}
+            Ok(m) if m.is_file() && ours.contains(f) && opts.overwrite => {}
+            Ok(m) => {
+                return Err(Error::Output {
+                    dir: opts.out.clone(),
+                    reason: format!(
+                        "'{f}' exists and is {} that is not one of this directory's wanrt artifacts; \
+                         it is never replaced (move it away or choose another --out)",
+                        wanrt_core::fsio::describe_type(&m.file_type())
+                    ),
+                });
+            }
+        }
+    }
     if opts.overwrite {
         let _ = std::fs::remove_file(Manifest::path(&opts.out));
     }
@@ -579,7 +708,8 @@ pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> 
         let (from, to) = (staging.dir.join(f), opts.out.join(f));
         std::fs::rename(&from, &to).map_err(|e| Error::io(&to, e))?;
     }
-    staging.armed = true;
+    // Everything moved: remove the (now empty) staging directory, keep --out.
+    staging.created_out = None;
     drop(staging);
     Ok((manifest, reports))
 }

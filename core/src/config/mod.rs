@@ -23,8 +23,12 @@ use std::path::Path;
 use crate::error::{Error, Result};
 
 /// Reads and parses a JSON config file, naming the file on failure.
+/// Largest config file read (`config.json`, `model_index.json`, ...; real
+/// ones are a few KiB).
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
 pub fn read_json<T: serde::de::DeserializeOwned>(file: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(file).map_err(|source| Error::Io {
+    let text = crate::fsio::read_capped_string(file, MAX_CONFIG_BYTES).map_err(|source| Error::Io {
         file: file.to_path_buf(),
         source,
     })?;

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use wanrt_core::NetworkKind;
 use wanrt_runtime::backend::{BackendChoice, Resolved, check_precisions};
+use wanrt_runtime::video::OutputKind;
 use wanrt_runtime::{Artifacts, Backend, tensorfile};
 
 #[derive(Parser, Debug)]
@@ -180,6 +181,8 @@ fn compare(
     atol: f32,
     rtol: f32,
 ) -> Result<()> {
+    let atol = tolerance("--atol", atol)?;
+    let rtol = tolerance("--rtol", rtol)?;
     let a = tensorfile::read(input)?;
     let b = tensorfile::read(reference)?;
     let names: Vec<String> = if names.is_empty() {
@@ -246,6 +249,30 @@ fn choose_backend(
     Ok(r)
 }
 
+/// Largest `--latents-in` file read (1 GiB; a 720p 81-frame latent is
+/// 29 MiB).
+const MAX_LATENTS_BYTES: u64 = 1 << 30;
+
+/// Whether two paths name the same file, existing or not (compared through
+/// their canonical parent directories).
+fn same_path(a: &std::path::Path, b: &std::path::Path) -> bool {
+    let resolve = |p: &std::path::Path| {
+        let parent = wanrt_core::fsio::parent_dir(p);
+        let parent = parent.canonicalize().unwrap_or(parent);
+        parent.join(p.file_name().unwrap_or_default())
+    };
+    resolve(a) == resolve(b)
+}
+
+/// A tolerance flag must be a finite number ≥ 0 (NaN would pass anything).
+fn tolerance(flag: &str, v: f32) -> Result<f32> {
+    anyhow::ensure!(
+        v.is_finite() && v >= 0.0,
+        "{flag} {v}: expected a finite number >= 0"
+    );
+    Ok(v)
+}
+
 fn sidecar_path(output: &std::path::Path) -> PathBuf {
     let s = output.as_os_str().to_string_lossy();
     PathBuf::from(format!("{}.json", s.trim_end_matches('/')))
@@ -259,27 +286,44 @@ fn generate(g: GenerateArgs) -> Result<()> {
     let engines = g.engines.context("--engines is required")?;
     let prompt = g.prompt.context("--prompt is required")?;
     let solver: wanrt_runtime::schedule::Solver = g.solver.parse()?;
-    // Check the outputs before minutes of work.
-    wanrt_runtime::video::output_kind(&g.output)?;
+    // Check the outputs before minutes of work: only regular files are
+    // replaced (with --overwrite), and no two outputs share a path.
+    let kind = wanrt_runtime::video::output_kind(&g.output)?;
     let sidecar = sidecar_path(&g.output);
-    for p in [Some(&g.output), Some(&sidecar), g.save_latents.as_ref()]
-        .into_iter()
-        .flatten()
-    {
-        if p.exists()
-            && !g.overwrite
-            && !(p.is_dir()
-                && std::fs::read_dir(p)
-                    .map(|mut d| d.next().is_none())
-                    .unwrap_or(false))
-        {
-            anyhow::bail!("{} exists; pass --overwrite to replace it", p.display());
+    match &kind {
+        OutputKind::Mp4(p) => tensorfile::check_output(p, g.overwrite)?,
+        OutputKind::PngFrames(dir) => {
+            let non_empty = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+            if non_empty && !g.overwrite {
+                anyhow::bail!("{} exists; pass --overwrite to replace it", dir.display());
+            }
         }
+    }
+    tensorfile::check_output(&sidecar, g.overwrite)?;
+    if let Some(s) = &g.save_latents {
+        tensorfile::check_output(s, g.overwrite)?;
+        for (other, what) in [(&g.output, "--output"), (&sidecar, "the sidecar of --output")] {
+            if same_path(s, other) {
+                return Err(wanrt_runtime::Error::OutputRefused {
+                    file: s.clone(),
+                    reason: format!("--save-latents is the same path as {what}"),
+                }
+                .into());
+            }
+        }
+    }
+    if let Some(path) = &g.latents_in
+        && [&g.output, &sidecar]
+            .into_iter()
+            .chain(g.save_latents.as_ref())
+            .any(|o| same_path(path, o))
+    {
+        anyhow::bail!("--latents-in {} is also an output path", path.display());
     }
     let latents =
         match &g.latents_in {
             Some(path) => {
-                let mut t = tensorfile::read(path)?;
+                let mut t = tensorfile::read_capped(path, MAX_LATENTS_BYTES)?;
                 Some(t.remove("latents").with_context(|| {
                     format!("--latents-in {}: no tensor 'latents'", path.display())
                 })?)
@@ -296,8 +340,10 @@ fn generate(g: GenerateArgs) -> Result<()> {
     let interrupt = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupt.clone();
+        // With ctrlc's `termination` feature this handles SIGINT, SIGTERM
+        // and SIGHUP alike: every one stops at the next check and cleans up.
         ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
-            .context("installing the Ctrl-C handler")?;
+            .context("installing the Ctrl-C/SIGTERM/SIGHUP handler")?;
     }
     let artifacts = Artifacts::open(&engines)?;
     let model_digest = artifacts.entry(NetworkKind::Dit)?.weights_digest.clone();
@@ -399,12 +445,7 @@ fn run() -> Result<()> {
             overwrite,
             repeat,
         } => {
-            if output.exists() && !overwrite {
-                anyhow::bail!(
-                    "{} exists; pass --overwrite to replace it",
-                    output.display()
-                );
-            }
+            tensorfile::check_output(&output, overwrite)?;
             let artifacts = Artifacts::open(&engines)?;
             let backend = choose_backend(backend, &artifacts, Some(network))?.backend;
             let inputs = tensorfile::read(&input)?;
@@ -475,12 +516,7 @@ fn run() -> Result<()> {
             backend,
             overwrite,
         } => {
-            if output.exists() && !overwrite {
-                anyhow::bail!(
-                    "{} exists; pass --overwrite to replace it",
-                    output.display()
-                );
-            }
+            tensorfile::check_output(&output, overwrite)?;
             let artifacts = Artifacts::open(&engines)?;
             let backend =
                 choose_backend(backend, &artifacts, Some(NetworkKind::TextEncoder))?.backend;

@@ -58,6 +58,9 @@ use crate::tensorfile::HostTensor;
 /// decoding ([`ImageProblem::TooLarge`]). Also the largest resize target.
 pub const MAX_IMAGE_SIDE: u32 = 16384;
 
+/// Largest image file read (`--image`): 256 MiB, a regular file only.
+pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
+
 /// Side of the square CLIP input (`image_size` of ViT-H/14, §2.3).
 pub const CLIP_IMAGE_SIZE: usize = 224;
 /// Per-channel mean of the CLIP normalisation (`wan/modules/clip.py`).
@@ -252,7 +255,7 @@ impl ImageTensor {
 /// conversions). The format is taken from the file's contents, not its
 /// name. Every failure is an [`Error::Image`] naming the file.
 pub fn load_image(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| {
+    let bytes = wanrt_core::fsio::read_capped(path, MAX_IMAGE_FILE_BYTES).map_err(|e| {
         let problem = match e.kind() {
             std::io::ErrorKind::NotFound => ImageProblem::Missing,
             _ => ImageProblem::Unreadable(e.to_string()),

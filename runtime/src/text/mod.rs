@@ -18,7 +18,7 @@ pub use clean::{
     fix_text, html_unescape, remove_control_chars, remove_terminal_escapes, uncurl_quotes,
     unescape_html, whitespace_clean,
 };
-pub use tokenize::{Encoded, PromptTokenizer};
+pub use tokenize::{Encoded, MAX_TOKENIZER_BYTES, PromptTokenizer, validate_tokenizer_json};
 
 use wanrt_core::Task;
 

@@ -7,6 +7,111 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// Largest `tokenizer.json` read (UMT5's is about 16 MiB).
+pub const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
+
+/// Runs `f`, turning a panic inside the tokenizers crate into a typed
+/// [`Error::Tokenizer`].
+fn guarded<T>(file: &Path, what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        Error::Tokenizer {
+            file: file.to_path_buf(),
+            reason: format!("the tokenizer failed while {what} (damaged file?): {msg}"),
+        }
+    })
+}
+
+/// Structural checks of a UMT5 `tokenizer.json` before the tokenizers
+/// crate sees it: a JSON object with a Unigram model whose vocabulary is a
+/// non-empty list of `[piece, score]`, and every `Precompiled` normaliser's
+/// `precompiled_charsmap` valid base64 whose trie length fits the blob.
+pub fn validate_tokenizer_json(bytes: &[u8]) -> std::result::Result<(), String> {
+    use serde_json::Value as J;
+    let v: J = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    let model = v.get("model").ok_or("no model")?;
+    if model.get("type").and_then(J::as_str) != Some("Unigram") {
+        return Err("model.type is not Unigram (SentencePiece)".into());
+    }
+    let vocab = model
+        .get("vocab")
+        .and_then(J::as_array)
+        .ok_or("model.vocab is not a list")?;
+    if vocab.is_empty() || vocab.len() > 1 << 22 {
+        return Err(format!("model.vocab has {} entries", vocab.len()));
+    }
+    for (i, e) in vocab.iter().enumerate() {
+        let ok = matches!(e.as_array().map(Vec::as_slice), Some([J::String(_), J::Number(n)]) if n.as_f64().is_some_and(f64::is_finite));
+        if !ok {
+            return Err(format!("model.vocab entry {i} is not [piece, score]"));
+        }
+    }
+    if let Some(unk) = model.get("unk_id").filter(|u| !u.is_null()) {
+        if unk.as_u64().is_none_or(|u| u as usize >= vocab.len()) {
+            return Err(format!("model.unk_id {unk} is not a vocabulary index"));
+        }
+    }
+    let mut stack: Vec<&J> = v.get("normalizer").into_iter().collect();
+    while let Some(n) = stack.pop() {
+        if n.is_null() {
+            continue;
+        }
+        if let Some(list) = n.get("normalizers").and_then(J::as_array) {
+            stack.extend(list);
+        }
+        if n.get("type").and_then(J::as_str) == Some("Precompiled") {
+            let map = n
+                .get("precompiled_charsmap")
+                .and_then(J::as_str)
+                .ok_or("Precompiled normalizer without precompiled_charsmap")?;
+            let blob = base64_decode(map).ok_or("precompiled_charsmap is not base64")?;
+            let trie = blob
+                .get(..4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                .ok_or("precompiled_charsmap is shorter than its header")?;
+            if trie == 0 || !trie.is_multiple_of(4) || trie > blob.len() - 4 {
+                return Err(format!(
+                    "precompiled_charsmap: trie of {trie} bytes does not fit its {}-byte blob",
+                    blob.len()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Standard base64 with `=` padding (what tokenizers writes).
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let b = s.trim_end_matches('=').as_bytes();
+    if s.len() % 4 != 0 || s.len() - b.len() > 2 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(b.len() * 3 / 4);
+    for chunk in b.chunks(4) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= val(c)? << (18 - 6 * i);
+        }
+        let bytes = acc.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
+}
+
 /// Token ids and mask of one prompt, as the reference tokenizer call returns
 /// them (one row of `input_ids` / `attention_mask`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,8 +150,12 @@ impl PromptTokenizer {
             file: path.to_path_buf(),
             reason,
         };
-        let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+        let bytes = wanrt_core::fsio::read_capped(path, MAX_TOKENIZER_BYTES)
+            .map_err(|e| fail(e.to_string()))?;
+        validate_tokenizer_json(&bytes).map_err(|e| fail(format!("not a UMT5 tokenizer.json: {e}")))?;
+        // The tokenizers crate can panic on damaged data it accepted
+        // (a corrupt precompiled_charsmap): the panic stops at this boundary.
+        let inner = guarded(path, "loading", || tokenizers::Tokenizer::from_bytes(&bytes))?
             .map_err(|e| fail(format!("not a tokenizer.json: {e}")))?;
         // Looked up by name rather than assumed, so that a tokenizer with
         // another layout fails here instead of producing wrong ids.
@@ -57,6 +166,9 @@ impl PromptTokenizer {
         };
         let pad_id = special("<pad>")?;
         let eos_id = special("</s>")?;
+        // Exercise the normaliser once, so damage shows at load time.
+        guarded(path, "normalising a probe text", || inner.encode("a Ab 1", false))?
+            .map_err(|e| fail(format!("encoding a probe text failed: {e}")))?;
         Ok(Self {
             inner,
             file: path.to_path_buf(),
@@ -92,9 +204,7 @@ impl PromptTokenizer {
         // Without special tokens the post-processor adds nothing, so the
         // truncation and `</s>` below are those of `truncation=True` with
         // the template `$A </s>`.
-        let encoding = self
-            .inner
-            .encode(cleaned, false)
+        let encoding = guarded(&self.file, "encoding", || self.inner.encode(cleaned, false))?
             .map_err(|e| Error::Tokenizer {
                 file: self.file.clone(),
                 reason: format!("encoding failed: {e}"),
@@ -125,9 +235,7 @@ impl PromptTokenizer {
     /// without `</s>`, as `convert_ids_to_tokens` shows them (unknown text is
     /// `<unk>`); for diagnostics.
     pub fn tokens(&self, cleaned: &str) -> Result<Vec<String>> {
-        let encoding = self
-            .inner
-            .encode(cleaned, false)
+        let encoding = guarded(&self.file, "encoding", || self.inner.encode(cleaned, false))?
             .map_err(|e| Error::Tokenizer {
                 file: self.file.clone(),
                 reason: format!("encoding failed: {e}"),

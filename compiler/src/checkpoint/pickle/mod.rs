@@ -330,6 +330,16 @@ impl Drop for Value {
 /// Longest `GLOBAL` module or name line accepted.
 const MAX_GLOBAL_LINE: usize = 256;
 
+/// Most values one pickle may create (every push counts, containers and
+/// their items included). A torch state dict makes ~20 per tensor, so even
+/// the 1,000-tensor CLIP needs ~20,000; the cap bounds the machine's memory
+/// at ~100 MiB whatever the input (instead of ~47 bytes per input byte).
+pub const MAX_VALUES: usize = 1 << 21;
+/// Deepest stack and most open MARKs.
+pub const MAX_STACK: usize = 1 << 16;
+/// Most memo entries.
+pub const MAX_MEMO: usize = 1 << 20;
+
 struct Machine<'a> {
     data: &'a [u8],
     pos: usize,
@@ -338,6 +348,8 @@ struct Machine<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
+    /// Values created so far (bounded by [`MAX_VALUES`]).
+    created: usize,
 }
 
 impl<'a> Machine<'a> {
@@ -400,8 +412,18 @@ impl<'a> Machine<'a> {
         self.marks.last().copied().unwrap_or(0)
     }
 
-    fn push(&mut self, v: Value) {
+    fn push(&mut self, v: Value) -> Result<(), PickleError> {
+        self.created += 1;
+        if self.created > MAX_VALUES {
+            return Err(self.bad(format!(
+                "more than {MAX_VALUES} values: not a state dict the unpickler accepts"
+            )));
+        }
+        if self.stack.len() >= MAX_STACK {
+            return Err(self.bad(format!("stack deeper than {MAX_STACK}")));
+        }
         self.stack.push(v);
+        Ok(())
     }
 
     fn pop(&mut self) -> Result<Value, PickleError> {
@@ -431,6 +453,9 @@ impl<'a> Machine<'a> {
 
     fn put(&mut self, idx: u32) -> Result<(), PickleError> {
         let v = self.top()?.clone();
+        if self.memo.len() >= MAX_MEMO && !self.memo.contains_key(&idx) {
+            return Err(self.bad(format!("more than {MAX_MEMO} memo entries")));
+        }
         self.memo.insert(idx, v);
         Ok(())
     }
@@ -441,7 +466,7 @@ impl<'a> Machine<'a> {
             .get(&idx)
             .cloned()
             .ok_or_else(|| self.bad(format!("memo key {idx} was never stored")))?;
-        self.push(v);
+        self.push(v)?;
         Ok(())
     }
 
@@ -451,7 +476,7 @@ impl<'a> Machine<'a> {
             items.push(self.pop()?);
         }
         items.reverse();
-        self.push(Value::Tuple(Rc::new(items)));
+        self.push(Value::Tuple(Rc::new(items)))?;
         Ok(())
     }
 
@@ -460,7 +485,7 @@ impl<'a> Machine<'a> {
         let name = self.line()?;
         match resolve_global(module, name) {
             Some(c) => {
-                self.push(Value::Global(c));
+                self.push(Value::Global(c))?;
                 Ok(())
             }
             None => Err(PickleError::ForbiddenGlobal {
@@ -587,7 +612,7 @@ impl<'a> Machine<'a> {
                 return Err(self.bad("a storage class may only appear in a persistent id"));
             }
         };
-        self.push(out);
+        self.push(out)?;
         Ok(())
     }
 
@@ -618,7 +643,7 @@ impl<'a> Machine<'a> {
             location: location.to_string(),
             numel: *numel,
         };
-        self.push(Value::Storage(Rc::new(s)));
+        self.push(Value::Storage(Rc::new(s)))?;
         Ok(())
     }
 
@@ -672,13 +697,18 @@ impl<'a> Machine<'a> {
                     }
                     return Ok(v);
                 }
-                b'(' => self.marks.push(self.stack.len()),
-                b'}' => self.push(Value::Dict(Rc::new(RefCell::new(Vec::new())))),
-                b']' => self.push(Value::List(Rc::new(RefCell::new(Vec::new())))),
-                b')' => self.push(Value::Tuple(Rc::new(Vec::new()))),
+                b'(' => {
+                    if self.marks.len() >= MAX_STACK {
+                        return Err(self.bad(format!("more than {MAX_STACK} open MARKs")));
+                    }
+                    self.marks.push(self.stack.len());
+                }
+                b'}' => self.push(Value::Dict(Rc::new(RefCell::new(Vec::new()))))?,
+                b']' => self.push(Value::List(Rc::new(RefCell::new(Vec::new()))))?,
+                b')' => self.push(Value::Tuple(Rc::new(Vec::new())))?,
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.push(Value::Tuple(Rc::new(items)));
+                    self.push(Value::Tuple(Rc::new(items)))?;
                 }
                 0x85 => self.tuple(1)?,
                 0x86 => self.tuple(2)?,
@@ -688,21 +718,21 @@ impl<'a> Machine<'a> {
                     let b = self.take(n)?;
                     let s =
                         std::str::from_utf8(b).map_err(|_| self.bad("BINUNICODE is not UTF-8"))?;
-                    self.push(Value::Str(Rc::from(s)));
+                    self.push(Value::Str(Rc::from(s)))?;
                 }
                 b'J' => {
                     let b = self.take(4)?;
                     self.push(Value::Int(
                         i32::from_le_bytes([b[0], b[1], b[2], b[3]]).into(),
-                    ));
+                    ))?;
                 }
                 b'K' => {
                     let v = self.u8()?;
-                    self.push(Value::Int(v.into()));
+                    self.push(Value::Int(v.into()))?;
                 }
                 b'M' => {
                     let v = self.u16()?;
-                    self.push(Value::Int(v.into()));
+                    self.push(Value::Int(v.into()))?;
                 }
                 0x8a => {
                     let n = usize::from(self.u8()?);
@@ -715,11 +745,11 @@ impl<'a> Machine<'a> {
                     if b.last().is_some_and(|&x| x & 0x80 != 0) {
                         buf[n..].fill(0xff);
                     }
-                    self.push(Value::Int(i64::from_le_bytes(buf)));
+                    self.push(Value::Int(i64::from_le_bytes(buf)))?;
                 }
-                b'N' => self.push(Value::None),
-                0x88 => self.push(Value::Bool(true)),
-                0x89 => self.push(Value::Bool(false)),
+                b'N' => self.push(Value::None)?,
+                0x88 => self.push(Value::Bool(true))?,
+                0x89 => self.push(Value::Bool(false))?,
                 b'q' => {
                     let i = self.u8()?;
                     self.put(i.into())?;
@@ -789,6 +819,7 @@ pub fn load_state_dict(pkl: &[u8]) -> Result<Vec<(String, TensorRecord)>, Pickle
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        created: 0,
     };
     let root = m.run()?;
     let end = m.pos;

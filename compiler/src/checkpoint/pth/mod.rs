@@ -21,7 +21,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -199,6 +198,8 @@ impl ZipProblem {
 #[derive(Debug, Clone)]
 struct ZipEntry {
     name: String,
+    /// Offset of its local header.
+    header: usize,
     start: usize,
     size: usize,
     crc32: u32,
@@ -423,38 +424,89 @@ fn parse_zip(d: &[u8]) -> Result<Vec<ZipEntry>, ZipProblem> {
         }
         entries.push(ZipEntry {
             name,
+            header: lho,
             start,
             size,
             crc32,
         });
         p = var_end;
     }
+    // No entry may alias another's bytes (local headers included): sorted by
+    // position, each must end before the next one's local header starts.
+    let mut spans: Vec<(usize, usize, &str)> = Vec::with_capacity(entries.len());
+    for e in &entries {
+        spans.push((e.header, e.start + e.size, e.name.as_str()));
+    }
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        if w[1].0 < w[0].1 {
+            return Err(ZipProblem::Corrupt(format!(
+                "entries '{}' and '{}' overlap (aliased data)",
+                w[0].2, w[1].2
+            )));
+        }
+    }
+    let mut names = std::collections::HashSet::with_capacity(entries.len());
+    if let Some(dup) = entries.iter().find(|e| !names.insert(e.name.as_str())) {
+        return Err(ZipProblem::Corrupt(format!("entry '{}' appears twice", dup.name)));
+    }
     Ok(entries)
 }
 
-/// CRC-32 (IEEE, as zip uses).
-fn crc32(bytes: &[u8]) -> u32 {
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, slot) in t.iter_mut().enumerate() {
+/// CRC-32 (IEEE, as zip uses), eight bytes per step ("slicing by 8"):
+/// every storage read is checked, so this runs over whole checkpoints.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    static TABLES: std::sync::OnceLock<[[u32; 256]; 8]> = std::sync::OnceLock::new();
+    let t = TABLES.get_or_init(|| {
+        let mut t = [[0u32; 256]; 8];
+        for i in 0..256 {
             let mut c = i as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0xedb8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
+                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
             }
-            *slot = c;
+            t[0][i] = c;
+        }
+        for i in 0..256 {
+            for k in 1..8 {
+                let prev = t[k - 1][i];
+                t[k][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
+            }
         }
         t
     });
     let mut c = !0u32;
-    for &b in bytes {
-        c = table[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
+    let mut chunks = bytes.chunks_exact(8);
+    for b in &mut chunks {
+        let lo = c ^ u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let hi = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        c = t[7][(lo & 0xff) as usize]
+            ^ t[6][((lo >> 8) & 0xff) as usize]
+            ^ t[5][((lo >> 16) & 0xff) as usize]
+            ^ t[4][(lo >> 24) as usize]
+            ^ t[3][(hi & 0xff) as usize]
+            ^ t[2][((hi >> 8) & 0xff) as usize]
+            ^ t[1][((hi >> 16) & 0xff) as usize]
+            ^ t[0][(hi >> 24) as usize];
+    }
+    for &b in chunks.remainder() {
+        c = t[0][((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
     }
     !c
+}
+
+/// Checks `bytes` (entry `e`'s data) against the CRC-32 of its header.
+fn check_crc(file: &Path, e: &ZipEntry, bytes: &[u8]) -> Result<()> {
+    let found = crc32(bytes);
+    if found != e.crc32 {
+        return Err(PthError::Corrupt {
+            file: file.to_path_buf(),
+            reason: format!(
+                "entry '{}' has CRC-32 {found:08x}, the directory says {:08x} (damaged file)",
+                e.name, e.crc32
+            ),
+        });
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -474,6 +526,8 @@ pub struct TensorInfo {
     pub storage_offset: usize,
     /// Byte offset of the storage's first element in the file.
     storage_start: usize,
+    /// Index of the storage's zip entry (for its CRC-32).
+    entry: usize,
 }
 
 impl TensorInfo {
@@ -513,6 +567,8 @@ pub struct PthCheckpoint {
     index: HashMap<String, usize>,
     /// Every zip entry, for [`PthCheckpoint::verify_crc32`].
     entries: Vec<ZipEntry>,
+    /// Entries whose CRC-32 was checked (each storage once, at first use).
+    verified: std::cell::RefCell<Vec<bool>>,
 }
 
 impl std::fmt::Debug for PthCheckpoint {
@@ -588,6 +644,7 @@ fn check_record(file: &Path, name: &str, r: &TensorRecord, entry: &ZipEntry) -> 
         storage_key: r.storage_key.clone(),
         storage_offset: offset,
         storage_start: entry.start,
+        entry: 0,
     })
 }
 
@@ -620,9 +677,14 @@ fn index_archive(path: &Path, data: &[u8]) -> Result<(Vec<ZipEntry>, Vec<TensorI
         }
     };
     let prefix = &pkl.name[..pkl.name.len() - "data.pkl".len()];
-    let by_name: HashMap<&str, &ZipEntry> = entries.iter().map(|e| (e.name.as_str(), e)).collect();
-    if let Some(bo) = by_name.get(format!("{prefix}byteorder").as_str()) {
+    let by_name: HashMap<&str, (usize, &ZipEntry)> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.name.as_str(), (i, e)))
+        .collect();
+    if let Some((_, bo)) = by_name.get(format!("{prefix}byteorder").as_str()) {
         let v = &data[bo.start..bo.start + bo.size];
+        check_crc(path, bo, v)?;
         if v != b"little" {
             return Err(PthError::Unsupported {
                 file: path.to_path_buf(),
@@ -633,14 +695,16 @@ fn index_archive(path: &Path, data: &[u8]) -> Result<(Vec<ZipEntry>, Vec<TensorI
             });
         }
     }
-    let records = pickle::load_state_dict(&data[pkl.start..pkl.start + pkl.size])
+    let pkl_bytes = &data[pkl.start..pkl.start + pkl.size];
+    check_crc(path, pkl, pkl_bytes)?;
+    let records = pickle::load_state_dict(pkl_bytes)
         .map_err(|e| PthError::from_pickle(path, &pkl.name, e))?;
 
     let mut tensors = Vec::with_capacity(records.len());
     let mut storage_dtype: HashMap<&str, DType> = HashMap::new();
     for (name, r) in &records {
         let entry_name = format!("{prefix}data/{}", r.storage_key);
-        let entry = by_name
+        let &(entry_index, entry) = by_name
             .get(entry_name.as_str())
             .ok_or_else(|| PthError::MissingStorage {
                 file: path.to_path_buf(),
@@ -661,7 +725,9 @@ fn index_archive(path: &Path, data: &[u8]) -> Result<(Vec<ZipEntry>, Vec<TensorI
             });
         }
         storage_dtype.insert(&r.storage_key, r.dtype);
-        tensors.push(check_record(path, name, r, entry)?);
+        let mut info = check_record(path, name, r, entry)?;
+        info.entry = entry_index;
+        tensors.push(info);
     }
     Ok((entries, tensors))
 }
@@ -689,7 +755,7 @@ impl PthCheckpoint {
             file: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
+        let file = wanrt_core::fsio::open_regular(path).map_err(io)?;
         // SAFETY: the map is read-only and private to this value; a
         // checkpoint modified while it is read is outside what any loader can
         // guard against (the same contract as the safetensors reader).
@@ -705,8 +771,33 @@ impl PthCheckpoint {
             mmap,
             tensors,
             index,
+            verified: std::cell::RefCell::new(vec![false; entries.len()]),
             entries,
         })
+    }
+
+    /// Indexes an archive held in memory exactly as [`PthCheckpoint::open`]
+    /// does (zip directory, CRC-32 of `data.pkl`, the restricted unpickler,
+    /// every record against its storage) and returns the tensor count: the
+    /// entry point of the fuzz harness.
+    pub fn index_bytes(data: &[u8]) -> Result<usize> {
+        index_archive(Path::new("<memory>"), data).map(|(_, t)| t.len())
+    }
+
+    /// The tensor `name` after checking its storage entry's CRC-32 (once
+    /// per storage, at first use: a damaged download fails by name instead
+    /// of compiling garbage). This is what the compiler reads through.
+    pub fn tensor(&self, name: &str) -> Result<Option<SourceTensor<'_>>> {
+        let Some(t) = self.info(name) else {
+            return Ok(None);
+        };
+        let done = self.verified.borrow().get(t.entry).copied().unwrap_or(false);
+        if !done {
+            let e = &self.entries[t.entry];
+            check_crc(&self.path, e, &self.mmap[e.start..e.start + e.size])?;
+            self.verified.borrow_mut()[t.entry] = true;
+        }
+        Ok(self.get(name))
     }
 
     pub fn path(&self) -> &Path {
@@ -741,7 +832,8 @@ impl PthCheckpoint {
     }
 
     /// The tensor `name`: borrowed from the map when contiguous, copied into
-    /// row-major order when it is a strided view. `None` if absent.
+    /// row-major order when it is a strided view. `None` if absent. Does not
+    /// check the CRC-32 ([`PthCheckpoint::tensor`] does).
     pub fn get(&self, name: &str) -> Option<SourceTensor<'_>> {
         let t = self.info(name)?;
         let data = tensor_data(&self.mmap, t);
@@ -765,16 +857,7 @@ impl PthCheckpoint {
     /// whole file (what `open` avoids); use it to vet a download.
     pub fn verify_crc32(&self) -> Result<()> {
         for e in &self.entries {
-            let found = crc32(&self.mmap[e.start..e.start + e.size]);
-            if found != e.crc32 {
-                return Err(PthError::Corrupt {
-                    file: self.path.clone(),
-                    reason: format!(
-                        "entry '{}' has CRC-32 {found:08x}, the directory says {:08x}",
-                        e.name, e.crc32
-                    ),
-                });
-            }
+            check_crc(&self.path, e, &self.mmap[e.start..e.start + e.size])?;
         }
         Ok(())
     }

@@ -838,7 +838,7 @@ fn open_reads_metadata_only() {
         .concat(),
     );
     let path = dir.path().join("huge.pth");
-    let mut f = File::create(&path).unwrap();
+    let mut f = std::fs::File::create(&path).unwrap();
     f.write_all(&local).unwrap();
     f.seek(SeekFrom::Current(size as i64)).unwrap();
     let cd_off = data_start as u64 + size;
