@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything CI checks, on a fresh machine: ONNX Runtime from PyPI, the
 # dependency rule of the three stages, formatting, and the whole test suite
-# (golden numerics on ONNX Runtime's CPU provider, graph dumps, bad input,
-# end-to-end CLI runs).
+# (golden numerics on ONNX Runtime's CPU provider, graph dumps, bad and
+# hostile input, end-to-end CLI runs, and bounded fuzzing: tests/fuzz.rs runs
+# 10,000 inputs per parser; scripts/fuzz.sh --long runs a million).
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 
