@@ -61,7 +61,11 @@ impl Rng {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
     }
     /// A position, half the time among the first 4 KiB and a quarter among
     /// the last 4 KiB (where headers and zip directories live).
@@ -261,7 +265,10 @@ fn fuzz_with(
                 std::fs::create_dir_all(&dir).unwrap();
                 let f = dir.join(format!("{name}-{i}.bin"));
                 std::fs::write(&f, &input).unwrap();
-                panic!("{name}: input {i} panicked the parser; saved as {}", f.display());
+                panic!(
+                    "{name}: input {i} panicked the parser; saved as {}",
+                    f.display()
+                );
             }
         }
     }
@@ -287,8 +294,14 @@ fn safetensors_seeds() -> Vec<Vec<u8>> {
     use std::collections::BTreeMap;
     use wanrt::runtime::{HostTensor, tensorfile};
     let small = BTreeMap::from([
-        ("a".to_string(), HostTensor::from_f32(vec![2, 3], &[1., 2., 3., 4., 5., 6.])),
-        ("ids".to_string(), HostTensor::from_i64(vec![3], &[7, -1, 0])),
+        (
+            "a".to_string(),
+            HostTensor::from_f32(vec![2, 3], &[1., 2., 3., 4., 5., 6.]),
+        ),
+        (
+            "ids".to_string(),
+            HostTensor::from_i64(vec![3], &[7, -1, 0]),
+        ),
     ]);
     vec![
         read(fixtures().join("t2v-tiny/golden/dit.safetensors")),
@@ -325,20 +338,28 @@ fn mutate_safetensors(rng: &mut Rng, input: &[u8], seeds: &[Vec<u8>]) -> Vec<u8>
 
 #[test]
 fn fuzz_runtime_safetensors() {
-    fuzz_with("runtime-safetensors", safetensors_seeds(), mutate_safetensors, |b| {
-        wanrt::runtime::tensorfile::parse(b).map(|_| ())
-    });
+    fuzz_with(
+        "runtime-safetensors",
+        safetensors_seeds(),
+        mutate_safetensors,
+        |b| wanrt::runtime::tensorfile::parse(b).map(|_| ()),
+    );
 }
 
 #[test]
 fn fuzz_compiler_safetensors() {
-    fuzz_with("compiler-safetensors", safetensors_seeds(), mutate_safetensors, |b| {
-        wanrt::compiler::checkpoint::safetensors::validate_bytes(b).map(|h| {
-            // A valid header's ranges lie inside the input.
-            let end = h.file_len() as usize;
-            assert_eq!(end, b.len());
-        })
-    });
+    fuzz_with(
+        "compiler-safetensors",
+        safetensors_seeds(),
+        mutate_safetensors,
+        |b| {
+            wanrt::compiler::checkpoint::safetensors::validate_bytes(b).map(|h| {
+                // A valid header's ranges lie inside the input.
+                let end = h.file_len() as usize;
+                assert_eq!(end, b.len());
+            })
+        },
+    );
 }
 
 fn pth_seeds() -> Vec<Vec<u8>> {
@@ -420,11 +441,15 @@ fn fuzz_manifest() {
 #[test]
 fn fuzz_image() {
     let file = Path::new("image.png");
-    fuzz("image", vec![read(fixtures().join("i2v-tiny/golden/image.png"))], |b| {
-        wanrt::runtime::image::decode_image(b, file)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    });
+    fuzz(
+        "image",
+        vec![read(fixtures().join("i2v-tiny/golden/image.png"))],
+        |b| {
+            wanrt::runtime::image::decode_image(b, file)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    );
 }
 
 #[test]

@@ -49,7 +49,10 @@ fn wan_run(args: &[&std::ffi::OsStr]) -> (i32, String) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let code = out.status.code().unwrap_or_else(|| panic!("killed by a signal: {log}"));
+    let code = out
+        .status
+        .code()
+        .unwrap_or_else(|| panic!("killed by a signal: {log}"));
     assert_ne!(code, 101, "wan-run panicked: {log}");
     (code, log)
 }
@@ -115,7 +118,12 @@ fn outputs_never_replace_devices_directories_links_or_each_other() {
     assert_eq!(code, 1, "{log}");
     assert!(log.contains("character device"), "{log}");
     use std::os::unix::fs::FileTypeExt;
-    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
 
     // A directory named like a video is refused, not filled with frames.
     let dir_mp4 = tmp.path().join("x.mp4");
@@ -187,18 +195,32 @@ fn compiling_never_replaces_files_that_are_not_ours() {
     // Even with --overwrite the user's same-named file is not replaced.
     let e = compile_tiny(&model, &out, true).unwrap_err();
     assert!(e.to_string().contains("'dit.onnx' exists"), "{e}");
-    assert_eq!(std::fs::read_to_string(out.join("dit.onnx")).unwrap(), "my own file");
-    let left: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(
+        std::fs::read_to_string(out.join("dit.onnx")).unwrap(),
+        "my own file"
+    );
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(left, ["dit.onnx"], "nothing else may be left");
     // Our own artifacts are replaced with --overwrite (and only with it).
     let ours = tmp.path().join("ours");
     compile_tiny(&model, &ours, false).unwrap();
-    assert_eq!(compile_tiny(&model, &ours, false).unwrap_err().kind(), CErr::Output);
+    assert_eq!(
+        compile_tiny(&model, &ours, false).unwrap_err().kind(),
+        CErr::Output
+    );
     compile_tiny(&model, &ours, true).unwrap();
     // --out that is a file.
     let file = tmp.path().join("file");
     std::fs::write(&file, "x").unwrap();
-    assert!(compile_tiny(&model, &file, true).unwrap_err().to_string().contains("not a directory"));
+    assert!(
+        compile_tiny(&model, &file, true)
+            .unwrap_err()
+            .to_string()
+            .contains("not a directory")
+    );
 }
 
 // ---------------------------------------------------------------- class 2
@@ -231,7 +253,14 @@ fn sigterm_and_sighup_leave_nothing_behind() {
         let out = tmp.path().join(format!("compile-{signal}"));
         signal_midway(
             Command::new(bin("wan-compile"))
-                .args(["--synthetic", "t2v-1.3B", "--networks", "dit", "--profile", "480p"])
+                .args([
+                    "--synthetic",
+                    "t2v-1.3B",
+                    "--networks",
+                    "dit",
+                    "--profile",
+                    "480p",
+                ])
                 .args(["--precision", "fp32", "--out"])
                 .arg(&out),
             signal,
@@ -257,7 +286,10 @@ fn sigterm_and_sighup_leave_nothing_behind() {
             signal,
             Duration::from_millis(1500),
         );
-        let left: Vec<_> = std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> = std::fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert!(left.is_empty(), "{signal}: files left: {left:?}");
     }
 }
@@ -300,23 +332,36 @@ fn manifest_values_are_validated_before_use() {
     let original = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
     type Edit = Box<dyn Fn(&mut serde_json::Value)>;
     let cases: Vec<(&str, Edit)> = vec![
-        ("batch", Box::new(|v| v["networks"]["dit"]["profile"]["batch"] = serde_json::json!({"fixed": 0}))),
+        (
+            "batch",
+            Box::new(|v| {
+                v["networks"]["dit"]["profile"]["batch"] = serde_json::json!({"fixed": 0})
+            }),
+        ),
         (
             "latents_mean",
-            Box::new(|v| v["networks"]["vae_decoder"]["config"]["latents_mean"] = vec![0.5f32].into()),
+            Box::new(|v| {
+                v["networks"]["vae_decoder"]["config"]["latents_mean"] = vec![0.5f32].into()
+            }),
         ),
         (
             "latents_std",
             Box::new(|v| v["networks"]["vae_decoder"]["config"]["latents_std"][0] = 0.0.into()),
         ),
-        ("65536", Box::new(|v| {
-            v["networks"]["dit"]["profile"]["width"] = 65536.into();
-            v["networks"]["dit"]["profile"]["height"] = 65536.into();
-        })),
+        (
+            "65536",
+            Box::new(|v| {
+                v["networks"]["dit"]["profile"]["width"] = 65536.into();
+                v["networks"]["dit"]["profile"]["height"] = 65536.into();
+            }),
+        ),
         (
             "external_data",
             Box::new(|v| {
-                v["networks"]["dit"].as_object_mut().unwrap().remove("external_data");
+                v["networks"]["dit"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("external_data");
             }),
         ),
     ];
@@ -327,21 +372,23 @@ fn manifest_values_are_validated_before_use() {
         assert_eq!(e.kind(), RErr::Artifacts, "{e}");
         assert!(e.to_string().contains(want), "'{e}' lacks '{want}'");
         // The binary: a typed error (exit 1), never a panic (101).
-        let (code, log) = wan_run(&[
-            os("inspect"),
-            os("--engines"),
-            dir.as_os_str(),
-        ]);
+        let (code, log) = wan_run(&[os("inspect"), os("--engines"), dir.as_os_str()]);
         assert_eq!(code, 1, "{log}");
     }
 }
 
 #[test]
 fn a_tokenizer_that_panics_the_tokenizers_crate_is_a_typed_error() {
-    let src = Case::new("t2v-tiny").model_dir(false).join("tokenizer/tokenizer.json");
+    let src = Case::new("t2v-tiny")
+        .model_dir(false)
+        .join("tokenizer/tokenizer.json");
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&src).unwrap()).unwrap();
-    let mut map = v["normalizer"]["precompiled_charsmap"].as_str().unwrap().as_bytes().to_vec();
+    let mut map = v["normalizer"]["precompiled_charsmap"]
+        .as_str()
+        .unwrap()
+        .as_bytes()
+        .to_vec();
     // Valid base64 and a plausible header, damaged trie: the tokenizers crate
     // indexes out of bounds on it (found by trial; the test checks it still
     // does, so it keeps guarding the catch_unwind boundary).
@@ -375,19 +422,30 @@ fn special_files_are_refused_without_hanging() {
     let tmp = tempfile::tempdir().unwrap();
     let fifo = tmp.path().join("fifo");
     mkfifo(&fifo);
-    for special in [PathBuf::from("/dev/zero"), fifo.clone(), tmp.path().to_path_buf()] {
+    for special in [
+        PathBuf::from("/dev/zero"),
+        fifo.clone(),
+        tmp.path().to_path_buf(),
+    ] {
         let p = special.clone();
         let e = within(10, move || tensorfile::read(&p).unwrap_err());
         assert_eq!(e.kind(), RErr::Io, "{e}");
         assert!(e.to_string().contains("not a regular file"), "{e}");
         let p = special.clone();
-        let e = within(10, move || wanrt::runtime::image::load_image(&p).unwrap_err());
+        let e = within(10, move || {
+            wanrt::runtime::image::load_image(&p).unwrap_err()
+        });
         assert_eq!(e.kind(), RErr::Image, "{e}");
         let p = special.clone();
-        let e = within(10, move || wanrt::runtime::text::PromptTokenizer::from_file(&p).unwrap_err());
+        let e = within(10, move || {
+            wanrt::runtime::text::PromptTokenizer::from_file(&p).unwrap_err()
+        });
         assert_eq!(e.kind(), RErr::Tokenizer, "{e}");
         // manifest.json as a FIFO or device.
-        let eng = tmp.path().join(format!("eng-{}", special.file_name().unwrap().to_string_lossy()));
+        let eng = tmp.path().join(format!(
+            "eng-{}",
+            special.file_name().unwrap().to_string_lossy()
+        ));
         std::fs::create_dir(&eng).unwrap();
         std::os::unix::fs::symlink(&special, eng.join("manifest.json")).unwrap();
         let e = within(10, move || Artifacts::open(&eng).unwrap_err());
@@ -421,9 +479,11 @@ fn headers_and_pickles_are_bounded() {
     file.write_all_at(b"{", 8).unwrap();
     let e = tensorfile::read(&f).unwrap_err();
     assert!(e.to_string().contains("limit"), "{e}");
-    assert!(wanrt::compiler::checkpoint::safetensors::validate_bytes(&std::fs::read(&f).unwrap())
-        .unwrap_err()
-        .contains("limit"));
+    assert!(
+        wanrt::compiler::checkpoint::safetensors::validate_bytes(&std::fs::read(&f).unwrap())
+            .unwrap_err()
+            .contains("limit")
+    );
 
     // 16 MB of EMPTY_TUPLE/TUPLE1 (a value per byte, ~47 bytes of memory per
     // byte before): refused at the value cap, long before the end.
@@ -435,7 +495,10 @@ fn headers_and_pickles_are_bounded() {
     let wanrt::compiler::checkpoint::pickle::PickleError::Malformed { pos, .. } = e else {
         panic!("{e}")
     };
-    assert!(pos < 3 * wanrt::compiler::checkpoint::pickle::MAX_VALUES, "stopped at {pos}");
+    assert!(
+        pos < 3 * wanrt::compiler::checkpoint::pickle::MAX_VALUES,
+        "stopped at {pos}"
+    );
     assert!(start.elapsed() < Duration::from_secs(30));
     // A stack of a million Nones.
     let mut deep = vec![0x80, 2];
@@ -462,18 +525,81 @@ fn st(header: &str, data: usize) -> Vec<u8> {
 /// The shared corpus: (name, bytes, valid). Every invalid file is refused
 /// by both wanrt loaders; the valid ones load in all three.
 fn safetensors_corpus() -> Vec<(&'static str, Vec<u8>, bool)> {
-    let e = |shape: &str, offs: &str| format!(r#"{{"dtype":"F32","shape":[{shape}],"data_offsets":[{offs}]}}"#);
+    let e = |shape: &str, offs: &str| {
+        format!(r#"{{"dtype":"F32","shape":[{shape}],"data_offsets":[{offs}]}}"#)
+    };
     vec![
-        ("valid", st(&format!(r#"{{"a":{},"b":{}}}"#, e("2", "0,8"), e("1", "8,12")), 12), true),
-        ("valid-metadata", st(&format!(r#"{{"__metadata__":{{"k":"v"}},"a":{}}}"#, e("1", "0,4")), 4), true),
-        ("wraps-around", st(&format!(r#"{{"a":{}}}"#, e("4611686018427387904,4", "0,8192")), 8192), false),
-        ("overlap", st(&format!(r#"{{"a":{},"b":{}}}"#, e("2", "0,8"), e("2", "4,12")), 12), false),
-        ("gap", st(&format!(r#"{{"a":{},"b":{}}}"#, e("1", "0,4"), e("1", "8,12")), 12), false),
-        ("trailing", st(&format!(r#"{{"a":{}}}"#, e("1", "0,4")), 5), false),
-        ("truncated", st(&format!(r#"{{"a":{}}}"#, e("2", "0,8")), 7), false),
-        ("size-mismatch", st(&format!(r#"{{"a":{}}}"#, e("3", "0,8")), 8), false),
-        ("duplicate", st(&format!(r#"{{"a":{},"a":{}}}"#, e("1", "0,4"), e("1", "4,8")), 8), false),
-        ("bad-dtype", st(r#"{"a":{"dtype":"X9","shape":[1],"data_offsets":[0,4]}}"#, 4), false),
+        (
+            "valid",
+            st(
+                &format!(r#"{{"a":{},"b":{}}}"#, e("2", "0,8"), e("1", "8,12")),
+                12,
+            ),
+            true,
+        ),
+        (
+            "valid-metadata",
+            st(
+                &format!(r#"{{"__metadata__":{{"k":"v"}},"a":{}}}"#, e("1", "0,4")),
+                4,
+            ),
+            true,
+        ),
+        (
+            "wraps-around",
+            st(
+                &format!(r#"{{"a":{}}}"#, e("4611686018427387904,4", "0,8192")),
+                8192,
+            ),
+            false,
+        ),
+        (
+            "overlap",
+            st(
+                &format!(r#"{{"a":{},"b":{}}}"#, e("2", "0,8"), e("2", "4,12")),
+                12,
+            ),
+            false,
+        ),
+        (
+            "gap",
+            st(
+                &format!(r#"{{"a":{},"b":{}}}"#, e("1", "0,4"), e("1", "8,12")),
+                12,
+            ),
+            false,
+        ),
+        (
+            "trailing",
+            st(&format!(r#"{{"a":{}}}"#, e("1", "0,4")), 5),
+            false,
+        ),
+        (
+            "truncated",
+            st(&format!(r#"{{"a":{}}}"#, e("2", "0,8")), 7),
+            false,
+        ),
+        (
+            "size-mismatch",
+            st(&format!(r#"{{"a":{}}}"#, e("3", "0,8")), 8),
+            false,
+        ),
+        (
+            "duplicate",
+            st(
+                &format!(r#"{{"a":{},"a":{}}}"#, e("1", "0,4"), e("1", "4,8")),
+                8,
+            ),
+            false,
+        ),
+        (
+            "bad-dtype",
+            st(
+                r#"{"a":{"dtype":"X9","shape":[1],"data_offsets":[0,4]}}"#,
+                4,
+            ),
+            false,
+        ),
         ("not-object", st("[1,2]", 0), false),
         ("bad-metadata", st(r#"{"__metadata__":{"k":3}}"#, 0), false),
         ("short", vec![1, 2, 3], false),
@@ -494,7 +620,11 @@ fn one_strict_safetensors_reader_for_both_crates() {
             let r = reference.unwrap_or_else(|e| panic!("{name}: reference refuses: {e}"));
             let mut names: Vec<String> = r.names().into_iter().map(str::to_string).collect();
             names.sort();
-            assert_eq!(names, runtime.unwrap().keys().cloned().collect::<Vec<_>>(), "{name}");
+            assert_eq!(
+                names,
+                runtime.unwrap().keys().cloned().collect::<Vec<_>>(),
+                "{name}"
+            );
         }
         // Files the reference library refuses, wanrt refuses too.
         if !reference_ok {
@@ -504,7 +634,10 @@ fn one_strict_safetensors_reader_for_both_crates() {
     // The compiler reads real files through the same reader.
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("transformer");
-    copy_dir(&Case::new("t2v-tiny").model_dir(false).join("transformer"), &dir);
+    copy_dir(
+        &Case::new("t2v-tiny").model_dir(false).join("transformer"),
+        &dir,
+    );
     let w = dir.join("diffusion_pytorch_model.safetensors");
     let mut bytes = std::fs::read(&w).unwrap();
     bytes.extend_from_slice(&[0; 3]); // trailing bytes
@@ -513,10 +646,19 @@ fn one_strict_safetensors_reader_for_both_crates() {
     assert_eq!(e.kind(), CErr::CorruptCheckpoint, "{e}");
     assert!(e.to_string().contains("trailing"), "{e}");
     // And `wan-run compare` no longer says "ok" on a wrapped-around file.
-    let (_, wrapped, _) = safetensors_corpus().into_iter().find(|c| c.0 == "wraps-around").unwrap();
+    let (_, wrapped, _) = safetensors_corpus()
+        .into_iter()
+        .find(|c| c.0 == "wraps-around")
+        .unwrap();
     let f = tmp.path().join("wrapped.safetensors");
     std::fs::write(&f, wrapped).unwrap();
-    let (code, log) = wan_run(&[os("compare"), os("--input"), f.as_os_str(), os("--reference"), f.as_os_str()]);
+    let (code, log) = wan_run(&[
+        os("compare"),
+        os("--input"),
+        f.as_os_str(),
+        os("--reference"),
+        f.as_os_str(),
+    ]);
     assert_eq!(code, 1, "{log}");
     assert!(log.contains("overflows"), "{log}");
 }
@@ -528,7 +670,10 @@ fn central_records(d: &[u8]) -> Vec<(usize, String)> {
     while i + 46 <= d.len() {
         if d[i..i + 4] == [0x50, 0x4b, 0x01, 0x02] {
             let n = u16::from_le_bytes([d[i + 28], d[i + 29]]) as usize;
-            v.push((i, String::from_utf8_lossy(&d[i + 46..i + 46 + n]).into_owned()));
+            v.push((
+                i,
+                String::from_utf8_lossy(&d[i + 46..i + 46 + n]).into_owned(),
+            ));
         }
         i += 1;
     }
@@ -546,14 +691,22 @@ fn pth_crc32_and_aliased_entries_are_checked() {
     // One flipped bit inside a storage: open succeeds (tensor bytes are not
     // read), fetching the tensor fails by CRC-32, and so does the compile.
     let ck = PthCheckpoint::open(&vae).unwrap();
-    let victim = ck.infos().iter().max_by_key(|t| t.nbytes()).unwrap().name.clone();
+    let victim = ck
+        .infos()
+        .iter()
+        .max_by_key(|t| t.nbytes())
+        .unwrap()
+        .name
+        .clone();
     let entry = central_records(&clean)
         .into_iter()
         .find(|(_, n)| n.ends_with(&format!("/data/{}", ck.info(&victim).unwrap().storage_key)))
         .unwrap();
     let lho = u32::from_le_bytes(clean[entry.0 + 42..entry.0 + 46].try_into().unwrap()) as usize;
     let mut bytes = clean.clone();
-    let data_at = lho + 30 + u16::from_le_bytes([clean[lho + 26], clean[lho + 27]]) as usize
+    let data_at = lho
+        + 30
+        + u16::from_le_bytes([clean[lho + 26], clean[lho + 27]]) as usize
         + u16::from_le_bytes([clean[lho + 28], clean[lho + 29]]) as usize;
     bytes[data_at + 5] ^= 0x10;
     std::fs::write(&vae, &bytes).unwrap();
@@ -592,11 +745,17 @@ fn model_index_and_configs_are_parsed_and_checked() {
     for (garbage, want) in [
         ("{\"hello\": 1}", "_class_name"),
         ("not json", "JSON"),
-        (&index.replace("AutoencoderKLWan", "AutoencoderKL") as &str, "vae"),
+        (
+            &index.replace("AutoencoderKLWan", "AutoencoderKL") as &str,
+            "vae",
+        ),
     ] {
         std::fs::write(model.join("model_index.json"), garbage).unwrap();
         let e = compile_tiny(&model, &tmp.path().join("o"), false).unwrap_err();
-        assert!(e.to_string().contains("model_index.json") && e.to_string().contains(want), "{e}");
+        assert!(
+            e.to_string().contains("model_index.json") && e.to_string().contains(want),
+            "{e}"
+        );
     }
     std::fs::write(model.join("model_index.json"), &index).unwrap();
 
@@ -605,7 +764,11 @@ fn model_index_and_configs_are_parsed_and_checked() {
     for (field, value, want) in [
         ("num_attention_heads", serde_json::json!(0), "dim 0"),
         ("patch_size", serde_json::json!([0, 0, 0]), "patch_size"),
-        ("attention_head_dim", serde_json::json!(4294967295u64), "overflows"),
+        (
+            "attention_head_dim",
+            serde_json::json!(4294967295u64),
+            "overflows",
+        ),
         ("num_layers", serde_json::json!(100000), "num_layers"),
     ] {
         let mut v: serde_json::Value = serde_json::from_str(&original).unwrap();
@@ -648,9 +811,16 @@ fn shard_index_handling_is_linear() {
     // is robust to how loaded the machine is.
     let small = shard_index_seconds(30_000);
     let large = shard_index_seconds(300_000);
-    assert!(large < 40.0 * small + 0.5, "30k names {small:.3} s, 300k {large:.3} s");
+    assert!(
+        large < 40.0 * small + 0.5,
+        "30k names {small:.3} s, 300k {large:.3} s"
+    );
     let bad = r#"{"weight_map": {"a": "../x.safetensors"}}"#;
-    assert!(wanrt::compiler::checkpoint::safetensors::shard_names(bad).unwrap_err().contains("leaves"));
+    assert!(
+        wanrt::compiler::checkpoint::safetensors::shard_names(bad)
+            .unwrap_err()
+            .contains("leaves")
+    );
 }
 
 // ---------------------------------------------------------------- class 6
@@ -661,7 +831,10 @@ fn integrity_checks_cannot_be_switched_off() {
     let original = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
     // Dropping the tokenizer's digest.
     edit_manifest(&dir, |v| {
-        v["networks"]["text_encoder"]["config"].as_object_mut().unwrap().remove("tokenizer_sha256");
+        v["networks"]["text_encoder"]["config"]
+            .as_object_mut()
+            .unwrap()
+            .remove("tokenizer_sha256");
     });
     let a = Artifacts::open(&dir).unwrap();
     let e = wanrt::runtime::prompt::TextEncoderFiles::of(&a).unwrap_err();
@@ -669,7 +842,9 @@ fn integrity_checks_cannot_be_switched_off() {
     // Dropping the cache's digest.
     std::fs::write(dir.join("manifest.json"), &original).unwrap();
     edit_manifest(&dir, |v| {
-        let c = v["networks"]["text_encoder"]["config"].as_object_mut().unwrap();
+        let c = v["networks"]["text_encoder"]["config"]
+            .as_object_mut()
+            .unwrap();
         c.insert("negative_prompt".into(), "x".into());
         c.insert("negative_prompt_embeds".into(), "tokenizer.json".into());
         c.remove("negative_prompt_embeds_sha256");
@@ -683,7 +858,10 @@ fn integrity_checks_cannot_be_switched_off() {
     std::fs::rename(dir.join("dit.onnx"), &outside).unwrap();
     std::os::unix::fs::symlink(&outside, dir.join("dit.onnx")).unwrap();
     let e = Artifacts::open(&dir).unwrap_err();
-    assert!(e.to_string().contains("outside the artifact directory"), "{e}");
+    assert!(
+        e.to_string().contains("outside the artifact directory"),
+        "{e}"
+    );
     // The same for the tokenizer.
     std::fs::remove_file(dir.join("dit.onnx")).unwrap();
     std::fs::rename(&outside, dir.join("dit.onnx")).unwrap();
@@ -691,8 +869,12 @@ fn integrity_checks_cannot_be_switched_off() {
     std::fs::rename(dir.join("tokenizer.json"), &tok_out).unwrap();
     std::os::unix::fs::symlink(&tok_out, dir.join("tokenizer.json")).unwrap();
     let a = Artifacts::open(&dir).unwrap();
-    let e = wanrt::runtime::prompt::PromptEncoder::load(&a, wanrt::runtime::Backend::OrtCpu).unwrap_err();
-    assert!(e.to_string().contains("outside the artifact directory"), "{e}");
+    let e = wanrt::runtime::prompt::PromptEncoder::load(&a, wanrt::runtime::Backend::OrtCpu)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("outside the artifact directory"),
+        "{e}"
+    );
 }
 
 // ---------------------------------------------------------------- class 7
@@ -740,7 +922,10 @@ fn non_finite_inputs_and_flags_are_refused() {
     // compare --atol NaN no longer passes tensors that differ everywhere.
     let a = latents_file(tmp.path(), &vec![1.0; 768]);
     let b = tmp.path().join("b.safetensors");
-    let t = BTreeMap::from([("latents".to_string(), HostTensor::from_f32(vec![1, 16, 3, 4, 4], &vec![9.0; 768]))]);
+    let t = BTreeMap::from([(
+        "latents".to_string(),
+        HostTensor::from_f32(vec![1, 16, 3, 4, 4], &vec![9.0; 768]),
+    )]);
     tensorfile::write(&b, &t, true).unwrap();
     for flag in ["--atol", "--rtol"] {
         let (code, log) = wan_run(&[
@@ -782,6 +967,9 @@ fn a_non_finite_network_output_names_the_network_and_step() {
         out.as_os_str(),
     ]);
     assert_eq!(code, 1, "{log}");
-    assert!(log.contains("dit") && log.contains("non-finite") && log.contains("step 1"), "{log}");
+    assert!(
+        log.contains("dit") && log.contains("non-finite") && log.contains("step 1"),
+        "{log}"
+    );
     assert!(!out.exists());
 }

@@ -204,6 +204,48 @@ pub fn temp_sibling(target: &Path) -> PathBuf {
     parent_dir(target).join(format!(".{name}{TEMP_MARKER}{}-{n}", std::process::id()))
 }
 
+/// Whether process `pid` still runs (Linux: `/proc/<pid>` exists).
+pub fn pid_alive(pid: u32) -> bool {
+    pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes the temporaries [`temp_sibling`] made for `target` in processes
+/// that no longer run (killed by SIGKILL or a power cut before they could
+/// clean up); returns how many. Only names of exactly that form are
+/// touched, and a live process's temporaries never.
+pub fn clean_stale_temps(target: &Path) -> usize {
+    let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return 0;
+    };
+    let prefix = format!(".{name}{TEMP_MARKER}");
+    let Ok(entries) = std::fs::read_dir(parent_dir(target)) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some((pid, count)) = rest.split_once('-') else {
+            continue;
+        };
+        let (Ok(pid), true) = (pid.parse::<u32>(), count.bytes().all(|b| b.is_ascii_digit())) else {
+            continue;
+        };
+        if pid_alive(pid) {
+            continue;
+        }
+        let removed = match e.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(e.path()),
+            Ok(t) if t.is_file() => std::fs::remove_file(e.path()),
+            _ => continue,
+        };
+        n += usize::from(removed.is_ok());
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,20 +285,56 @@ mod tests {
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        assert!(read_capped(&fifo, 10).unwrap_err().to_string().contains("FIFO"));
+        assert!(
+            read_capped(&fifo, 10)
+                .unwrap_err()
+                .to_string()
+                .contains("FIFO")
+        );
         // Outputs: absent, file (only with overwrite), never anything else.
-        assert_eq!(check_output(&dir.join("new"), false).unwrap(), OutputState::Absent);
+        assert_eq!(
+            check_output(&dir.join("new"), false).unwrap(),
+            OutputState::Absent
+        );
         assert_eq!(
             check_output(&f, false).unwrap_err().kind(),
             std::io::ErrorKind::AlreadyExists
         );
-        assert_eq!(check_output(&f, true).unwrap(), OutputState::ReplaceableFile);
+        assert_eq!(
+            check_output(&f, true).unwrap(),
+            OutputState::ReplaceableFile
+        );
         let link = dir.join("link");
         std::os::unix::fs::symlink(&f, &link).unwrap();
-        for p in [Path::new("/dev/null"), fifo.as_path(), dir.as_path(), link.as_path()] {
+        for p in [
+            Path::new("/dev/null"),
+            fifo.as_path(),
+            dir.as_path(),
+            link.as_path(),
+        ] {
             let e = check_output(p, true).unwrap_err();
             assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{p:?}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_processes_are_removed() {
+        let dir = std::env::temp_dir().join(format!("wanrt-fsio-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("v.mp4");
+        let dead = dir.join(".v.mp4.tmp-4194999-0");
+        let dead_dir = dir.join(".v.mp4.tmp-4194999-1");
+        let live = temp_sibling(&target);
+        let other = dir.join(".w.mp4.tmp-4194999-0");
+        let user = dir.join(".v.mp4.tmp-notes");
+        for f in [&dead, &live, &other, &user] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        std::fs::create_dir(&dead_dir).unwrap();
+        assert_eq!(clean_stale_temps(&target), 2);
+        assert!(!dead.exists() && !dead_dir.exists());
+        assert!(live.exists() && other.exists() && user.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

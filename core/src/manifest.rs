@@ -53,14 +53,24 @@ fn check_relative(p: &str) -> std::result::Result<(), String> {
 
 fn check_spec(t: &TensorSpec) -> std::result::Result<(), String> {
     if t.name.is_empty() || t.shape.len() > 8 {
-        return Err(format!("tensor spec '{}' of rank {}", t.name, t.shape.len()));
+        return Err(format!(
+            "tensor spec '{}' of rank {}",
+            t.name,
+            t.shape.len()
+        ));
     }
     let mut n = 1u64;
     for d in &t.shape {
         if let crate::contract::Dim::Fixed(v) = d {
-            n = n.checked_mul(*v).filter(|&n| n <= MAX_SPEC_ELEMENTS).ok_or_else(|| {
-                format!("tensor '{}' declares more than {MAX_SPEC_ELEMENTS} elements", t.name)
-            })?;
+            n = n
+                .checked_mul(*v)
+                .filter(|&n| n <= MAX_SPEC_ELEMENTS)
+                .ok_or_else(|| {
+                    format!(
+                        "tensor '{}' declares more than {MAX_SPEC_ELEMENTS} elements",
+                        t.name
+                    )
+                })?;
         }
     }
     Ok(())
@@ -188,12 +198,13 @@ impl Manifest {
     /// belong to the loader that opens the files.
     pub fn read(dir: &Path) -> Result<Self> {
         let file = Self::path(dir);
-        let text = crate::fsio::read_capped_string(&file, MAX_MANIFEST_BYTES).map_err(|source| {
-            Error::Io {
-                file: file.clone(),
-                source,
-            }
-        })?;
+        let text =
+            crate::fsio::read_capped_string(&file, MAX_MANIFEST_BYTES).map_err(|source| {
+                Error::Io {
+                    file: file.clone(),
+                    source,
+                }
+            })?;
         Self::from_json(&text, &file)
     }
 
@@ -248,7 +259,9 @@ impl Manifest {
             check_digest(&net.graph_digest).map_err(|e| bad(format!("graph_digest {e}")))?;
             check_digest(&net.weights_digest).map_err(|e| bad(format!("weights_digest {e}")))?;
             let Some(data) = &net.external_data else {
-                return Err(bad("has no external_data (every network of this version has one)".into()));
+                return Err(bad(
+                    "has no external_data (every network of this version has one)".into(),
+                ));
             };
             let chunk_files = net.chunks.iter().map(|c| &c.file);
             for p in std::iter::once(&net.file)
@@ -263,7 +276,9 @@ impl Manifest {
             if !net.chunks.is_empty() {
                 let roles: Vec<&str> = net.chunks.iter().map(|c| c.role.as_str()).collect();
                 if roles != ["first", "step"] {
-                    return Err(bad(format!("chunk graphs {roles:?}, expected [\"first\", \"step\"]")));
+                    return Err(bad(format!(
+                        "chunk graphs {roles:?}, expected [\"first\", \"step\"]"
+                    )));
                 }
                 for c in &net.chunks {
                     check_digest(&c.graph_digest)
@@ -401,31 +416,61 @@ mod tests {
         assert!(Manifest::from_json(&with_vae(&|_| {}).to_string(), f).is_ok());
         type Edit = Box<dyn Fn(&mut serde_json::Value)>;
         let cases: Vec<(&str, Edit)> = vec![
-            ("batch", Box::new(|v| v["networks"]["dit"]["profile"]["batch"] = serde_json::json!({"fixed": 0}))),
-            ("65536", Box::new(|v| v["networks"]["dit"]["profile"]["width"] = 65536.into())),
-            ("frames", Box::new(|v| v["networks"]["dit"]["profile"]["frames"] = 100_001.into())),
+            (
+                "batch",
+                Box::new(|v| {
+                    v["networks"]["dit"]["profile"]["batch"] = serde_json::json!({"fixed": 0})
+                }),
+            ),
+            (
+                "65536",
+                Box::new(|v| v["networks"]["dit"]["profile"]["width"] = 65536.into()),
+            ),
+            (
+                "frames",
+                Box::new(|v| v["networks"]["dit"]["profile"]["frames"] = 100_001.into()),
+            ),
             (
                 "latents_mean",
-                Box::new(|v| v["networks"]["vae_decoder"]["config"]["latents_mean"] = vec![0.0f32; 3].into()),
+                Box::new(|v| {
+                    v["networks"]["vae_decoder"]["config"]["latents_mean"] = vec![0.0f32; 3].into()
+                }),
             ),
             (
                 "latents_std",
                 Box::new(|v| v["networks"]["vae_decoder"]["config"]["latents_std"][2] = 0.0.into()),
             ),
-            ("graph_digest", Box::new(|v| v["networks"]["dit"]["graph_digest"] = "".into())),
+            (
+                "graph_digest",
+                Box::new(|v| v["networks"]["dit"]["graph_digest"] = "".into()),
+            ),
             (
                 "external_data",
                 Box::new(|v| {
-                    v["networks"]["dit"].as_object_mut().unwrap().remove("external_data");
+                    v["networks"]["dit"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("external_data");
                 }),
             ),
-            ("leaves", Box::new(|v| v["networks"]["dit"]["file"] = "/etc/passwd".into())),
-            ("leaves", Box::new(|v| v["networks"]["dit"]["external_data"] = "a/../../b".into())),
+            (
+                "leaves",
+                Box::new(|v| v["networks"]["dit"]["file"] = "/etc/passwd".into()),
+            ),
+            (
+                "leaves",
+                Box::new(|v| v["networks"]["dit"]["external_data"] = "a/../../b".into()),
+            ),
             (
                 "elements",
-                Box::new(|v| v["networks"]["dit"]["inputs"][0]["shape"] = vec![1u64 << 20, 1 << 20].into()),
+                Box::new(|v| {
+                    v["networks"]["dit"]["inputs"][0]["shape"] = vec![1u64 << 20, 1 << 20].into()
+                }),
             ),
-            ("no network", Box::new(|v| v["networks"] = serde_json::json!({}))),
+            (
+                "no network",
+                Box::new(|v| v["networks"] = serde_json::json!({})),
+            ),
         ];
         for (want, edit) in cases {
             let e = Manifest::from_json(&with_vae(&*edit).to_string(), f).unwrap_err();

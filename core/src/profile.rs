@@ -89,7 +89,10 @@ impl Profile {
                 ));
             }
             if v > MAX_SIDE {
-                return Err(Error::profile(flag, format!("{v} exceeds {MAX_SIDE} pixels")));
+                return Err(Error::profile(
+                    flag,
+                    format!("{v} exceeds {MAX_SIDE} pixels"),
+                ));
             }
         }
         if frames > MAX_FRAMES {
@@ -126,8 +129,14 @@ impl Profile {
         if self.name.is_empty() || self.name.len() > 64 {
             return Err(Error::profile("profile", "name must have 1 to 64 bytes"));
         }
-        Self::new(&self.name, self.width, self.height, self.frames, self.text_len)?
-            .with_batch(self.batch)?;
+        Self::new(
+            &self.name,
+            self.width,
+            self.height,
+            self.frames,
+            self.text_len,
+        )?
+        .with_batch(self.batch)?;
         if let BatchMode::Fixed(b) = self.batch
             && b > 64
         {

@@ -167,9 +167,10 @@ pub fn parse_header(json: &[u8], file_len: u64) -> Result<Header, HeaderError> {
     if json.first() != Some(&b'{') {
         return err("the header does not start with a JSON object '{'");
     }
-    let text = std::str::from_utf8(json).map_err(|e| HeaderError(format!("header is not UTF-8: {e}")))?;
-    let Entries(entries) =
-        serde_json::from_str(text).map_err(|e| HeaderError(format!("header is not valid JSON: {e}")))?;
+    let text =
+        std::str::from_utf8(json).map_err(|e| HeaderError(format!("header is not UTF-8: {e}")))?;
+    let Entries(entries) = serde_json::from_str(text)
+        .map_err(|e| HeaderError(format!("header is not valid JSON: {e}")))?;
     let mut seen = HashSet::with_capacity(entries.len());
     let mut metadata = BTreeMap::new();
     let mut tensors = Vec::with_capacity(entries.len());
@@ -251,11 +252,17 @@ fn tensor_entry(name: String, info: Json) -> Result<TensorEntry, HeaderError> {
         .and_then(Json::as_array)
         .ok_or_else(|| bad("no shape".into()))?;
     if dims.len() > MAX_RANK {
-        return Err(bad(format!("{} dimensions (at most {MAX_RANK})", dims.len())));
+        return Err(bad(format!(
+            "{} dimensions (at most {MAX_RANK})",
+            dims.len()
+        )));
     }
     let shape = dims
         .iter()
-        .map(|d| d.as_u64().ok_or_else(|| bad(format!("shape entry {d} is not a size"))))
+        .map(|d| {
+            d.as_u64()
+                .ok_or_else(|| bad(format!("shape entry {d} is not a size")))
+        })
         .collect::<Result<Vec<u64>, _>>()?;
     let offs = info
         .get("data_offsets")
@@ -410,29 +417,65 @@ mod tests {
         let t = |s: &str, e: &str| format!(r#""dtype":"F32","shape":[{s}],"data_offsets":[{e}]"#);
         let cases: Vec<(String, usize, &str)> = vec![
             // Element count wrapping around 64 bits (4.6e18 × 4 bytes).
-            (format!("{{\"a\":{{{}}}}}", t("4611686018427387904", "0,0")), 0, "overflows"),
-            (format!("{{\"a\":{{{}}}}}", t("1152921504606846977,16", "0,64")), 64, "overflows"),
+            (
+                format!("{{\"a\":{{{}}}}}", t("4611686018427387904", "0,0")),
+                0,
+                "overflows",
+            ),
+            (
+                format!("{{\"a\":{{{}}}}}", t("1152921504606846977,16", "0,64")),
+                64,
+                "overflows",
+            ),
             // Overlap, gap, trailing bytes, past the end.
             (
-                format!("{{\"a\":{{{}}},\"b\":{{{}}}}}", t("2", "0,8"), t("2", "4,12")),
+                format!(
+                    "{{\"a\":{{{}}},\"b\":{{{}}}}}",
+                    t("2", "0,8"),
+                    t("2", "4,12")
+                ),
                 12,
                 "overlaps",
             ),
             (
-                format!("{{\"a\":{{{}}},\"b\":{{{}}}}}", t("2", "0,8"), t("2", "12,20")),
+                format!(
+                    "{{\"a\":{{{}}},\"b\":{{{}}}}}",
+                    t("2", "0,8"),
+                    t("2", "12,20")
+                ),
                 20,
                 "gap",
             ),
             (format!("{{\"a\":{{{}}}}}", t("2", "0,8")), 9, "trailing"),
             (format!("{{\"a\":{{{}}}}}", t("2", "0,8")), 7, "truncated"),
             (format!("{{\"a\":{{{}}}}}", t("3", "0,8")), 8, "needs 12"),
-            (format!("{{\"a\":{{{}}},\"a\":{{{}}}}}", t("1", "0,4"), t("1", "4,8")), 8, "twice"),
-            (format!("{{\"a\":{{{},\"x\":1}}}}", t("1", "0,4")), 4, "unknown field"),
-            (r#"{"a":{"dtype":"Q7","shape":[],"data_offsets":[0,1]}}"#.into(), 1, "dtype"),
+            (
+                format!(
+                    "{{\"a\":{{{}}},\"a\":{{{}}}}}",
+                    t("1", "0,4"),
+                    t("1", "4,8")
+                ),
+                8,
+                "twice",
+            ),
+            (
+                format!("{{\"a\":{{{},\"x\":1}}}}", t("1", "0,4")),
+                4,
+                "unknown field",
+            ),
+            (
+                r#"{"a":{"dtype":"Q7","shape":[],"data_offsets":[0,1]}}"#.into(),
+                1,
+                "dtype",
+            ),
             (r#"{"__metadata__":{"k":1}}"#.into(), 0, "not a string"),
             (r#"[]"#.into(), 0, "JSON object"),
             (format!("{{\"a\":{{{}}}}}", t("-1", "0,4")), 4, "not a size"),
-            (format!("{{\"a\":{{{}}}}}", t("1", "4,0")), 4, "[start, end]"),
+            (
+                format!("{{\"a\":{{{}}}}}", t("1", "4,0")),
+                4,
+                "[start, end]",
+            ),
         ];
         for (header, data, want) in cases {
             let e = parse(&file(&header, data)).unwrap_err();

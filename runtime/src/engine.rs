@@ -76,7 +76,10 @@ impl Artifacts {
     /// it resolves to a regular file inside the artifact directory (a
     /// symbolic link to elsewhere is refused).
     pub fn file(&self, file: &str) -> Result<PathBuf> {
-        let root = self.dir.canonicalize().map_err(|e| Error::io(&self.dir, e))?;
+        let root = self
+            .dir
+            .canonicalize()
+            .map_err(|e| Error::io(&self.dir, e))?;
         resolve_inside(&self.dir, &root, file).map_err(|reason| Error::Artifacts {
             dir: self.dir.clone(),
             reason,

@@ -365,7 +365,10 @@ impl PromptEncoder {
                 check_digest(
                     artifacts,
                     &p,
-                    files.negative_prompt_embeds_sha256.as_deref().unwrap_or_default(),
+                    files
+                        .negative_prompt_embeds_sha256
+                        .as_deref()
+                        .unwrap_or_default(),
                 )?;
                 Some((text.clone(), p))
             }

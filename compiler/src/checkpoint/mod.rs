@@ -101,7 +101,10 @@ fn class_name(config: &Path) -> Result<Option<String>> {
 const COMPONENTS: &[(&str, &[&str])] = &[
     ("transformer", &["WanTransformer3DModel"]),
     ("text_encoder", &["UMT5EncoderModel"]),
-    ("tokenizer", &["T5TokenizerFast", "T5Tokenizer", "AutoTokenizer"]),
+    (
+        "tokenizer",
+        &["T5TokenizerFast", "T5Tokenizer", "AutoTokenizer"],
+    ),
     ("vae", &["AutoencoderKLWan"]),
 ];
 const I2V_COMPONENTS: &[(&str, &[&str])] = &[
@@ -158,12 +161,15 @@ pub fn check_model_index_text(
             _ => {
                 return Err(format!(
                     "component '{name}' is {}, expected [library, one of {classes:?}]",
-                    v.get(*name).map_or("missing".to_string(), |e| e.to_string())
+                    v.get(*name)
+                        .map_or("missing".to_string(), |e| e.to_string())
                 ));
             }
         }
         if !has_dir(name) {
-            return Err(format!("lists '{name}' but the model has no {name}/ directory"));
+            return Err(format!(
+                "lists '{name}' but the model has no {name}/ directory"
+            ));
         }
     }
     Ok(())

@@ -184,10 +184,7 @@ impl SafetensorsSet {
     }
 
     pub fn total_bytes(&self) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| s.header.data_len())
-            .sum()
+        self.shards.iter().map(|s| s.header.data_len()).sum()
     }
 
     /// Drops the resident pages of tensor `name` (see `release_pages`).

@@ -159,16 +159,12 @@ pub(super) fn export_text_encoder(
 
     let tok_dst = staging.join(TOKENIZER_FILE);
     // Bounded read of a regular file, validated as the runtime will.
-    let bytes = wanrt_core::fsio::read_capped(
-        &tokenizer_src,
-        wanrt_runtime::text::MAX_TOKENIZER_BYTES,
-    )
-    .map_err(|e| Error::io(&tokenizer_src, e))?;
-    wanrt_runtime::text::validate_tokenizer_json(&bytes).map_err(|reason| {
-        Error::Config {
-            file: tokenizer_src.clone(),
-            reason: format!("not a UMT5 tokenizer.json: {reason}"),
-        }
+    let bytes =
+        wanrt_core::fsio::read_capped(&tokenizer_src, wanrt_runtime::text::MAX_TOKENIZER_BYTES)
+            .map_err(|e| Error::io(&tokenizer_src, e))?;
+    wanrt_runtime::text::validate_tokenizer_json(&bytes).map_err(|reason| Error::Config {
+        file: tokenizer_src.clone(),
+        reason: format!("not a UMT5 tokenizer.json: {reason}"),
     })?;
     std::fs::write(&tok_dst, &bytes).map_err(|e| Error::io(&tok_dst, e))?;
     entry.config["tokenizer"] = TOKENIZER_FILE.into();

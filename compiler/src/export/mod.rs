@@ -212,8 +212,11 @@ pub fn clean_stale_staging(out: &Path) -> usize {
         else {
             continue;
         };
-        let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
-        if !alive && e.file_type().is_ok_and(|t| t.is_dir()) && std::fs::remove_dir_all(e.path()).is_ok() {
+        let alive = pid != std::process::id() && wanrt_core::fsio::pid_alive(pid);
+        if !alive
+            && e.file_type().is_ok_and(|t| t.is_dir())
+            && std::fs::remove_dir_all(e.path()).is_ok()
+        {
             n += 1;
         }
     }
@@ -322,10 +325,7 @@ fn prepare_out(out: &Path, overwrite: bool) -> Result<Staging> {
     let dir = out.join(format!("{STAGING_PREFIX}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir(&dir).map_err(|e| fail(format!("not writable: {e} (--out)")))?;
-    Ok(Staging {
-        dir,
-        created_out,
-    })
+    Ok(Staging { dir, created_out })
 }
 
 fn progress_bar(show: bool, what: &str) -> indicatif::ProgressBar {

@@ -28,10 +28,11 @@ use crate::error::{Error, Result};
 pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
 pub fn read_json<T: serde::de::DeserializeOwned>(file: &Path) -> Result<T> {
-    let text = crate::fsio::read_capped_string(file, MAX_CONFIG_BYTES).map_err(|source| Error::Io {
-        file: file.to_path_buf(),
-        source,
-    })?;
+    let text =
+        crate::fsio::read_capped_string(file, MAX_CONFIG_BYTES).map_err(|source| Error::Io {
+            file: file.to_path_buf(),
+            source,
+        })?;
     serde_json::from_str(&text).map_err(|e| Error::InvalidConfig {
         file: file.to_path_buf(),
         reason: e.to_string(),

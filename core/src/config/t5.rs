@@ -98,7 +98,12 @@ impl Umt5Config {
                 self.num_buckets
             ));
         }
-        in_range("relative_attention_max_distance", self.max_distance, 1, 1 << 20)?;
+        in_range(
+            "relative_attention_max_distance",
+            self.max_distance,
+            1,
+            1 << 20,
+        )?;
         if !(self.eps > 0.0 && self.eps < 1e-2) {
             return Err(format!("layer_norm_epsilon {} is out of range", self.eps));
         }

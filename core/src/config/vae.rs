@@ -105,7 +105,10 @@ impl VaeConfig {
         super::in_range("z_dim", self.z_dim, 1, 1024)?;
         super::in_range("num_res_blocks", self.num_res_blocks, 1, 64)?;
         if self.dim_mult.is_empty() || self.dim_mult.len() > 8 {
-            return Err(format!("dim_mult has {} entries (1..=8)", self.dim_mult.len()));
+            return Err(format!(
+                "dim_mult has {} entries (1..=8)",
+                self.dim_mult.len()
+            ));
         }
         for &m in &self.dim_mult {
             super::in_range("dim_mult entry", m, 1, 64)?;
@@ -124,8 +127,14 @@ impl VaeConfig {
         if let Some(m) = self.latents_mean.iter().find(|m| !m.is_finite()) {
             return Err(format!("latents_mean holds {m}"));
         }
-        if let Some(s) = self.latents_std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-            return Err(format!("latents_std holds {s}; it must be finite and positive"));
+        if let Some(s) = self
+            .latents_std
+            .iter()
+            .find(|s| !(s.is_finite() && **s > 0.0))
+        {
+            return Err(format!(
+                "latents_std holds {s}; it must be finite and positive"
+            ));
         }
         Ok(())
     }

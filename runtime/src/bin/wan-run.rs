@@ -300,9 +300,16 @@ fn generate(g: GenerateArgs) -> Result<()> {
         }
     }
     tensorfile::check_output(&sidecar, g.overwrite)?;
+    // Temporaries of an earlier run killed before it could clean up.
+    for p in [&g.output, &sidecar].into_iter().chain(g.save_latents.as_ref()) {
+        wanrt_core::fsio::clean_stale_temps(p);
+    }
     if let Some(s) = &g.save_latents {
         tensorfile::check_output(s, g.overwrite)?;
-        for (other, what) in [(&g.output, "--output"), (&sidecar, "the sidecar of --output")] {
+        for (other, what) in [
+            (&g.output, "--output"),
+            (&sidecar, "the sidecar of --output"),
+        ] {
             if same_path(s, other) {
                 return Err(wanrt_runtime::Error::OutputRefused {
                     file: s.clone(),

@@ -152,11 +152,14 @@ impl PromptTokenizer {
         };
         let bytes = wanrt_core::fsio::read_capped(path, MAX_TOKENIZER_BYTES)
             .map_err(|e| fail(e.to_string()))?;
-        validate_tokenizer_json(&bytes).map_err(|e| fail(format!("not a UMT5 tokenizer.json: {e}")))?;
+        validate_tokenizer_json(&bytes)
+            .map_err(|e| fail(format!("not a UMT5 tokenizer.json: {e}")))?;
         // The tokenizers crate can panic on damaged data it accepted
         // (a corrupt precompiled_charsmap): the panic stops at this boundary.
-        let inner = guarded(path, "loading", || tokenizers::Tokenizer::from_bytes(&bytes))?
-            .map_err(|e| fail(format!("not a tokenizer.json: {e}")))?;
+        let inner = guarded(path, "loading", || {
+            tokenizers::Tokenizer::from_bytes(&bytes)
+        })?
+        .map_err(|e| fail(format!("not a tokenizer.json: {e}")))?;
         // Looked up by name rather than assumed, so that a tokenizer with
         // another layout fails here instead of producing wrong ids.
         let special = |token: &str| {
@@ -167,8 +170,10 @@ impl PromptTokenizer {
         let pad_id = special("<pad>")?;
         let eos_id = special("</s>")?;
         // Exercise the normaliser once, so damage shows at load time.
-        guarded(path, "normalising a probe text", || inner.encode("a Ab 1", false))?
-            .map_err(|e| fail(format!("encoding a probe text failed: {e}")))?;
+        guarded(path, "normalising a probe text", || {
+            inner.encode("a Ab 1", false)
+        })?
+        .map_err(|e| fail(format!("encoding a probe text failed: {e}")))?;
         Ok(Self {
             inner,
             file: path.to_path_buf(),

@@ -448,7 +448,10 @@ fn parse_zip(d: &[u8]) -> Result<Vec<ZipEntry>, ZipProblem> {
     }
     let mut names = std::collections::HashSet::with_capacity(entries.len());
     if let Some(dup) = entries.iter().find(|e| !names.insert(e.name.as_str())) {
-        return Err(ZipProblem::Corrupt(format!("entry '{}' appears twice", dup.name)));
+        return Err(ZipProblem::Corrupt(format!(
+            "entry '{}' appears twice",
+            dup.name
+        )));
     }
     Ok(entries)
 }
@@ -462,7 +465,11 @@ pub fn crc32(bytes: &[u8]) -> u32 {
         for i in 0..256 {
             let mut c = i as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
             t[0][i] = c;
         }
@@ -704,14 +711,15 @@ fn index_archive(path: &Path, data: &[u8]) -> Result<(Vec<ZipEntry>, Vec<TensorI
     let mut storage_dtype: HashMap<&str, DType> = HashMap::new();
     for (name, r) in &records {
         let entry_name = format!("{prefix}data/{}", r.storage_key);
-        let &(entry_index, entry) = by_name
-            .get(entry_name.as_str())
-            .ok_or_else(|| PthError::MissingStorage {
-                file: path.to_path_buf(),
-                tensor: name.clone(),
-                key: r.storage_key.clone(),
-                entry: entry_name.clone(),
-            })?;
+        let &(entry_index, entry) =
+            by_name
+                .get(entry_name.as_str())
+                .ok_or_else(|| PthError::MissingStorage {
+                    file: path.to_path_buf(),
+                    tensor: name.clone(),
+                    key: r.storage_key.clone(),
+                    entry: entry_name.clone(),
+                })?;
         if let Some(&d) = storage_dtype.get(r.storage_key.as_str())
             && d != r.dtype
         {
@@ -791,7 +799,12 @@ impl PthCheckpoint {
         let Some(t) = self.info(name) else {
             return Ok(None);
         };
-        let done = self.verified.borrow().get(t.entry).copied().unwrap_or(false);
+        let done = self
+            .verified
+            .borrow()
+            .get(t.entry)
+            .copied()
+            .unwrap_or(false);
         if !done {
             let e = &self.entries[t.entry];
             check_crc(&self.path, e, &self.mmap[e.start..e.start + e.size])?;
