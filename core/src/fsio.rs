@@ -230,7 +230,10 @@ pub fn clean_stale_temps(target: &Path) -> usize {
         let Some((pid, count)) = rest.split_once('-') else {
             continue;
         };
-        let (Ok(pid), true) = (pid.parse::<u32>(), count.bytes().all(|b| b.is_ascii_digit())) else {
+        let (Ok(pid), true) = (
+            pid.parse::<u32>(),
+            count.bytes().all(|b| b.is_ascii_digit()),
+        ) else {
             continue;
         };
         if pid_alive(pid) {

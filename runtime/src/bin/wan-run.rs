@@ -301,7 +301,10 @@ fn generate(g: GenerateArgs) -> Result<()> {
     }
     tensorfile::check_output(&sidecar, g.overwrite)?;
     // Temporaries of an earlier run killed before it could clean up.
-    for p in [&g.output, &sidecar].into_iter().chain(g.save_latents.as_ref()) {
+    for p in [&g.output, &sidecar]
+        .into_iter()
+        .chain(g.save_latents.as_ref())
+    {
         wanrt_core::fsio::clean_stale_temps(p);
     }
     if let Some(s) = &g.save_latents {

@@ -50,10 +50,10 @@ pub fn validate_tokenizer_json(bytes: &[u8]) -> std::result::Result<(), String> 
             return Err(format!("model.vocab entry {i} is not [piece, score]"));
         }
     }
-    if let Some(unk) = model.get("unk_id").filter(|u| !u.is_null()) {
-        if unk.as_u64().is_none_or(|u| u as usize >= vocab.len()) {
-            return Err(format!("model.unk_id {unk} is not a vocabulary index"));
-        }
+    if let Some(unk) = model.get("unk_id").filter(|u| !u.is_null())
+        && unk.as_u64().is_none_or(|u| u as usize >= vocab.len())
+    {
+        return Err(format!("model.unk_id {unk} is not a vocabulary index"));
     }
     let mut stack: Vec<&J> = v.get("normalizer").into_iter().collect();
     while let Some(n) = stack.pop() {
@@ -97,7 +97,7 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
         } as u32)
     };
     let b = s.trim_end_matches('=').as_bytes();
-    if s.len() % 4 != 0 || s.len() - b.len() > 2 {
+    if !s.len().is_multiple_of(4) || s.len() - b.len() > 2 {
         return None;
     }
     let mut out = Vec::with_capacity(b.len() * 3 / 4);
