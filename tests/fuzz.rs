@@ -15,7 +15,8 @@
 //! strict reader, two entry points), the restricted unpickler, the `.pth` zip
 //! reader (zip directory, CRC-32, unpickler, records), `manifest.json`, the
 //! image loader, the shard index, `model_index.json` and the DiT's
-//! `config.json`. There is no LoRA reader in this version.
+//! `config.json`, and the LoRA reader (`LoraFile::open`: the strict
+//! safetensors reader, then key layouts and pairing).
 
 mod common;
 
@@ -474,6 +475,35 @@ fn fuzz_model_index_and_dit_config() {
         let c: wanrt::core::config::WanTransformer3DModelConfig =
             serde_json::from_slice(b).map_err(|e| e.to_string())?;
         wanrt::core::DitConfig::from_diffusers(&c, file)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+}
+
+#[test]
+fn fuzz_lora() {
+    use std::collections::BTreeMap;
+    use wanrt::runtime::{HostTensor, tensorfile};
+    // A PEFT LoRA of rank 2 on two projections of block 0 (24-wide, as the
+    // tiny DiT).
+    let mut t = BTreeMap::new();
+    for m in ["attn1.to_q", "attn2.to_k"] {
+        t.insert(
+            format!("transformer.blocks.0.{m}.lora_A.weight"),
+            HostTensor::from_f32(vec![2, 24], &[0.01; 48]),
+        );
+        t.insert(
+            format!("transformer.blocks.0.{m}.lora_B.weight"),
+            HostTensor::from_f32(vec![24, 2], &[0.02; 48]),
+        );
+    }
+    let seed = tensorfile::serialize(&t);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lora.safetensors");
+    let spec = wanrt::compiler::lora::LoraSpec::new(&file, 1.0);
+    fuzz_with("lora", vec![seed], mutate_safetensors, |b| {
+        std::fs::write(&file, b).map_err(|e| e.to_string())?;
+        wanrt::compiler::lora::LoraFile::open(&spec)
             .map(|_| ())
             .map_err(|e| e.to_string())
     });

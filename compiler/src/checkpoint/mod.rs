@@ -384,6 +384,14 @@ pub enum Stored {
 }
 
 impl Stored {
+    /// A tensor's shape from the header alone (no data read, no CRC-32).
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        match self {
+            Stored::Safetensors(s) => s.tensor(name).map(|t| t.shape),
+            Stored::Pth(p) => p.info(name).map(|i| i.shape.clone()),
+        }
+    }
+
     fn get(&self, name: &str) -> wanrt_graphs::Result<Option<SourceTensor<'_>>> {
         Ok(match self {
             Stored::Safetensors(s) => s.tensor(name),
@@ -549,7 +557,7 @@ impl Checkpoint {
                     // CLIP tensors can be parts of one canonical tensor.
                     Naming::DiffusersClip => None,
                 }?;
-                Some((canonical, self.stored.get(stored)?.shape))
+                Some((canonical, self.stored.shape(stored)?))
             })
             .collect();
         v.sort();

@@ -150,12 +150,7 @@ impl SafetensorsSet {
     /// Opens one safetensors file on its own (a LoRA, say).
     pub fn open_file(path: &Path) -> Result<Self> {
         let shard = Shard::open(path)?;
-        let index = shard
-            .meta
-            .tensors()
-            .keys()
-            .map(|name| (name.clone(), 0))
-            .collect();
+        let index = shard.by_name.keys().map(|name| (name.clone(), 0)).collect();
         Ok(SafetensorsSet {
             shards: vec![shard],
             index,
@@ -164,8 +159,8 @@ impl SafetensorsSet {
     }
 
     /// The header's `__metadata__` of the first file (string to string).
-    pub fn metadata(&self) -> Option<&HashMap<String, String>> {
-        self.shards.first()?.meta.metadata().as_ref()
+    pub fn metadata(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        self.shards.first().map(|s| &s.header.metadata)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
