@@ -2,8 +2,9 @@
 # Everything CI checks, on a fresh machine: ONNX Runtime from PyPI, the
 # dependency rule of the three stages, formatting, and the whole test suite
 # (golden numerics on ONNX Runtime's CPU provider, graph dumps, bad and
-# hostile input, end-to-end CLI runs, and bounded fuzzing: tests/fuzz.rs runs
-# 10,000 inputs per parser; scripts/fuzz.sh --long runs a million).
+# hostile input, end-to-end CLI runs, wan-serve over loopback HTTP and a
+# real redis-server, and bounded fuzzing: tests/fuzz.rs runs 10,000 inputs
+# per parser; scripts/fuzz.sh --long runs a million).
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 
@@ -24,13 +25,22 @@ fi
 
 echo "== dependency rule: the runtime links no build-time code" >&2
 tree="$(cargo tree -p wanrt-runtime -e normal,build --prefix none --no-dedupe)"
-for forbidden in wanrt-graphs wanrt-compiler prost safetensors memmap2; do
+for forbidden in wanrt-graphs wanrt-compiler prost safetensors memmap2 tokio axum hyper redis; do
   if grep -q "^$forbidden v" <<<"$tree"; then
     echo "FAIL: wanrt-runtime depends on $forbidden" >&2
     exit 1
   fi
 done
-echo "ok: wanrt-runtime depends on none of wanrt-graphs, wanrt-compiler, prost, safetensors, memmap2" >&2
+echo "ok: wanrt-runtime depends on none of wanrt-graphs, wanrt-compiler, prost, safetensors, memmap2, tokio, axum, hyper, redis" >&2
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "== installing redis-server (Debian) for the wan-serve scale-out tests" >&2
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >&2
+  else
+    sudo apt-get update -qq >&2 && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >&2
+  fi
+fi
 
 echo "== rustfmt" >&2
 cargo fmt --all -- --check
