@@ -68,7 +68,9 @@ impl Store {
         self.job_dir(id).join("input_reference")
     }
 
-    fn ensure_dir(&self, id: &str) -> Result<()> {
+    /// Creates the job's folder (results of a Redis deployment's jobs,
+    /// whose records live in Redis).
+    pub fn ensure_dir(&self, id: &str) -> Result<()> {
         let d = self.job_dir(id);
         std::fs::create_dir_all(&d).map_err(|e| Error::storage(&d, e))
     }

@@ -159,7 +159,13 @@ fn work(mut pipeline: Pipeline, slot: &EngineSlot, env: &WorkerEnv) {
         let res = run_job(&mut pipeline, &claim, env);
         env.control.running.fetch_sub(1, Ordering::SeqCst);
         if let Err(e) = res {
+            // Still settle it: every accepted job ends with a reason.
             eprintln!("wan-serve: job {}: {e}", claim.job.id);
+            let mut job = claim.job.clone();
+            job.fail("server_error", e.to_string());
+            if let Err(e) = settle(&claim, job, env) {
+                eprintln!("wan-serve: job {}: recording the failure: {e}", claim.job.id);
+            }
         }
         let (hits, misses) = pipeline.prompt_encoder().recent().stats();
         let key = slot.info.key();
@@ -251,6 +257,7 @@ fn run_job(pipeline: &mut Pipeline, claim: &Claim, env: &WorkerEnv) -> Result<()
     }
 
     // The same writers as wan-run: the same bytes for the same seed.
+    env.store.ensure_dir(&job.id)?;
     let video = env.store.video(&job.id);
     let t0 = Instant::now();
     let written = RgbFrames::from_tensor(&generated.video).and_then(|frames| {

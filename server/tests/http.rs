@@ -221,7 +221,7 @@ fn cancel_stops_a_running_job_between_steps() {
         }
     });
     let (last, job) = events.last().unwrap();
-    assert_eq!(last, "cancelled", "{events:?}");
+    assert_eq!(last, "cancelled", "{} events, the last {last}: {job}", events.len());
     let steps = events.iter().filter(|(n, _)| n == "step").count();
     assert!(steps < 1000, "ran to the end");
     assert_eq!(job["status"], "cancelled");
@@ -483,7 +483,7 @@ fn restart_serves_finished_jobs_and_runs_queued_ones() {
 
     // A long job running and a short one waiting when SIGTERM comes: the
     // server stops accepting, stops the long one at the deadline, keeps both.
-    let (_, long) = submit(&s, None, job_body(60, 6));
+    let (_, long) = submit(&s, None, job_body(1000, 6));
     let long = long["id"].as_str().unwrap().to_string();
     let (_, short) = submit(&s, None, job_body(3, 7));
     let short = short["id"].as_str().unwrap().to_string();
@@ -492,6 +492,7 @@ fn restart_serves_finished_jobs_and_runs_queued_ones() {
     let status = s.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "{}", s.log());
     assert!(s.log().contains("drained"), "{}", s.log());
+    assert!(s.log().contains(&format!("job {long} interrupted by shutdown; queued again")), "{}", s.log());
 
     let s2 = Server::start(&data, &[]);
     let (code, j) = json(client().get(s2.url(&format!("/v1/videos/{done}"))));
@@ -508,7 +509,7 @@ fn restart_serves_finished_jobs_and_runs_queued_ones() {
     wait_for(&s2, None, &short, status_is("completed"));
 
     // A crash (SIGKILL) mid-job: the job runs again after the restart.
-    let (_, crash) = submit(&s2, None, job_body(60, 8));
+    let (_, crash) = submit(&s2, None, job_body(1000, 8));
     let crash = crash["id"].as_str().unwrap().to_string();
     wait_for(&s2, None, &crash, |j| j["progress"].as_u64() > Some(0));
     s2.signal("-KILL");

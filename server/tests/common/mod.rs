@@ -214,6 +214,8 @@ pub fn wait_for(s: &Server, key: Option<&str>, id: &str, done: impl Fn(&Value) -
         if done(&job) {
             return job;
         }
+        let finished = ["completed", "failed", "cancelled"].iter().any(|f| job["status"] == *f);
+        assert!(!finished, "job {id} ended otherwise: {job}: {}", s.log());
         assert!(
             t0.elapsed() < Duration::from_secs(180),
             "job {id} stuck at {job}: {}",
