@@ -90,7 +90,8 @@ fn one_job(
     let job: Value = serde_json::from_str(&r.text()?)?;
     let id = job["id"].as_str().unwrap_or_default().to_string();
     loop {
-        let j: Value = serde_json::from_str(&c.get(format!("{base}/v1/videos/{id}")).send()?.text()?)?;
+        let j: Value =
+            serde_json::from_str(&c.get(format!("{base}/v1/videos/{id}")).send()?.text()?)?;
         match j["status"].as_str() {
             Some("completed") => break,
             Some("failed") | Some("cancelled") => anyhow::bail!("job {id}: {j}"),

@@ -31,7 +31,7 @@ pub struct Claim {
 /// What deleting a job did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Deleted {
-    Gone(Job),
+    Gone(Box<Job>),
     NotFound,
     /// It is running: cancel it first.
     Running,
@@ -199,7 +199,7 @@ impl Queue for LocalQueue {
         self.store.remove(id)?;
         s.jobs.remove(id);
         s.waiting.retain(|w| w != id);
-        Ok(Deleted::Gone(job))
+        Ok(Deleted::Gone(Box::new(job)))
     }
 
     fn depth(&self) -> Result<usize> {

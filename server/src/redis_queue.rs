@@ -312,7 +312,7 @@ impl Queue for RedisQueue {
                 .query::<()>(c)
         })?;
         self.store.remove(id)?;
-        Ok(Deleted::Gone(job))
+        Ok(Deleted::Gone(Box::new(job)))
     }
 
     fn depth(&self) -> Result<usize> {

@@ -164,7 +164,10 @@ fn work(mut pipeline: Pipeline, slot: &EngineSlot, env: &WorkerEnv) {
             let mut job = claim.job.clone();
             job.fail("server_error", e.to_string());
             if let Err(e) = settle(&claim, job, env) {
-                eprintln!("wan-serve: job {}: recording the failure: {e}", claim.job.id);
+                eprintln!(
+                    "wan-serve: job {}: recording the failure: {e}",
+                    claim.job.id
+                );
             }
         }
         let (hits, misses) = pipeline.prompt_encoder().recent().stats();

@@ -221,7 +221,12 @@ fn cancel_stops_a_running_job_between_steps() {
         }
     });
     let (last, job) = events.last().unwrap();
-    assert_eq!(last, "cancelled", "{} events, the last {last}: {job}", events.len());
+    assert_eq!(
+        last,
+        "cancelled",
+        "{} events, the last {last}: {job}",
+        events.len()
+    );
     let steps = events.iter().filter(|(n, _)| n == "step").count();
     assert!(steps < 1000, "ran to the end");
     assert_eq!(job["status"], "cancelled");
@@ -313,7 +318,9 @@ fn bad_requests_get_the_right_status_and_a_json_error() {
         }
         json(r)
     };
-    let cases: Vec<(u16, &str, Option<&str>, (u16, Value))> = vec![
+    // (wanted status, error code, param, what came back)
+    type Case<'a> = (u16, &'a str, Option<&'a str>, (u16, Value));
+    let cases: Vec<Case> = vec![
         (
             401,
             "invalid_api_key",
@@ -492,7 +499,12 @@ fn restart_serves_finished_jobs_and_runs_queued_ones() {
     let status = s.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "{}", s.log());
     assert!(s.log().contains("drained"), "{}", s.log());
-    assert!(s.log().contains(&format!("job {long} interrupted by shutdown; queued again")), "{}", s.log());
+    assert!(
+        s.log()
+            .contains(&format!("job {long} interrupted by shutdown; queued again")),
+        "{}",
+        s.log()
+    );
 
     let s2 = Server::start(&data, &[]);
     let (code, j) = json(client().get(s2.url(&format!("/v1/videos/{done}"))));

@@ -126,10 +126,10 @@ impl Server {
         let c = client();
         let t0 = Instant::now();
         loop {
-            if let Ok(r) = c.get(self.url("/readyz")).send() {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = c.get(self.url("/readyz")).send()
+                && r.status() == 200
+            {
+                return;
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(120),
@@ -214,7 +214,9 @@ pub fn wait_for(s: &Server, key: Option<&str>, id: &str, done: impl Fn(&Value) -
         if done(&job) {
             return job;
         }
-        let finished = ["completed", "failed", "cancelled"].iter().any(|f| job["status"] == *f);
+        let finished = ["completed", "failed", "cancelled"]
+            .iter()
+            .any(|f| job["status"] == *f);
         assert!(!finished, "job {id} ended otherwise: {job}: {}", s.log());
         assert!(
             t0.elapsed() < Duration::from_secs(180),
