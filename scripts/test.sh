@@ -8,10 +8,12 @@
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 
-# Tools the tests call: ffprobe (an independent check of the MP4 writer).
+# Tools the tests call: ffprobe (an independent check of the MP4 writer) and
+# redis-server (wan-serve's scale-out tests start their own on loopback).
 # Installed from Debian's packages when missing (CI runs as root).
 need_apt=()
 command -v ffprobe >/dev/null || need_apt+=(ffmpeg)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]} (apt-get)" >&2
   if [ "$(id -u)" = 0 ]; then
@@ -32,15 +34,6 @@ for forbidden in wanrt-graphs wanrt-compiler prost safetensors memmap2 tokio axu
   fi
 done
 echo "ok: wanrt-runtime depends on none of wanrt-graphs, wanrt-compiler, prost, safetensors, memmap2, tokio, axum, hyper, redis" >&2
-
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "== installing redis-server (Debian) for the wan-serve scale-out tests" >&2
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >&2
-  else
-    sudo apt-get update -qq >&2 && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >&2
-  fi
-fi
 
 echo "== rustfmt" >&2
 cargo fmt --all -- --check

@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 pub use error::{ApiError, Error, ErrorKind, Result};
-use wanrt_runtime::Backend;
+use wanrt_runtime::backend::BackendChoice;
 
 /// Everything `wan-serve` is told on its command line.
 #[derive(Debug, Clone)]
@@ -32,7 +32,8 @@ pub struct Config {
     pub engines: Vec<PathBuf>,
     pub listen: SocketAddr,
     pub data: PathBuf,
-    pub backend: Backend,
+    /// `auto` (the default) or a backend; resolved once at start.
+    pub backend: BackendChoice,
     pub api_key: Option<String>,
     /// Most jobs waiting (429 past it).
     pub max_queue: usize,
@@ -55,9 +56,11 @@ pub struct Config {
 /// load (an error).
 pub async fn serve(cfg: Config) -> Result<()> {
     let store = store::Store::open(&cfg.data)?;
+    let resolved = cfg.backend.resolve()?;
+    eprintln!("wan-serve: backend {} ({})", resolved.backend, resolved.why);
     let mut slots: Vec<Arc<worker::EngineSlot>> = Vec::new();
     for dir in &cfg.engines {
-        let slot = worker::EngineSlot::open(dir.clone())?;
+        let slot = worker::EngineSlot::open(dir.clone(), &resolved)?;
         if let Some(other) = slots.iter().find(|s| s.info.key() == slot.info.key()) {
             return Err(Error::arg(
                 "--engines",
@@ -101,7 +104,8 @@ pub async fn serve(cfg: Config) -> Result<()> {
         store: store.clone(),
         metrics: metrics.clone(),
         control: control.clone(),
-        backend: cfg.backend,
+        backend: resolved.backend,
+        backend_reason: resolved.why.clone(),
         name: cfg.worker_name.clone(),
         prompt_cache: cfg.prompt_cache,
         warmup_steps: cfg.warmup_steps,

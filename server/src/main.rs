@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use wanrt_runtime::Backend;
+use wanrt_runtime::backend::BackendChoice;
 use wanrt_server::{Config, http::Limits};
 
 #[derive(Parser, Debug)]
@@ -27,9 +27,10 @@ struct Args {
     /// every worker of a Redis deployment).
     #[arg(long, default_value = "wan-serve-data")]
     data: PathBuf,
-    /// ort-cpu, ort-cuda, ort-tensorrt or tensorrt.
-    #[arg(long, default_value = "ort-cpu")]
-    backend: Backend,
+    /// auto (the CUDA provider when ONNX Runtime has it and a GPU is
+    /// visible, else the CPU), ort-cpu, ort-cuda or ort-tensorrt.
+    #[arg(long, default_value = "auto")]
+    backend: BackendChoice,
     /// Require `Authorization: Bearer KEY` on /v1/ routes.
     #[arg(long, env = "WAN_SERVE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,

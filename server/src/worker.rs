@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use wanrt_runtime::pipeline::{GenerateOptions, Pipeline, defaults};
 use wanrt_runtime::sidecar::{RunRecord, sidecar_json};
 use wanrt_runtime::video::{RgbFrames, VideoOptions, write_video};
+use wanrt_runtime::backend::{Resolved, check_precisions};
 use wanrt_runtime::{Artifacts, Backend};
 
 use crate::error::{Error, Result};
@@ -46,9 +47,11 @@ pub struct EngineSlot {
 
 impl EngineSlot {
     /// Reads the manifest (fast) so submissions can be checked before the
-    /// engines are loaded.
-    pub fn open(dir: PathBuf) -> Result<Self> {
+    /// engines are loaded, and refuses precisions `backend` has no kernels
+    /// for.
+    pub fn open(dir: PathBuf, backend: &Resolved) -> Result<Self> {
         let artifacts = Artifacts::open(&dir)?;
+        check_precisions(&artifacts.manifest, None, backend)?;
         let p = &artifacts.entry(wanrt_core::NetworkKind::Dit)?.profile;
         Ok(EngineSlot {
             info: ProfileInfo {
@@ -71,6 +74,8 @@ pub struct WorkerEnv {
     pub metrics: Arc<Metrics>,
     pub control: Arc<Control>,
     pub backend: Backend,
+    /// Why that backend (recorded in each sidecar, as by wan-run).
+    pub backend_reason: String,
     pub name: String,
     pub prompt_cache: usize,
     /// Steps of the warm-up run after loading (0: none).
@@ -285,6 +290,7 @@ fn run_job(pipeline: &mut Pipeline, claim: &Claim, env: &WorkerEnv) -> Result<()
         .observe(write_s);
     let run = RunRecord {
         backend: env.backend,
+        backend_reason: &env.backend_reason,
         output: &video,
         video_write_s: write_s,
         latents_in: None,
