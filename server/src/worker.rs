@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use wanrt_runtime::backend::{Resolved, check_precisions};
 use wanrt_runtime::pipeline::{GenerateOptions, Pipeline, defaults};
 use wanrt_runtime::sidecar::{RunRecord, sidecar_json};
 use wanrt_runtime::video::{RgbFrames, VideoOptions, write_video};
-use wanrt_runtime::backend::{Resolved, check_precisions};
 use wanrt_runtime::{Artifacts, Backend};
 
 use crate::error::{Error, Result};
