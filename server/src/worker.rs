@@ -210,6 +210,9 @@ fn run_job(pipeline: &mut Pipeline, claim: &Claim, env: &WorkerEnv) -> Result<()
         solver,
         seed: r.seed,
         latents: None,
+        // CFG-Zero*, explicit timesteps: not in the API yet (wan-run's
+        // defaults, off).
+        ..Default::default()
     };
     let key = r.profile.key();
     let interrupt = AtomicBool::new(false);
