@@ -32,6 +32,7 @@ pub mod placement;
 pub mod prompt;
 pub mod schedule;
 pub mod session;
+pub mod sidecar;
 pub mod tensorfile;
 pub mod text;
 pub mod trt;

@@ -299,6 +299,11 @@ impl Pipeline {
         })
     }
 
+    /// The text encoder (to size its cache of recent prompts).
+    pub fn prompt_encoder(&mut self) -> &mut PromptEncoder {
+        &mut self.text
+    }
+
     pub fn profile(&self) -> &wanrt_core::Profile {
         &self.dit.entry.profile
     }

@@ -323,6 +323,76 @@ pub struct PromptEncoder {
     d_model: usize,
     /// The cached negative prompt: its raw text and file.
     negative: Option<(String, PathBuf)>,
+    /// Recent embeddings by raw prompt (off unless given a capacity).
+    recent: PromptCache,
+}
+
+/// A bounded least-recently-used map from a raw prompt to its embedding,
+/// so a long-lived process (`wan-serve`) skips the text encoder for prompts
+/// it has seen. The encoder is deterministic, so a hit equals a fresh
+/// encode.
+#[derive(Debug, Default)]
+pub struct PromptCache {
+    capacity: usize,
+    /// Most recent last.
+    entries: std::collections::VecDeque<(String, PromptEmbeds)>,
+    hits: u64,
+    misses: u64,
+}
+
+impl PromptCache {
+    /// A cache of at most `capacity` prompts (0: caches nothing).
+    pub fn new(capacity: usize) -> Self {
+        PromptCache {
+            capacity,
+            ..Default::default()
+        }
+    }
+
+    /// The embedding of `raw`, marked most recent; counts a hit or a miss.
+    pub fn get(&mut self, raw: &str) -> Option<PromptEmbeds> {
+        if self.capacity == 0 {
+            return None;
+        }
+        match self.entries.iter().position(|(k, _)| k == raw) {
+            Some(i) => {
+                self.hits += 1;
+                let entry = self.entries.remove(i)?;
+                let value = entry.1.clone();
+                self.entries.push_back(entry);
+                Some(value)
+            }
+            None => {
+                self.misses += 1;
+                None
+            }
+        }
+    }
+
+    /// Remembers `raw`'s embedding, dropping the least recent past capacity.
+    pub fn put(&mut self, raw: &str, embeds: &PromptEmbeds) {
+        if self.capacity == 0 {
+            return;
+        }
+        self.entries.retain(|(k, _)| k != raw);
+        self.entries.push_back((raw.to_string(), embeds.clone()));
+        while self.entries.len() > self.capacity {
+            self.entries.pop_front();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// (hits, misses) since creation.
+    pub fn stats(&self) -> (u64, u64) {
+        (self.hits, self.misses)
+    }
 }
 
 impl std::fmt::Debug for PromptEncoder {
@@ -382,7 +452,19 @@ impl PromptEncoder {
             text_len,
             d_model,
             negative,
+            recent: PromptCache::default(),
         })
+    }
+
+    /// Keeps the embeddings of the `capacity` most recent prompts (0, the
+    /// default: none).
+    pub fn set_cache_capacity(&mut self, capacity: usize) {
+        self.recent = PromptCache::new(capacity);
+    }
+
+    /// The cache of recent prompts (its hit and miss counts).
+    pub fn recent(&self) -> &PromptCache {
+        &self.recent
     }
 
     pub fn text_len(&self) -> usize {
@@ -399,11 +481,16 @@ impl PromptEncoder {
 
     /// Cleans, tokenizes and encodes one raw prompt.
     pub fn encode(&mut self, raw: &str) -> Result<PromptEmbeds> {
+        if let Some(hit) = self.recent.get(raw) {
+            return Ok(hit);
+        }
         let mut v = self.encode_many(&[raw])?;
-        v.pop().ok_or_else(|| Error::Inference {
+        let embeds = v.pop().ok_or_else(|| Error::Inference {
             network: NetworkKind::TextEncoder.name().into(),
             reason: "no output for the prompt".into(),
-        })
+        })?;
+        self.recent.put(raw, &embeds);
+        Ok(embeds)
     }
 
     /// Encodes several raw prompts in one batch (a fixed-batch engine is
@@ -509,6 +596,29 @@ mod tests {
         bad.remove(INPUT_IDS);
         let err = PromptEmbeds::from_tensors(&bad, f).unwrap_err();
         assert!(err.to_string().contains(INPUT_IDS), "{err}");
+    }
+
+    #[test]
+    fn recent_prompts_are_bounded_and_least_recent_goes_first() {
+        let e = encoded(1, 2);
+        let p = |v: f32| PromptEmbeds::from_hidden(&e, &[v, 0.0], 1).unwrap();
+        let mut off = PromptCache::new(0);
+        off.put("a", &p(1.0));
+        assert!(off.get("a").is_none() && off.is_empty());
+        assert_eq!(off.stats(), (0, 0));
+
+        let mut c = PromptCache::new(2);
+        c.put("a", &p(1.0));
+        c.put("b", &p(2.0));
+        assert_eq!(c.get("a").unwrap(), p(1.0)); // "a" is now the most recent
+        c.put("c", &p(3.0)); // evicts "b"
+        assert_eq!(c.len(), 2);
+        assert!(c.get("b").is_none());
+        assert_eq!(c.get("a").unwrap(), p(1.0));
+        assert_eq!(c.get("c").unwrap(), p(3.0));
+        c.put("c", &p(4.0)); // replaces, does not duplicate
+        assert_eq!((c.len(), c.get("c").unwrap()), (2, p(4.0)));
+        assert_eq!(c.stats(), (4, 1));
     }
 
     #[test]

@@ -273,11 +273,6 @@ fn tolerance(flag: &str, v: f32) -> Result<f32> {
     Ok(v)
 }
 
-fn sidecar_path(output: &std::path::Path) -> PathBuf {
-    let s = output.as_os_str().to_string_lossy();
-    PathBuf::from(format!("{}.json", s.trim_end_matches('/')))
-}
-
 fn generate(g: GenerateArgs) -> Result<()> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -289,7 +284,7 @@ fn generate(g: GenerateArgs) -> Result<()> {
     // Check the outputs before minutes of work: only regular files are
     // replaced (with --overwrite), and no two outputs share a path.
     let kind = wanrt_runtime::video::output_kind(&g.output)?;
-    let sidecar = sidecar_path(&g.output);
+    let sidecar = wanrt_runtime::sidecar::sidecar_path(&g.output);
     match &kind {
         OutputKind::Mp4(p) => tensorfile::check_output(p, g.overwrite)?,
         OutputKind::PngFrames(dir) => {
@@ -356,7 +351,6 @@ fn generate(g: GenerateArgs) -> Result<()> {
             .context("installing the Ctrl-C/SIGTERM/SIGHUP handler")?;
     }
     let artifacts = Artifacts::open(&engines)?;
-    let model_digest = artifacts.entry(NetworkKind::Dit)?.weights_digest.clone();
     let resolved = choose_backend(g.backend, &artifacts, None)?;
     let backend = resolved.backend;
     eprintln!("loading engines from {} on {backend}", engines.display());
@@ -407,19 +401,17 @@ fn generate(g: GenerateArgs) -> Result<()> {
         r => r?,
     };
     let write_s = t0.elapsed().as_secs_f64();
-    let side = serde_json::json!({
-        "wanrt": env!("CARGO_PKG_VERSION"),
-        "engines": engines.display().to_string(),
-        "model_digest": model_digest,
-        "backend": backend.name(),
-        "backend_reason": resolved.why,
-        "profile": pipeline.profile(),
-        "settings": out.settings,
-        "timings": out.timings,
-        "video_write_s": write_s,
-        "output": g.output.display().to_string(),
-        "latents_in": g.latents_in.as_ref().map(|p| p.display().to_string()),
-    });
+    let side = wanrt_runtime::sidecar::sidecar_json(
+        &pipeline,
+        &out,
+        &wanrt_runtime::sidecar::RunRecord {
+            backend,
+            backend_reason: &resolved.why,
+            output: &g.output,
+            video_write_s: write_s,
+            latents_in: g.latents_in.as_deref(),
+        },
+    )?;
     tensorfile::write_atomic(
         &sidecar,
         serde_json::to_string_pretty(&side)?.as_bytes(),

@@ -1,0 +1,583 @@
+//! Jobs: what a client asks for ([`JobRequest`], validated field by field)
+//! and the record of one job through its life ([`Job`]).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use wanrt_core::Task;
+use wanrt_runtime::schedule::Solver;
+
+use crate::error::ApiError;
+
+/// Longest prompt accepted, in characters (the text encoder keeps at most
+/// its text length in tokens; this only bounds the work of cleaning).
+pub const MAX_PROMPT_CHARS: usize = 20_000;
+/// Most sampling steps accepted.
+pub const MAX_STEPS: u64 = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Queued,
+    InProgress,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::InProgress => "in_progress",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// Completed, failed or cancelled: nothing will change it any more.
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
+    }
+}
+
+/// What the engines of one artifact directory generate: the routing key of
+/// jobs (`t2v-832x480x81`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileInfo {
+    pub task: Task,
+    pub width: u32,
+    pub height: u32,
+    pub frames: u32,
+}
+
+impl ProfileInfo {
+    pub fn key(&self) -> String {
+        format!(
+            "{}-{}x{}x{}",
+            self.task.name(),
+            self.width,
+            self.height,
+            self.frames
+        )
+    }
+
+    /// Seconds of video at 16 fps: `frames = 16·seconds + 1`.
+    pub fn seconds(&self) -> String {
+        let s = (self.frames.saturating_sub(1)) as f64 / wanrt_runtime::video::DEFAULT_FPS as f64;
+        format!("{s}")
+    }
+}
+
+/// A validated request: every value in range, the profile chosen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRequest {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub steps: Option<usize>,
+    pub guidance_scale: Option<f32>,
+    pub shift: Option<f64>,
+    /// `unipc`, `dpm++` or `euler`.
+    pub solver: String,
+    pub seed: u64,
+    pub profile: ProfileInfo,
+    /// An `input_reference` image came with it (stored beside the job).
+    pub has_image: bool,
+}
+
+/// One job from submission to its final state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub status: Status,
+    pub request: JobRequest,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix milliseconds (orders jobs, times them).
+    #[serde(default)]
+    pub created_ms: u64,
+    pub started_at: Option<u64>,
+    pub completed_at: Option<u64>,
+    /// Steps of the sampler (known once the job starts).
+    pub steps_total: Option<usize>,
+    /// Seconds of each finished step.
+    pub step_s: Vec<f64>,
+    pub error: Option<JobError>,
+    /// The worker that ran (or runs) it.
+    pub worker: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+}
+
+pub fn now_s() -> u64 {
+    now_ms() / 1000
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A fresh id: `video_` and 24 hex digits from the clock, the process and
+/// the standard library's per-process random hash keys.
+pub fn new_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(nanos);
+    h.write_u32(std::process::id());
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    format!(
+        "video_{:012x}{:012x}",
+        nanos & 0xffff_ffff_ffff,
+        h.finish() & 0xffff_ffff_ffff
+    )
+}
+
+/// Ids are made by [`new_id`]; anything else in a path is refused before it
+/// can name a file.
+pub fn valid_id(id: &str) -> bool {
+    (7..=64).contains(&id.len())
+        && id.starts_with("video_")
+        && id[6..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl Job {
+    pub fn new(request: JobRequest) -> Self {
+        let ms = now_ms();
+        Job {
+            id: new_id(),
+            status: Status::Queued,
+            request,
+            created_at: ms / 1000,
+            created_ms: ms,
+            started_at: None,
+            completed_at: None,
+            steps_total: None,
+            step_s: Vec::new(),
+            error: None,
+            worker: None,
+        }
+    }
+
+    /// 0–100: the share of steps done (100 once completed).
+    pub fn progress(&self) -> u32 {
+        match (self.status, self.steps_total) {
+            (Status::Completed, _) => 100,
+            (_, Some(n)) if n > 0 => ((self.step_s.len() * 100) / n).min(99) as u32,
+            _ => 0,
+        }
+    }
+
+    /// The job object of the API.
+    pub fn to_api(&self) -> Value {
+        let p = &self.request.profile;
+        serde_json::json!({
+            "id": self.id,
+            "object": "video",
+            "model": p.key(),
+            "status": self.status.name(),
+            "progress": self.progress(),
+            "created_at": self.created_at,
+            "completed_at": self.completed_at,
+            "size": format!("{}x{}", p.width, p.height),
+            "seconds": p.seconds(),
+            "frames": p.frames,
+            "seed": self.request.seed,
+            "steps": self.steps_total.or(self.request.steps),
+            "error": self.error,
+            "worker": self.worker,
+        })
+    }
+
+    pub fn fail(&mut self, code: &str, message: impl Into<String>) {
+        self.status = Status::Failed;
+        self.completed_at = Some(now_s());
+        self.error = Some(JobError {
+            code: code.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// The fields of `POST /v1/videos`, as JSON values (a multipart form's text
+/// fields arrive as strings and are parsed the same way).
+pub const FIELDS: [&str; 11] = [
+    "prompt",
+    "negative_prompt",
+    "size",
+    "seconds",
+    "frames",
+    "steps",
+    "guidance_scale",
+    "shift",
+    "solver",
+    "seed",
+    "input_reference",
+];
+
+fn as_u64(name: &str, v: &Value) -> Result<u64, ApiError> {
+    let parsed = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    parsed.ok_or_else(|| {
+        ApiError::field(
+            name,
+            "invalid_type",
+            format!("{name} must be a non-negative integer, got {v}"),
+        )
+    })
+}
+
+fn as_f64(name: &str, v: &Value) -> Result<f64, ApiError> {
+    let parsed = match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    match parsed {
+        Some(x) if x.is_finite() => Ok(x),
+        _ => Err(ApiError::field(
+            name,
+            "invalid_type",
+            format!("{name} must be a finite number, got {v}"),
+        )),
+    }
+}
+
+fn as_str<'a>(name: &str, v: &'a Value) -> Result<&'a str, ApiError> {
+    v.as_str().ok_or_else(|| {
+        ApiError::field(
+            name,
+            "invalid_type",
+            format!("{name} must be a string, got {v}"),
+        )
+    })
+}
+
+fn range_err(name: &str, what: &str) -> ApiError {
+    ApiError::field(name, "invalid_value", format!("{name} must be {what}"))
+}
+
+/// Validates the request fields against the profiles the workers serve.
+/// `has_image`: an `input_reference` image came with the request. `seed`
+/// draws the seed when the request has none.
+pub fn parse_request(
+    fields: &Map<String, Value>,
+    has_image: bool,
+    profiles: &[ProfileInfo],
+    seed: impl FnOnce() -> u64,
+) -> Result<JobRequest, ApiError> {
+    if let Some(k) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::field(
+            k,
+            "unknown_parameter",
+            format!("unknown field '{k}' (known: {})", FIELDS.join(", ")),
+        ));
+    }
+    if fields.contains_key("input_reference") {
+        return Err(ApiError::field(
+            "input_reference",
+            "invalid_type",
+            "input_reference must be an image file part of a multipart/form-data request",
+        ));
+    }
+    let get = |k: &str| fields.get(k).filter(|v| !v.is_null());
+
+    let prompt = match get("prompt") {
+        None => return Err(ApiError::field("prompt", "missing", "prompt is required")),
+        Some(v) => as_str("prompt", v)?,
+    };
+    if prompt.trim().is_empty() {
+        return Err(range_err("prompt", "a non-empty text"));
+    }
+    if prompt.chars().count() > MAX_PROMPT_CHARS {
+        return Err(range_err(
+            "prompt",
+            &format!("at most {MAX_PROMPT_CHARS} characters"),
+        ));
+    }
+    let negative_prompt = match get("negative_prompt") {
+        None => None,
+        Some(v) => {
+            let s = as_str("negative_prompt", v)?;
+            if s.chars().count() > MAX_PROMPT_CHARS {
+                return Err(range_err(
+                    "negative_prompt",
+                    &format!("at most {MAX_PROMPT_CHARS} characters"),
+                ));
+            }
+            Some(s.to_string())
+        }
+    };
+    let steps = match get("steps") {
+        None => None,
+        Some(v) => match as_u64("steps", v)? {
+            n @ 1..=MAX_STEPS => Some(n as usize),
+            _ => return Err(range_err("steps", &format!("in 1..={MAX_STEPS}"))),
+        },
+    };
+    let guidance_scale = match get("guidance_scale") {
+        None => None,
+        Some(v) => match as_f64("guidance_scale", v)? {
+            g if (0.0..=100.0).contains(&g) => Some(g as f32),
+            _ => return Err(range_err("guidance_scale", "in [0, 100]")),
+        },
+    };
+    let shift = match get("shift") {
+        None => None,
+        Some(v) => match as_f64("shift", v)? {
+            s if s > 0.0 && s <= 100.0 => Some(s),
+            _ => return Err(range_err("shift", "in (0, 100]")),
+        },
+    };
+    let solver = match get("solver") {
+        None => Solver::UniPc.name().to_string(),
+        Some(v) => {
+            let s = as_str("solver", v)?;
+            s.parse::<Solver>()
+                .map_err(|_| range_err("solver", "one of unipc, dpm++, euler"))?
+                .name()
+                .to_string()
+        }
+    };
+    let seed = match get("seed") {
+        None => seed(),
+        Some(v) => match as_u64("seed", v)? {
+            s if s < (1 << 53) => s,
+            _ => return Err(range_err("seed", "below 2^53 (exact in JSON numbers)")),
+        },
+    };
+
+    // The profile: the task from the image, then size and length.
+    let task = if has_image { Task::I2v } else { Task::T2v };
+    let mut candidates: Vec<&ProfileInfo> = profiles.iter().filter(|p| p.task == task).collect();
+    if candidates.is_empty() {
+        let (param, what) = if has_image {
+            ("input_reference", "no image-to-video engines are loaded")
+        } else {
+            (
+                "input_reference",
+                "only image-to-video engines are loaded: send an input_reference image",
+            )
+        };
+        return Err(ApiError::field(param, "unsupported_task", what));
+    }
+    let sizes = |c: &[&ProfileInfo]| {
+        c.iter()
+            .map(|p| format!("{}x{} {} frames", p.width, p.height, p.frames))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let loaded = sizes(&candidates);
+    if let Some(v) = get("size") {
+        let s = as_str("size", v)?;
+        let (w, h) = s
+            .split_once('x')
+            .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+            .ok_or_else(|| range_err("size", "WIDTHxHEIGHT, e.g. 832x480"))?;
+        candidates.retain(|p| (p.width, p.height) == (w, h));
+        if candidates.is_empty() {
+            return Err(ApiError::field(
+                "size",
+                "unknown_size",
+                format!("no engines for size {s}; loaded: {loaded}"),
+            ));
+        }
+    }
+    let frames = match (get("frames"), get("seconds")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::field(
+                "seconds",
+                "invalid_value",
+                "give seconds or frames, not both",
+            ));
+        }
+        (Some(v), None) => Some(("frames", as_u64("frames", v)? as f64)),
+        (None, Some(v)) => {
+            let s = as_f64("seconds", v)?;
+            Some((
+                "seconds",
+                s * wanrt_runtime::video::DEFAULT_FPS as f64 + 1.0,
+            ))
+        }
+        (None, None) => None,
+    };
+    if let Some((param, f)) = frames {
+        candidates.retain(|p| p.frames as f64 == f);
+        if candidates.is_empty() {
+            return Err(ApiError::field(
+                param,
+                "unknown_length",
+                format!(
+                    "no engines for that length (16 fps, frames = 16·seconds + 1); loaded: {loaded}"
+                ),
+            ));
+        }
+    }
+    let profile = match candidates.as_slice() {
+        [one] => (*one).clone(),
+        _ => {
+            return Err(ApiError::field(
+                "size",
+                "ambiguous_size",
+                format!("several engines fit; give size and seconds (loaded: {loaded})"),
+            ));
+        }
+    };
+    Ok(JobRequest {
+        prompt: prompt.to_string(),
+        negative_prompt,
+        steps,
+        guidance_scale,
+        shift,
+        solver,
+        seed,
+        profile,
+        has_image,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profiles() -> Vec<ProfileInfo> {
+        vec![
+            ProfileInfo {
+                task: Task::T2v,
+                width: 32,
+                height: 32,
+                frames: 9,
+            },
+            ProfileInfo {
+                task: Task::T2v,
+                width: 64,
+                height: 32,
+                frames: 9,
+            },
+        ]
+    }
+
+    fn parse(v: Value) -> Result<JobRequest, ApiError> {
+        parse_request(v.as_object().unwrap(), false, &profiles(), || 7)
+    }
+
+    #[test]
+    fn fields_are_checked_by_name() {
+        let ok = parse(serde_json::json!({"prompt": "a cat", "size": "64x32", "seconds": "0.5"}))
+            .unwrap();
+        assert_eq!(
+            (ok.profile.width, ok.seed, ok.solver.as_str()),
+            (64, 7, "unipc")
+        );
+        let ok = parse(serde_json::json!({"prompt": "a cat", "size": "32x32", "frames": 9, "steps": "3", "seed": 5})).unwrap();
+        assert_eq!((ok.profile.width, ok.steps, ok.seed), (32, Some(3), 5));
+        for (body, param, code) in [
+            (serde_json::json!({}), "prompt", "missing"),
+            (
+                serde_json::json!({"prompt": " "}),
+                "prompt",
+                "invalid_value",
+            ),
+            (serde_json::json!({"prompt": 3}), "prompt", "invalid_type"),
+            (
+                serde_json::json!({"prompt": "x", "size": "32x32", "bogus": 1}),
+                "bogus",
+                "unknown_parameter",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "size": "16x16"}),
+                "size",
+                "unknown_size",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "size": "big"}),
+                "size",
+                "invalid_value",
+            ),
+            (serde_json::json!({"prompt": "x"}), "size", "ambiguous_size"),
+            (
+                serde_json::json!({"prompt": "x", "size": "32x32", "seconds": 5}),
+                "seconds",
+                "unknown_length",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "size": "32x32", "steps": 0}),
+                "steps",
+                "invalid_value",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "size": "32x32", "steps": -1}),
+                "steps",
+                "invalid_type",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "size": "32x32", "guidance_scale": "NaN"}),
+                "guidance_scale",
+                "invalid_type",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "size": "32x32", "shift": 0}),
+                "shift",
+                "invalid_value",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "size": "32x32", "solver": "ddim"}),
+                "solver",
+                "invalid_value",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "size": "32x32", "seed": 9007199254740992u64}),
+                "seed",
+                "invalid_value",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "size": "32x32", "input_reference": "x.png"}),
+                "input_reference",
+                "invalid_type",
+            ),
+        ] {
+            let e = parse(body.clone()).unwrap_err();
+            assert_eq!(
+                (e.param.as_deref(), e.code),
+                (Some(param), code),
+                "{body}: {}",
+                e.message
+            );
+            assert_eq!(e.status.as_u16(), 422);
+        }
+        // An image asks for I2V engines, and none are loaded.
+        let e = parse_request(
+            serde_json::json!({"prompt": "x"}).as_object().unwrap(),
+            true,
+            &profiles(),
+            || 0,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "unsupported_task");
+    }
+
+    #[test]
+    fn ids_are_fresh_and_checked() {
+        let (a, b) = (new_id(), new_id());
+        assert_ne!(a, b);
+        assert!(valid_id(&a) && valid_id(&b), "{a} {b}");
+        for bad in ["", "video_", "video_../x", "x_00", "video_0g"] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The OpenAPI 3.1 document served at `/openapi.json`.
+
+use serde_json::{Value, json};
+
+fn err(desc: &str) -> Value {
+    json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn job_ok(desc: &str) -> Value {
+    json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Video"}}}})
+}
+
+pub fn document() -> Value {
+    let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let request_props = json!({
+        "prompt": {"type": "string", "maxLength": crate::job::MAX_PROMPT_CHARS},
+        "negative_prompt": {"type": "string", "description": "default: the official negative prompt of the task"},
+        "size": {"type": "string", "example": "832x480", "description": "WIDTHxHEIGHT of a loaded profile"},
+        "seconds": {"type": ["number", "string"], "description": "frames = 16·seconds + 1; must match a loaded profile"},
+        "frames": {"type": "integer"},
+        "steps": {"type": "integer", "minimum": 1, "maximum": crate::job::MAX_STEPS, "description": "default 50 (40 for I2V)"},
+        "guidance_scale": {"type": "number", "minimum": 0, "maximum": 100, "description": "default 5"},
+        "shift": {"type": "number", "exclusiveMinimum": 0, "maximum": 100, "description": "default 5 (3 for I2V at 480P)"},
+        "solver": {"type": "string", "enum": ["unipc", "dpm++", "euler"], "default": "unipc"},
+        "seed": {"type": "integer", "minimum": 0, "maximum": 9007199254740991u64, "description": "default: random, reported in the job"},
+    });
+    let mut multipart_props = request_props.clone();
+    multipart_props["input_reference"] = json!({"type": "string", "format": "binary", "description": "PNG, JPEG or WebP image: image-to-video"});
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "wan-serve", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Wan2.1 video generation on warm engines: submit a job, poll or stream its events, download the MP4."},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "CreateVideo": {"type": "object", "required": ["prompt"], "additionalProperties": false, "properties": request_props},
+                "CreateVideoMultipart": {"type": "object", "required": ["prompt"], "properties": multipart_props},
+                "Video": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "object": {"const": "video"},
+                    "model": {"type": "string", "description": "the profile: task-WIDTHxHEIGHTxFRAMES"},
+                    "status": {"enum": ["queued", "in_progress", "completed", "failed", "cancelled"]},
+                    "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+                    "created_at": {"type": "integer"}, "completed_at": {"type": ["integer", "null"]},
+                    "size": {"type": "string"}, "seconds": {"type": "string"}, "frames": {"type": "integer"},
+                    "seed": {"type": "integer"}, "steps": {"type": ["integer", "null"]},
+                    "worker": {"type": ["string", "null"], "description": "the server that runs or ran it"},
+                    "error": {"type": ["object", "null"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+                "VideoList": {"type": "object", "properties": {
+                    "object": {"const": "list"}, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Video"}},
+                    "first_id": {"type": ["string", "null"]}, "last_id": {"type": ["string", "null"]}, "has_more": {"type": "boolean"}}},
+                "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                    "message": {"type": "string"}, "type": {"type": "string"},
+                    "param": {"type": ["string", "null"]}, "code": {"type": "string"}}}}}
+            }
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/videos": {
+                "post": {"summary": "Create a video job",
+                    "requestBody": {"required": true, "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/CreateVideo"}},
+                        "multipart/form-data": {"schema": {"$ref": "#/components/schemas/CreateVideoMultipart"}}}},
+                    "responses": {"200": job_ok("The job, queued"), "400": err("Not JSON / not a form"),
+                        "401": err("Missing or wrong bearer token"), "413": err("Body or image too large"),
+                        "415": err("Neither JSON nor multipart"), "422": err("A field is invalid (named in error.param)"),
+                        "429": err("Queue full; see Retry-After"), "503": err("Shutting down")}},
+                "get": {"summary": "List jobs, newest first",
+                    "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
+                                   {"name": "after", "in": "query", "schema": {"type": "string"}, "description": "cursor: the last id of the previous page"}],
+                    "responses": {"200": {"description": "A page", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/VideoList"}}}}}}
+            },
+            "/v1/videos/{id}": {
+                "parameters": id,
+                "get": {"summary": "Retrieve a job", "responses": {"200": job_ok("The job"), "404": err("No such job")}},
+                "delete": {"summary": "Delete a job and its files", "responses": {"200": {"description": "Deleted"}, "404": err("No such job"), "409": err("Running: cancel it first")}}
+            },
+            "/v1/videos/{id}/content": {
+                "parameters": id,
+                "get": {"summary": "Download the MP4 (or the JSON sidecar)",
+                    "parameters": [{"name": "variant", "in": "query", "schema": {"enum": ["video", "sidecar"], "default": "video"}}],
+                    "responses": {"200": {"description": "The file", "content": {"video/mp4": {}, "application/json": {}}},
+                        "404": err("No such job"), "409": err("Not completed")}}
+            },
+            "/v1/videos/{id}/cancel": {
+                "parameters": id,
+                "post": {"summary": "Cancel (a running job stops at its next step)", "responses": {"200": job_ok("The job"), "404": err("No such job"), "409": err("Already finished")}}
+            },
+            "/v1/videos/{id}/events": {
+                "parameters": id,
+                "get": {"summary": "Server-Sent Events: queued (position), in_progress, step (step, steps, seconds), then completed, failed or cancelled (the job)",
+                    "responses": {"200": {"description": "An event stream", "content": {"text/event-stream": {}}}}}
+            },
+            "/healthz": {"get": {"security": [], "summary": "The process answers", "responses": {"200": {"description": "ok"}}}},
+            "/readyz": {"get": {"security": [], "summary": "Every engine loaded and warm", "responses": {"200": {"description": "ready"}, "503": {"description": "loading or draining"}}}},
+            "/metrics": {"get": {"security": [], "summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format"}}}},
+            "/openapi.json": {"get": {"security": [], "summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
+        }
+    })
+}
