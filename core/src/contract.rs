@@ -177,6 +177,63 @@ impl FromStr for NetworkKind {
     }
 }
 
+/// One stage graph of the step-scheduled DiT ([`NetworkContract::dit_stages`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DitStage {
+    /// Text (and I2V image) embedding MLPs: once per prompt and CFG branch.
+    Context,
+    /// Sinusoid → time MLP → modulation vectors: once per schedule.
+    Time,
+    /// Patch embedding of the latent (and the I2V condition `y`).
+    Embed,
+    /// Block 0 (the cut a first-block cache compares at).
+    BlockFirst,
+    /// Blocks 1..N.
+    BlockRest,
+    /// Output modulation, head and unpatchify.
+    Head,
+}
+
+impl DitStage {
+    pub const ALL: [DitStage; 6] = [
+        DitStage::Context,
+        DitStage::Time,
+        DitStage::Embed,
+        DitStage::BlockFirst,
+        DitStage::BlockRest,
+        DitStage::Head,
+    ];
+
+    /// Manifest role and file infix (`dit.<name>.onnx`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DitStage::Context => "context",
+            DitStage::Time => "time",
+            DitStage::Embed => "embed",
+            DitStage::BlockFirst => "block_first",
+            DitStage::BlockRest => "block_rest",
+            DitStage::Head => "head",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Whether the stage runs on every denoising step (the others run once
+    /// per generation).
+    pub fn per_step(self) -> bool {
+        !matches!(self, DitStage::Context | DitStage::Time)
+    }
+}
+
+impl fmt::Display for DitStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Inputs and outputs of one network for one profile.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkContract {
@@ -236,6 +293,108 @@ impl NetworkContract {
             &[cfg.out_dim as u64, f, h, w],
         )];
         Ok(NetworkContract { inputs, outputs })
+    }
+
+    /// The DiT as step-scheduled stage graphs (exported beside the whole
+    /// graph, sharing its weights), in execution order. Names connect the
+    /// stages: an input of one stage is the output of an earlier stage of
+    /// the same name, or an input of the whole call.
+    ///
+    /// - `context` (once per prompt and CFG branch): `encoder_hidden_states`
+    ///   (+ I2V `encoder_hidden_states_image`) → `context [B, L, d]`
+    ///   (+ `context_image [B, 257, d]`);
+    /// - `time` (once per schedule, any number of rows): `timestep [S]` →
+    ///   `temb [S, d]` (the time MLP's output `e`), `timestep_proj [S, 6, d]`
+    ///   (`e0`, the blocks' modulation input);
+    /// - `embed` (per step): `hidden_states [B, 16, F', H', W']` (+ I2V
+    ///   `y [B, 20, F', H', W']`, concatenated inside) → `tokens [B, n, d]`,
+    ///   the block stack's input;
+    /// - `block_first` (per step): block 0, `tokens` → `hidden_first`;
+    /// - `block_rest` (per step, only with more than one block): blocks
+    ///   1..N, `hidden_first` → `hidden`, the block stack's output;
+    /// - `head` (per step): the last block output, `temb` → `noise_pred`.
+    ///
+    /// Every boundary tensor is float32 for every precision (the casts are
+    /// exact: half values round-trip through float32).
+    pub fn dit_stages(cfg: &DitConfig, profile: &Profile) -> Result<Vec<(DitStage, Self)>> {
+        let whole = Self::dit(cfg, profile)?;
+        let b = batch_dim(profile);
+        let (fp, hp, wp) = profile.patch_grid();
+        let n = (fp * hp * wp) as u64;
+        let d = cfg.dim as u64;
+        let f32_ = DType::Float32;
+        let i2v = cfg.task == Task::I2v;
+        let spec = |name: &str, rest: &[u64]| TensorSpec::new(name, f32_, b, rest);
+        let by_name = |name: &str| whole.input(name).cloned();
+        let [_, f, h, w] = profile.latent_shape(cfg.out_dim).map(u64::from);
+
+        let mut context_in = vec![by_name("encoder_hidden_states")];
+        let mut context_out = vec![spec("context", &[profile.text_len as u64, d])];
+        if i2v {
+            context_in.push(by_name("encoder_hidden_states_image"));
+            context_out.push(spec("context_image", &[cfg.image_tokens as u64, d]));
+        }
+        let context_in: Vec<TensorSpec> = context_in.into_iter().flatten().collect();
+        let steps = |name: &str, rest: &[u64]| TensorSpec::new(name, f32_, Dim::Batch, rest);
+        let time = NetworkContract {
+            inputs: vec![steps("timestep", &[])],
+            outputs: vec![steps("temb", &[d]), steps("timestep_proj", &[6, d])],
+        };
+        let mut embed_in = vec![spec("hidden_states", &[cfg.out_dim as u64, f, h, w])];
+        if i2v {
+            let y = cfg.in_dim.checked_sub(cfg.out_dim).unwrap_or(0) as u64;
+            embed_in.push(spec("y", &[y, f, h, w]));
+        }
+        let tokens = spec("tokens", &[n, d]);
+        let mut cond = vec![spec("timestep_proj", &[6, d]), context_out[0].clone()];
+        if i2v {
+            cond.push(context_out[1].clone());
+        }
+        let block = |input: &TensorSpec, out: &str| {
+            let mut inputs = vec![input.clone()];
+            inputs.extend(cond.iter().cloned());
+            NetworkContract {
+                inputs,
+                outputs: vec![spec(out, &[n, d])],
+            }
+        };
+        let mut stages = vec![
+            (
+                DitStage::Context,
+                NetworkContract {
+                    inputs: context_in,
+                    outputs: context_out.clone(),
+                },
+            ),
+            (DitStage::Time, time),
+            (
+                DitStage::Embed,
+                NetworkContract {
+                    inputs: embed_in,
+                    outputs: vec![tokens.clone()],
+                },
+            ),
+            (DitStage::BlockFirst, block(&tokens, "hidden_first")),
+        ];
+        if cfg.num_layers > 1 {
+            let first = spec("hidden_first", &[n, d]);
+            stages.push((DitStage::BlockRest, block(&first, "hidden")));
+        }
+        let last = stages
+            .last()
+            .map(|(_, c)| c.outputs[0].clone())
+            .ok_or_else(|| Error::InvalidProfile {
+                flag: "--networks",
+                reason: "no DiT stages".into(),
+            })?;
+        stages.push((
+            DitStage::Head,
+            NetworkContract {
+                inputs: vec![last, spec("temb", &[d])],
+                outputs: whole.outputs.clone(),
+            },
+        ));
+        Ok(stages)
     }
 
     /// Text encoder: `input_ids`, `attention_mask [B, text_len]` int64 →
@@ -333,6 +492,41 @@ mod tests {
         let c = NetworkContract::dit(&DitConfig::i2v_14b(), &p).unwrap();
         assert_eq!(c.inputs[0].concrete_shape(1), vec![1, 36, 21, 60, 104]);
         assert_eq!(c.inputs[3].concrete_shape(1), vec![1, 257, 1280]);
+    }
+
+    #[test]
+    fn dit_stages_connect_by_name() {
+        let p = Profile::builtin("480p").unwrap();
+        for cfg in [DitConfig::t2v_1_3b(), DitConfig::i2v_14b()] {
+            let whole = NetworkContract::dit(&cfg, &p).unwrap();
+            let stages = NetworkContract::dit_stages(&cfg, &p).unwrap();
+            let mut known: Vec<TensorSpec> = whole.inputs.clone();
+            if cfg.task == Task::I2v {
+                // `y` is the condition part of the whole graph's hidden_states.
+                known.push(TensorSpec::new(
+                    "y",
+                    DType::Float32,
+                    Dim::Fixed(1),
+                    &[20, 21, 60, 104],
+                ));
+            }
+            for (stage, c) in &stages {
+                for t in &c.inputs {
+                    let from = known.iter().find(|k| k.name == t.name);
+                    let from =
+                        from.unwrap_or_else(|| panic!("{stage}: {} has no producer", t.name));
+                    assert_eq!(from.shape[1..], t.shape[1..], "{stage}: {}", t.name);
+                }
+                known.extend(c.outputs.iter().cloned());
+            }
+            let (last, head) = stages.last().unwrap();
+            assert_eq!(*last, DitStage::Head);
+            assert_eq!(head.outputs, whole.outputs);
+            assert_eq!(
+                stages[2].1.outputs[0].concrete_shape(1),
+                vec![1, 32760, cfg.dim as u64]
+            );
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub mod profile;
 pub mod safetensors;
 
 pub use config::{ClipVisionConfig, DitConfig, Task, Umt5Config, VaeConfig};
-pub use contract::{Dim, NetworkContract, NetworkKind, TensorSpec};
+pub use contract::{Dim, DitStage, NetworkContract, NetworkKind, TensorSpec};
 pub use dtype::{DType, Precision};
 pub use error::{Error, ErrorKind};
 pub use manifest::Manifest;

@@ -154,9 +154,30 @@ pub struct NetworkEntry {
     /// manifests have none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loras: Vec<LoraRecord>,
+    /// For the DiT: its stage graphs (sharing `external_data` with `file`,
+    /// the whole graph), which the runtime composes; `inputs`/`outputs`
+    /// stay the contract of the whole call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<ChunkGraph>,
 }
 
 impl NetworkEntry {
+    /// Every graph file of the entry with its digest: the whole graph,
+    /// then chunk and stage graphs.
+    pub fn graph_files(&self) -> impl Iterator<Item = (&String, &String)> {
+        std::iter::once((&self.file, &self.graph_digest)).chain(
+            self.chunks
+                .iter()
+                .chain(&self.stages)
+                .map(|c| (&c.file, &c.graph_digest)),
+        )
+    }
+
+    /// The stage graph of `role`, when the entry has stages.
+    pub fn stage(&self, role: crate::DitStage) -> Option<&ChunkGraph> {
+        self.stages.iter().find(|s| s.role == role.name())
+    }
+
     pub fn contract(&self) -> NetworkContract {
         NetworkContract {
             inputs: self.inputs.clone(),
@@ -263,7 +284,7 @@ impl Manifest {
                     "has no external_data (every network of this version has one)".into(),
                 ));
             };
-            let chunk_files = net.chunks.iter().map(|c| &c.file);
+            let chunk_files = net.chunks.iter().chain(&net.stages).map(|c| &c.file);
             for p in std::iter::once(&net.file)
                 .chain(std::iter::once(data))
                 .chain(chunk_files)
@@ -354,6 +375,7 @@ mod tests {
                 },
                 chunks: vec![],
                 loras: vec![],
+                stages: vec![],
             },
         );
         m

@@ -18,7 +18,7 @@
 //! Weights are addressed by their original Wan2.1 names, which also name the
 //! ONNX initializers and nodes (`blocks.3.self_attn.q/MatMul`).
 
-use wanrt_core::{DType, DitConfig, NetworkContract, Precision, Profile, Task};
+use wanrt_core::{DType, DitConfig, DitStage, NetworkContract, Precision, Profile, Task};
 
 use crate::builder::{GraphBuilder, IoDim, Value};
 use crate::error::{Error, Result};
@@ -182,7 +182,248 @@ impl Dit<'_, '_, '_> {
     }
 }
 
-/// Builds the DiT graph into `b`, reading weights through `w`.
+type Debug = Vec<(String, Value, Vec<i64>)>;
+
+/// The RoPE tables and position ids of one graph.
+struct Rope(Value, Value, Value);
+
+impl Dit<'_, '_, '_> {
+    fn new<'a, 'b, 'i>(
+        b: &'a mut GraphBuilder<'i>,
+        w: Weights<'b>,
+        cfg: &'a DitConfig,
+        c: DType,
+    ) -> Result<Dit<'a, 'b, 'i>> {
+        let d = cfg.dim;
+        let ones_d = b.const_f32("norm_ones", &[d as i64], &vec![1.0; d as usize], F32)?;
+        let one = b.scalar(1.0, F32);
+        Ok(Dit {
+            b,
+            w,
+            cfg,
+            c,
+            eps: cfg.eps as f32,
+            ones_d,
+            one,
+        })
+    }
+
+    /// Patch embedding (Conv3d, kernel = stride = (1, 2, 2)) → `[b, n, d]`
+    /// float32.
+    fn embed(&mut self, hidden: &Value) -> Result<Value> {
+        let (d, in_dim, c) = (self.cfg.dim, self.cfg.in_dim, self.c);
+        let [pt, ph, pw] = self.cfg.patch_size.map(|v| v as i64);
+        let (wn, wt) = self.w.get(
+            "patch_embedding.weight",
+            &[
+                d as usize,
+                in_dim as usize,
+                pt as usize,
+                ph as usize,
+                pw as usize,
+            ],
+        )?;
+        let (bn, bt) = self.w.get("patch_embedding.bias", &[d as usize])?;
+        self.b.scoped("patch_embedding", |b| {
+            let wv = b.weight(&wn, &wt, c, false)?;
+            let bv = b.weight(&bn, &bt, c, false)?;
+            let x = b.cast(hidden, c);
+            let x = b.conv(&x, &wv, Some(&bv), &[pt, ph, pw], &[pt, ph, pw], &[0; 6]); // [b, d, F_p, H_p, W_p]
+            let x = b.reshape(&x, &[0, d as i64, -1]); // [b, d, n]
+            let x = b.transpose(&x, &[0, 2, 1]); // [b, n, d]
+            Ok(b.cast(&x, F32))
+        })
+    }
+
+    /// Time embedding, all float32: sinusoid (cos half first) → MLP → the
+    /// six modulation vectors. Returns `e [b, d]` and `e0 [b, 6, d]`.
+    fn time(&mut self, timestep: &Value, debug: &mut Debug) -> Result<(Value, Value)> {
+        let (d, dd) = (self.cfg.dim, self.cfg.dim as i64);
+        let freqs = sinusoid_freqs(self.cfg.freq_dim);
+        let sinusoid = self.b.scoped("time_embedding", |b| {
+            let f = b.const_f32("freqs", &[1, freqs.len() as i64], &freqs, F32)?;
+            let t = b.unsqueeze(timestep, &[1]); // [b, 1]
+            let args = b.mul(&t, &f); // [b, freq_dim/2]
+            let (co, si) = (b.cos(&args), b.sin(&args));
+            Ok(b.concat(&[&co, &si], 1)) // [b, freq_dim]
+        })?;
+        let e = self.linear("time_embedding.0", &sinusoid, self.cfg.freq_dim, d, F32)?;
+        let e = self.b.scoped("time_embedding.1", |b| Ok(b.silu(&e)))?;
+        let e = self.linear("time_embedding.2", &e, d, d, F32)?; // [b, d]
+        let s = self.b.scoped("time_projection.0", |b| Ok(b.silu(&e)))?;
+        let e0 = self.linear("time_projection.1", &s, d, 6 * d, F32)?; // [b, 6d]
+        debug.push(("temb".into(), e.clone(), vec![dd]));
+        debug.push(("timestep_proj".into(), e0.clone(), vec![6 * dd]));
+        let e0 = self
+            .b
+            .scoped("time_projection", |b| Ok(b.reshape(&e0, &[0, 6, dd])))?; // [b, 6, d]
+        Ok((e, e0))
+    }
+
+    /// Text embedding: Linear → GELU(tanh) → Linear, all L rows kept (§3.3);
+    /// `[b, L, d]` in the compute dtype.
+    fn text_context(&mut self, text: &Value) -> Result<Value> {
+        let d = self.cfg.dim;
+        let ctx = self.linear("text_embedding.0", text, self.cfg.text_dim, d, self.c)?;
+        let ctx = self
+            .b
+            .scoped("text_embedding.1", |b| Ok(b.gelu(&ctx, true)))?;
+        self.linear("text_embedding.2", &ctx, d, d, self.c) // [b, L, d]
+    }
+
+    /// Image embedding (I2V): LN → Linear → GELU(erf) → Linear → LN (§3.3);
+    /// `[b, 257, d]` float32.
+    fn image_context(&mut self, image: &Value) -> Result<Value> {
+        let (d, c) = (self.cfg.dim, self.c);
+        let id = self.cfg.image_dim.unwrap_or(1280);
+        let g0 = self.param("img_emb.proj.0.weight", &[id as usize])?;
+        let b0 = self.param("img_emb.proj.0.bias", &[id as usize])?;
+        let y = self.b.scoped("img_emb.proj.0", |b| {
+            Ok(b.layer_norm(image, &g0, Some(&b0), 1e-5))
+        })?;
+        let y = self.linear("img_emb.proj.1", &y, id, id, c)?;
+        let y = self.b.scoped("img_emb.proj.2", |b| Ok(b.gelu(&y, false)))?;
+        let y = self.linear("img_emb.proj.3", &y, id, d, c)?;
+        let g4 = self.param("img_emb.proj.4.weight", &[d as usize])?;
+        let b4 = self.param("img_emb.proj.4.bias", &[d as usize])?;
+        self.b.scoped("img_emb.proj.4", |b| {
+            let y = b.cast(&y, F32);
+            Ok(b.layer_norm(&y, &g4, Some(&b4), 1e-5)) // [b, 257, d]
+        })
+    }
+
+    /// RoPE tables for the profile's grid and the position ids `[b, n]` of
+    /// the tokens `x`.
+    fn rope(&mut self, grid: (u32, u32, u32), x: &Value) -> Result<Rope> {
+        let (cos, sin) = rope_tables(self.cfg, grid);
+        let n_tokens = (grid.0 * grid.1 * grid.2) as i64;
+        let half = (self.cfg.head_dim() / 2) as i64;
+        self.b.scoped("rope", |b| {
+            let cos = b.const_f32("cos", &[n_tokens, half], &cos, F32)?;
+            let sin = b.const_f32("sin", &[n_tokens, half], &sin, F32)?;
+            let ids: Vec<i64> = (0..n_tokens).collect();
+            let ids = b.const_i64_tensor("rope.positions", &[1, n_tokens], &ids)?;
+            let bn = b.shape_of(x, 0, 2); // [b, n]
+            let pos = b.expand(&ids, &bn);
+            Ok(Rope(cos, sin, pos))
+        })
+    }
+
+    /// Transformer block `i` on the residual stream `x` (float32).
+    fn block(
+        &mut self,
+        i: u32,
+        x: Value,
+        e0: &Value,
+        ctx: &Value,
+        img_ctx: Option<&Value>,
+        rope: &Rope,
+    ) -> Result<Value> {
+        let d = self.cfg.dim;
+        let p = format!("blocks.{i}");
+        let m = self.param(&format!("{p}.modulation"), &[1, 6, d as usize])?;
+        let mods = self.b.scoped(&p, |b| {
+            let mods = b.add(&m, e0); // [b, 6, d]
+            Ok(b.split(&mods, 1, 6)) // 6 × [b, 1, d]
+        })?;
+        let [s1, c1, g1, s2, c2, g2] = <[Value; 6]>::try_from(mods).expect("split gives 6");
+
+        // Self-attention with modulation and gate.
+        let h = self.modulated_norm(&format!("{p}.norm1"), &x, &s1, &c1)?;
+        let rope3 = (rope.0.clone(), rope.1.clone(), rope.2.clone());
+        let y = self.self_attn(&format!("{p}.self_attn"), &h, &rope3)?;
+        let x = self.b.scoped(&p, |b| {
+            let y = b.cast(&y, F32);
+            let y = b.mul(&y, &g1);
+            Ok(b.add(&x, &y))
+        })?;
+
+        // Cross-attention: affine LN (`norm3`), no modulation, no gate.
+        let g3 = self.param(&format!("{p}.norm3.weight"), &[d as usize])?;
+        let b3 = self.param(&format!("{p}.norm3.bias"), &[d as usize])?;
+        let eps = self.cfg.eps as f32;
+        let h = self.b.scoped(&format!("{p}.norm3"), |b| {
+            Ok(b.layer_norm(&x, &g3, Some(&b3), eps))
+        })?;
+        let y = self.cross_attn(&format!("{p}.cross_attn"), &h, ctx, img_ctx)?;
+        let x = self.b.scoped(&p, |b| {
+            let y = b.cast(&y, F32);
+            Ok(b.add(&x, &y))
+        })?;
+
+        // FFN with modulation and gate.
+        let h = self.modulated_norm(&format!("{p}.norm2"), &x, &s2, &c2)?;
+        let y = self.linear(&format!("{p}.ffn.0"), &h, d, self.cfg.ffn_dim, self.c)?;
+        let y = self
+            .b
+            .scoped(&format!("{p}.ffn.1"), |b| Ok(b.gelu(&y, true)))?;
+        let y = self.linear(&format!("{p}.ffn.2"), &y, self.cfg.ffn_dim, d, self.c)?;
+        self.b.scoped(&p, |b| {
+            let y = b.cast(&y, F32);
+            let y = b.mul(&y, &g2);
+            Ok(b.add(&x, &y))
+        })
+    }
+
+    /// Head, float32: modulation from `e` (before the projection), the
+    /// output projection `[b, n, 64]` and the unpatchify to `[b, c, F', H',
+    /// W']`.
+    fn head(
+        &mut self,
+        x: &Value,
+        e: &Value,
+        grid: (u32, u32, u32),
+        debug: &mut Debug,
+    ) -> Result<Value> {
+        let (d, out_dim) = (self.cfg.dim, self.cfg.out_dim);
+        let [pt, ph, pw] = self.cfg.patch_size.map(|v| v as i64);
+        let (fp, hp, wp) = grid;
+        let mh = self.param("head.modulation", &[1, 2, d as usize])?;
+        let (shift, scale) = self.b.scoped("head", |b| {
+            let e1 = b.unsqueeze(e, &[1]); // [b, 1, d]
+            let m = b.add(&mh, &e1); // [b, 2, d]
+            let mut parts = b.split(&m, 1, 2);
+            let scale = parts.pop().expect("two parts");
+            Ok((parts.pop().expect("two parts"), scale))
+        })?;
+        let h = self.modulated_norm("head.norm", x, &shift, &scale)?;
+        let patch_out = (pt * ph * pw) as u32 * out_dim;
+        let out = self.linear("head.head", &h, d, patch_out, F32)?; // [b, n, 64]
+        let n = (fp * hp * wp) as i64;
+        debug.push(("proj_out".into(), out.clone(), vec![n, patch_out as i64]));
+
+        // Unpatchify: feature ((p·2 + q)·2 + r)·16 + c of token (f, h, w) goes to
+        // (c, f·1 + p, h·2 + q, w·2 + r) (§3.7).
+        self.b.scoped("unpatchify", |b| {
+            let y = b.reshape(
+                &out,
+                &[0, fp as i64, hp as i64, wp as i64, ph, pw, out_dim as i64],
+            ); // [b, F_p, H_p, W_p, 2, 2, c]
+            let y = b.transpose(&y, &[0, 6, 1, 2, 4, 3, 5]); // [b, c, F_p, H_p, 2, W_p, 2]
+            Ok(b.reshape(
+                &y,
+                &[0, out_dim as i64, fp as i64, hp as i64 * ph, wp as i64 * pw],
+            )) // [b, c, F', H', W']
+        })
+    }
+}
+
+fn declare_inputs(b: &mut GraphBuilder<'_>, contract: &NetworkContract) -> Vec<Value> {
+    contract
+        .inputs
+        .iter()
+        .map(|spec| b.input(&spec.name, spec.dtype, &io_dims(&spec.shape)))
+        .collect()
+}
+
+fn declare_outputs(b: &mut GraphBuilder<'_>, contract: &NetworkContract, values: &[Value]) {
+    for (spec, v) in contract.outputs.iter().zip(values) {
+        let v = b.cast(v, F32);
+        b.output(&v, &spec.name, Some(&io_dims(&spec.shape)));
+    }
+}
+
+/// Builds the whole DiT graph into `b`, reading weights through `w`.
 pub fn build(
     b: &mut GraphBuilder<'_>,
     w: Weights<'_>,
@@ -192,205 +433,40 @@ pub fn build(
 ) -> Result<()> {
     cfg.validate().map_err(Error::Invalid)?;
     let contract = NetworkContract::dit(cfg, profile).map_err(|e| Error::Invalid(e.to_string()))?;
-    let c = opts.precision.compute_dtype();
-    let (d, in_dim, out_dim) = (cfg.dim, cfg.in_dim, cfg.out_dim);
-    let (fp, hp, wp) = profile.patch_grid();
-    let n_tokens = (fp * hp * wp) as i64;
-    let [pt, ph, pw] = cfg.patch_size.map(|v| v as i64);
-
-    let mut inputs = Vec::new();
-    for spec in &contract.inputs {
-        inputs.push(b.input(&spec.name, spec.dtype, &io_dims(&spec.shape)));
-    }
+    let grid = profile.patch_grid();
+    let n = (grid.0 * grid.1 * grid.2) as i64;
+    let inputs = declare_inputs(b, &contract);
     let (hidden, timestep, text) = (&inputs[0], &inputs[1], &inputs[2]);
     let image = inputs.get(3);
-    let mut debug: Vec<(String, Value, Vec<i64>)> = Vec::new();
-    let (n, dd, l) = (n_tokens, cfg.dim as i64, profile.text_len as i64);
+    let mut debug: Debug = Vec::new();
+    let (dd, l) = (cfg.dim as i64, profile.text_len as i64);
+    let mut dit = Dit::new(b, w, cfg, opts.precision.compute_dtype())?;
 
-    let ones_d = b.const_f32("norm_ones", &[d as i64], &vec![1.0; d as usize], F32)?;
-    let one = b.scalar(1.0, F32);
-    let mut dit = Dit {
-        b,
-        w,
-        cfg,
-        c,
-        eps: cfg.eps as f32,
-        ones_d,
-        one,
-    };
-
-    // Patch embedding: Conv3d with kernel = stride = (1, 2, 2).
-    let (wn, wt) = dit.w.get(
-        "patch_embedding.weight",
-        &[
-            d as usize,
-            in_dim as usize,
-            pt as usize,
-            ph as usize,
-            pw as usize,
-        ],
-    )?;
-    let (bn, bt) = dit.w.get("patch_embedding.bias", &[d as usize])?;
-    let mut x = dit.b.scoped("patch_embedding", |b| {
-        let wv = b.weight(&wn, &wt, c, false)?;
-        let bv = b.weight(&bn, &bt, c, false)?;
-        let x = b.cast(hidden, c);
-        let x = b.conv(&x, &wv, Some(&bv), &[pt, ph, pw], &[pt, ph, pw], &[0; 6]); // [b, d, F_p, H_p, W_p]
-        let x = b.reshape(&x, &[0, d as i64, -1]); // [b, d, n]
-        let x = b.transpose(&x, &[0, 2, 1]); // [b, n, d]
-        Ok(b.cast(&x, F32))
-    })?;
+    let mut x = dit.embed(hidden)?;
     debug.push(("patch_embedding".into(), x.clone(), vec![n, dd]));
-
-    // Time embedding, all float32: sinusoid (cos half first) → MLP → 6 mods.
-    let freqs = sinusoid_freqs(cfg.freq_dim);
-    let (e, e0) = {
-        let b = &mut *dit.b;
-        let sinusoid = b.scoped("time_embedding", |b| {
-            let f = b.const_f32("freqs", &[1, freqs.len() as i64], &freqs, F32)?;
-            let t = b.unsqueeze(timestep, &[1]); // [b, 1]
-            let args = b.mul(&t, &f); // [b, freq_dim/2]
-            let (co, si) = (b.cos(&args), b.sin(&args));
-            Ok(b.concat(&[&co, &si], 1)) // [b, freq_dim]
-        })?;
-        let e = dit.linear("time_embedding.0", &sinusoid, cfg.freq_dim, d, F32)?;
-        let e = dit.b.scoped("time_embedding.1", |b| Ok(b.silu(&e)))?;
-        let e = dit.linear("time_embedding.2", &e, d, d, F32)?; // [b, d]
-        let s = dit.b.scoped("time_projection.0", |b| Ok(b.silu(&e)))?;
-        let e0 = dit.linear("time_projection.1", &s, d, 6 * d, F32)?; // [b, 6d]
-        debug.push(("temb".into(), e.clone(), vec![dd]));
-        debug.push(("timestep_proj".into(), e0.clone(), vec![6 * dd]));
-        let e0 = dit
-            .b
-            .scoped("time_projection", |b| Ok(b.reshape(&e0, &[0, 6, d as i64])))?; // [b, 6, d]
-        (e, e0)
-    };
-
-    // Text embedding: Linear → GELU(tanh) → Linear, all L rows kept (§3.3).
-    let ctx = dit.linear("text_embedding.0", text, cfg.text_dim, d, c)?;
-    let ctx = dit
-        .b
-        .scoped("text_embedding.1", |b| Ok(b.gelu(&ctx, true)))?;
-    let ctx = dit.linear("text_embedding.2", &ctx, d, d, c)?; // [b, L, d]
+    let (e, e0) = dit.time(timestep, &mut debug)?;
+    let ctx = dit.text_context(text)?;
     debug.push(("text_context".into(), ctx.clone(), vec![l, dd]));
-
-    // Image embedding (I2V): LN → Linear → GELU(erf) → Linear → LN (§3.3).
     let img_ctx = match (cfg.task, image) {
         (Task::I2v, Some(image)) => {
-            let id = cfg.image_dim.unwrap_or(1280);
-            let g0 = dit.param("img_emb.proj.0.weight", &[id as usize])?;
-            let b0 = dit.param("img_emb.proj.0.bias", &[id as usize])?;
-            let y = dit.b.scoped("img_emb.proj.0", |b| {
-                Ok(b.layer_norm(image, &g0, Some(&b0), 1e-5))
-            })?;
-            let y = dit.linear("img_emb.proj.1", &y, id, id, c)?;
-            let y = dit.b.scoped("img_emb.proj.2", |b| Ok(b.gelu(&y, false)))?;
-            let y = dit.linear("img_emb.proj.3", &y, id, d, c)?;
-            let g4 = dit.param("img_emb.proj.4.weight", &[d as usize])?;
-            let b4 = dit.param("img_emb.proj.4.bias", &[d as usize])?;
-            let y = dit.b.scoped("img_emb.proj.4", |b| {
-                let y = b.cast(&y, F32);
-                Ok(b.layer_norm(&y, &g4, Some(&b4), 1e-5)) // [b, 257, d]
-            })?;
+            let y = dit.image_context(image)?;
             debug.push((
                 "image_context".into(),
                 y.clone(),
                 vec![cfg.image_tokens as i64, dd],
             ));
+            let c = dit.c;
             Some(dit.b.scoped("img_emb", |b| Ok(b.cast(&y, c)))?)
         }
         _ => None,
     };
-
-    // RoPE tables for this profile and the position ids [b, n].
-    let (cos, sin) = rope_tables(cfg, (fp, hp, wp));
-    let half = (cfg.head_dim() / 2) as i64;
-    let rope = {
-        let b = &mut *dit.b;
-        b.scoped("rope", |b| {
-            let cos = b.const_f32("cos", &[n_tokens, half], &cos, F32)?;
-            let sin = b.const_f32("sin", &[n_tokens, half], &sin, F32)?;
-            let ids: Vec<i64> = (0..n_tokens).collect();
-            let ids = b.const_i64_tensor("rope.positions", &[1, n_tokens], &ids)?;
-            let bn = b.shape_of(&x, 0, 2); // [b, n]
-            let pos = b.expand(&ids, &bn);
-            Ok((cos, sin, pos))
-        })?
-    };
-
+    let rope = dit.rope(grid, &x)?;
     for i in 0..cfg.num_layers {
-        let p = format!("blocks.{i}");
-        let m = dit.param(&format!("{p}.modulation"), &[1, 6, d as usize])?;
-        let mods = dit.b.scoped(&p, |b| {
-            let mods = b.add(&m, &e0); // [b, 6, d]
-            Ok(b.split(&mods, 1, 6)) // 6 × [b, 1, d]
-        })?;
-        let [s1, c1, g1, s2, c2, g2] = <[Value; 6]>::try_from(mods).expect("split gives 6");
-
-        // Self-attention with modulation and gate.
-        let h = dit.modulated_norm(&format!("{p}.norm1"), &x, &s1, &c1)?;
-        let y = dit.self_attn(&format!("{p}.self_attn"), &h, &rope)?;
-        x = dit.b.scoped(&p, |b| {
-            let y = b.cast(&y, F32);
-            let y = b.mul(&y, &g1);
-            Ok(b.add(&x, &y))
-        })?;
-
-        // Cross-attention: affine LN (`norm3`), no modulation, no gate.
-        let g3 = dit.param(&format!("{p}.norm3.weight"), &[d as usize])?;
-        let b3 = dit.param(&format!("{p}.norm3.bias"), &[d as usize])?;
-        let h = dit.b.scoped(&format!("{p}.norm3"), |b| {
-            Ok(b.layer_norm(&x, &g3, Some(&b3), cfg.eps as f32))
-        })?;
-        let y = dit.cross_attn(&format!("{p}.cross_attn"), &h, &ctx, img_ctx.as_ref())?;
-        x = dit.b.scoped(&p, |b| {
-            let y = b.cast(&y, F32);
-            Ok(b.add(&x, &y))
-        })?;
-
-        // FFN with modulation and gate.
-        let h = dit.modulated_norm(&format!("{p}.norm2"), &x, &s2, &c2)?;
-        let y = dit.linear(&format!("{p}.ffn.0"), &h, d, cfg.ffn_dim, c)?;
-        let y = dit
-            .b
-            .scoped(&format!("{p}.ffn.1"), |b| Ok(b.gelu(&y, true)))?;
-        let y = dit.linear(&format!("{p}.ffn.2"), &y, cfg.ffn_dim, d, c)?;
-        x = dit.b.scoped(&p, |b| {
-            let y = b.cast(&y, F32);
-            let y = b.mul(&y, &g2);
-            Ok(b.add(&x, &y))
-        })?;
+        x = dit.block(i, x, &e0, &ctx, img_ctx.as_ref(), &rope)?;
         debug.push((format!("block_{i}_out"), x.clone(), vec![n, dd]));
     }
-
-    // Head, float32: modulation from `e` (before the projection).
-    let mh = dit.param("head.modulation", &[1, 2, d as usize])?;
-    let (shift, scale) = dit.b.scoped("head", |b| {
-        let e1 = b.unsqueeze(&e, &[1]); // [b, 1, d]
-        let m = b.add(&mh, &e1); // [b, 2, d]
-        let mut parts = b.split(&m, 1, 2);
-        let scale = parts.pop().expect("two parts");
-        Ok((parts.pop().expect("two parts"), scale))
-    })?;
-    let h = dit.modulated_norm("head.norm", &x, &shift, &scale)?;
-    let patch_out = (pt * ph * pw) as u32 * out_dim;
-    let out = dit.linear("head.head", &h, d, patch_out, F32)?; // [b, n, 64]
-    debug.push(("proj_out".into(), out.clone(), vec![n, patch_out as i64]));
-
-    // Unpatchify: feature ((p·2 + q)·2 + r)·16 + c of token (f, h, w) goes to
-    // (c, f·1 + p, h·2 + q, w·2 + r) (§3.7).
+    let noise = dit.head(&x, &e, grid, &mut debug)?;
     let b = &mut *dit.b;
-    let noise = b.scoped("unpatchify", |b| {
-        let y = b.reshape(
-            &out,
-            &[0, fp as i64, hp as i64, wp as i64, ph, pw, out_dim as i64],
-        ); // [b, F_p, H_p, W_p, 2, 2, c]
-        let y = b.transpose(&y, &[0, 6, 1, 2, 4, 3, 5]); // [b, c, F_p, H_p, 2, W_p, 2]
-        Ok(b.reshape(
-            &y,
-            &[0, out_dim as i64, fp as i64, hp as i64 * ph, wp as i64 * pw],
-        )) // [b, c, F', H', W']
-    })?;
     let out_spec = &contract.outputs[0];
     b.output(&noise, &out_spec.name, Some(&io_dims(&out_spec.shape)));
     if opts.debug_outputs {
@@ -402,6 +478,80 @@ pub fn build(
             b.output(&v, &format!("intermediate.{name}"), Some(&dims));
         }
     }
+    Ok(())
+}
+
+/// Builds one stage graph of the DiT ([`NetworkContract::dit_stages`]) into
+/// `b`: the same nodes, under the same names, as the whole graph, with
+/// float32 at the stage's boundary.
+pub fn build_stage(
+    b: &mut GraphBuilder<'_>,
+    w: Weights<'_>,
+    cfg: &DitConfig,
+    profile: &Profile,
+    precision: Precision,
+    stage: DitStage,
+) -> Result<()> {
+    cfg.validate().map_err(Error::Invalid)?;
+    let stages =
+        NetworkContract::dit_stages(cfg, profile).map_err(|e| Error::Invalid(e.to_string()))?;
+    let contract = stages
+        .into_iter()
+        .find(|(s, _)| *s == stage)
+        .map(|(_, c)| c)
+        .ok_or_else(|| Error::Invalid(format!("this DiT has no stage {stage}")))?;
+    let grid = profile.patch_grid();
+    let inputs = declare_inputs(b, &contract);
+    let mut debug: Debug = Vec::new();
+    let mut dit = Dit::new(b, w, cfg, precision.compute_dtype())?;
+    let i2v = cfg.task == Task::I2v;
+    let outputs = match stage {
+        DitStage::Context => {
+            let mut out = vec![dit.text_context(&inputs[0])?];
+            if i2v {
+                out.push(dit.image_context(&inputs[1])?);
+            }
+            out
+        }
+        DitStage::Time => {
+            let (e, e0) = dit.time(&inputs[0], &mut debug)?;
+            vec![e, e0]
+        }
+        DitStage::Embed => {
+            let hidden = if i2v {
+                // noise ‖ y along channels: [b, 16 + 20, F', H', W'].
+                dit.b
+                    .scoped("condition", |b| Ok(b.concat(&[&inputs[0], &inputs[1]], 1)))?
+            } else {
+                inputs[0].clone()
+            };
+            vec![dit.embed(&hidden)?]
+        }
+        DitStage::BlockFirst | DitStage::BlockRest => {
+            let c = dit.c;
+            let ctx = dit
+                .b
+                .scoped("text_embedding", |b| Ok(b.cast(&inputs[2], c)))?;
+            let img = if i2v {
+                Some(dit.b.scoped("img_emb", |b| Ok(b.cast(&inputs[3], c)))?)
+            } else {
+                None
+            };
+            let rope = dit.rope(grid, &inputs[0])?;
+            let blocks = if stage == DitStage::BlockFirst {
+                0..1
+            } else {
+                1..cfg.num_layers
+            };
+            let mut x = inputs[0].clone();
+            for i in blocks {
+                x = dit.block(i, x, &inputs[1], &ctx, img.as_ref(), &rope)?;
+            }
+            vec![x]
+        }
+        DitStage::Head => vec![dit.head(&inputs[0], &inputs[1], grid, &mut debug)?],
+    };
+    declare_outputs(dit.b, &contract, &outputs);
     Ok(())
 }
 

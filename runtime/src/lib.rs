@@ -21,10 +21,13 @@
 //! ```
 
 pub mod backend;
+pub mod buffer;
 pub mod chunked;
+pub mod dit;
 pub mod engine;
 pub mod engines;
 pub mod error;
+pub mod exec;
 pub mod image;
 pub mod ortlib;
 pub mod pipeline;
@@ -39,8 +42,10 @@ pub mod trt;
 pub mod video;
 
 pub use backend::Backend;
+pub use buffer::{Buffer, Memory};
 pub use engine::{Artifacts, Network};
 pub use error::{Error, ErrorKind, Result};
+pub use exec::{ConvAlgoSearch, ExecutionSettings};
 pub use tensorfile::HostTensor;
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), for the

@@ -16,9 +16,11 @@ use serde::Serialize;
 use wanrt_core::{DType, NetworkKind, Task, VaeConfig};
 
 use crate::backend::Backend;
-use crate::chunked::concat_time;
+use crate::chunked::TimeAssembler;
+use crate::dit::{BoundDit, Conditioning};
 use crate::engine::{Artifacts, Network};
 use crate::error::{Error, Result};
+use crate::exec::ExecutionSettings;
 use crate::prompt::PromptEncoder;
 use crate::schedule::{
     Sampler, Schedule, Solver, apply_guidance, apply_guidance_zero_star, guidance_needs_uncond,
@@ -77,6 +79,25 @@ pub struct Settings {
     pub denoising_step_list: Option<Vec<u32>>,
     pub cfg_zero_star: bool,
     pub zero_init_steps: usize,
+    /// How the sessions were created (backend settings).
+    pub execution: ExecutionSettings,
+    /// `stages` (the step-scheduled stage graphs, bound buffers) or `whole`
+    /// (the whole DiT graph, host tensors per step).
+    pub dit_graphs: DitGraphs,
+}
+
+/// Which of the DiT's exported graphs a pipeline runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DitGraphs {
+    /// The stage graphs with buffers bound once per generation (default;
+    /// artifacts without stage graphs fall back to `Whole`).
+    #[default]
+    Stages,
+    /// The whole graph, inputs built and outputs copied as host tensors on
+    /// every step (what the runtime did before the stage graphs; kept for
+    /// comparison and for artifacts compiled without stages).
+    Whole,
 }
 
 /// Wall-clock time per stage.
@@ -157,32 +178,6 @@ fn stack2(a: &HostTensor, b: &HostTensor) -> HostTensor {
     HostTensor::concat_batch(&[a.clone(), b.clone()]).expect("same shapes")
 }
 
-/// The loaded engines of an artifact directory.
-pub struct Pipeline {
-    pub artifacts: Artifacts,
-    pub task: Task,
-    dit: Network,
-    text: PromptEncoder,
-    vae_decoder: Network,
-    vae_encoder: Option<Network>,
-    image_encoder: Option<Network>,
-    vae: VaeConfig,
-    pub load_time: Duration,
-}
-
-fn need(artifacts: &Artifacts, kind: NetworkKind, why: &str) -> Result<()> {
-    if artifacts.manifest.networks.contains_key(&kind) {
-        Ok(())
-    } else {
-        Err(Error::Artifacts {
-            dir: artifacts.dir.clone(),
-            reason: format!(
-                "no '{kind}' network, which {why}; compile it with wan-compile --networks"
-            ),
-        })
-    }
-}
-
 /// A NaN or infinity in a network's output is an error naming the network
 /// and where, never a silently black or constant video.
 fn check_finite(network: &str, at: &str, values: &[f32]) -> Result<()> {
@@ -216,9 +211,246 @@ fn check_vae_config(artifacts: &Artifacts, vae: &VaeConfig) -> Result<()> {
     Ok(())
 }
 
+/// Everything a denoising loop starts from ([`Pipeline::prepare`]).
+#[derive(Debug, Clone)]
+pub struct DenoiseInputs {
+    /// Prompt embedding `[1, L, text_dim]`.
+    pub cond: HostTensor,
+    /// Negative prompt embedding when the guidance needs it.
+    pub uncond: Option<HostTensor>,
+    /// I2V: CLIP tokens `[1, 257, W]` and the condition `y [1, 20, F', H', W']`.
+    pub image: Option<(HostTensor, HostTensor)>,
+    /// Initial latents `[1, 16, F', H', W']`.
+    pub latents: Vec<f32>,
+    pub solver: Solver,
+    /// The σ grid and DiT timesteps (the solver's, or a `--timesteps` list).
+    pub schedule: Schedule,
+    /// Seed of the noise a stochastic solver (LCM) draws between steps.
+    pub seed: u64,
+    pub guidance: f32,
+    /// CFG-Zero*'s optimised scale instead of plain CFG.
+    pub cfg_zero_star: bool,
+    /// CFG-Zero*'s zero-init: the first steps take v = 0.
+    pub zero_init_steps: usize,
+}
+
+enum StepPath<'p> {
+    Bound(BoundDit<'p>),
+    Whole {
+        dit: &'p mut Network,
+        inputs: DenoiseInputs,
+    },
+}
+
+/// A denoising loop in progress: the DiT, CFG and the sampler update, one
+/// [`Denoiser::step`] at a time (what [`Pipeline::generate`] runs).
+pub struct Denoiser<'p> {
+    path: StepPath<'p>,
+    sampler: Sampler,
+    latents: Vec<f32>,
+    guidance: f32,
+    cfg_zero_star: bool,
+    zero_init_steps: usize,
+    /// v = 0 for CFG-Zero*'s zero-init steps (allocated once, if needed).
+    zeros: Vec<f32>,
+    shape: Vec<u64>,
+}
+
+impl Denoiser<'_> {
+    pub fn is_finished(&self) -> bool {
+        self.sampler.is_finished()
+    }
+
+    /// The schedule's timesteps.
+    pub fn timesteps(&self) -> &[f32] {
+        self.sampler.schedule().dit_timesteps()
+    }
+
+    /// The sampler's sigmas, one per step plus the final one.
+    pub fn sigmas(&self) -> &[f32] {
+        self.sampler.schedule().sigmas()
+    }
+
+    /// Steps taken so far.
+    pub fn step_index(&self) -> usize {
+        self.sampler.step_index()
+    }
+
+    pub fn steps(&self) -> usize {
+        self.sampler.steps()
+    }
+
+    /// DiT calls per step (2: CFG as two batch-1 calls).
+    pub fn calls_per_step(&self) -> usize {
+        match &self.path {
+            StepPath::Bound(b) => b.calls_per_step(),
+            StepPath::Whole { .. } => 1,
+        }
+    }
+
+    /// The current latents `[1, 16, F', H', W']`.
+    pub fn latents(&self) -> &[f32] {
+        &self.latents
+    }
+
+    pub fn into_latents(self) -> Vec<f32> {
+        self.latents
+    }
+
+    /// One step: the DiT on the current latents (both CFG branches), the
+    /// guidance, and the sampler update of the latents. With bound stage
+    /// graphs it allocates nothing: the prediction is read and guided in
+    /// the bound output buffer, and the sampler updates the latents in
+    /// place.
+    pub fn step(&mut self) -> Result<()> {
+        let index = self.sampler.step_index();
+        let Some(t) = self.sampler.dit_timestep() else {
+            return Err(Error::arg(
+                "steps",
+                format!(
+                    "all {} sampling steps were already taken",
+                    self.sampler.steps()
+                ),
+            ));
+        };
+        if index < self.zero_init_steps {
+            // CFG-Zero*'s zero-init: v = 0, no DiT call.
+            return self.sampler.step(&mut self.latents, &self.zeros);
+        }
+        let (guidance, zero_star) = (self.guidance, self.cfg_zero_star);
+        let guide = move |cond: &mut [f32], uncond: &[f32]| {
+            if zero_star {
+                // One sample: the returned scale list is 4 bytes.
+                apply_guidance_zero_star(cond, uncond, guidance, 1).map(|_| ())
+            } else {
+                apply_guidance(cond, uncond, guidance)
+            }
+        };
+        match &mut self.path {
+            StepPath::Bound(dit) => {
+                dit.run(index, &self.latents)?;
+                let (sampler, latents) = (&mut self.sampler, &mut self.latents);
+                dit.with_prediction(|cond, uncond| {
+                    check_finite("dit", &format!("at step {}", index + 1), cond)?;
+                    if let Some(u) = uncond {
+                        check_finite("dit", &format!("at step {}", index + 1), u)?;
+                        guide(cond, u)?;
+                    }
+                    sampler.step(latents, cond)
+                })
+            }
+            StepPath::Whole { dit, inputs } => {
+                let mut velocity = whole_step(dit, inputs, &self.shape, &self.latents, t)?;
+                check_finite("dit", &format!("at step {}", index + 1), &velocity)?;
+                let n = self.latents.len();
+                if let Some(u) = velocity.get(n..).map(<[f32]>::to_vec) {
+                    velocity.truncate(n);
+                    guide(&mut velocity, &u)?;
+                }
+                self.sampler.step(&mut self.latents, &velocity)
+            }
+        }
+    }
+}
+
+/// One step on the whole DiT graph with host tensors (the path before the
+/// stage graphs): inputs built, outputs copied, on every step.
+fn whole_step(
+    dit: &mut Network,
+    c: &DenoiseInputs,
+    shape: &[u64],
+    latents: &[f32],
+    t: f32,
+) -> Result<Vec<f32>> {
+    let n = latents.len();
+    let x = HostTensor::from_f32(shape.to_vec(), latents);
+    let hidden = match &c.image {
+        Some((_, y)) => concat_channels(&[&x, y]),
+        None => x,
+    };
+    let timestep = HostTensor::from_f32(vec![1], &[t]);
+    let mut inputs = BTreeMap::new();
+    match &c.uncond {
+        Some(u) => {
+            inputs.insert("hidden_states".into(), stack2(&hidden, &hidden));
+            inputs.insert("timestep".into(), stack2(&timestep, &timestep));
+            inputs.insert("encoder_hidden_states".into(), stack2(&c.cond, u));
+            if let Some((tok, _)) = &c.image {
+                inputs.insert("encoder_hidden_states_image".into(), stack2(tok, tok));
+            }
+        }
+        None => {
+            inputs.insert("hidden_states".into(), hidden);
+            inputs.insert("timestep".into(), timestep);
+            inputs.insert("encoder_hidden_states".into(), c.cond.clone());
+            if let Some((tok, _)) = &c.image {
+                inputs.insert("encoder_hidden_states_image".into(), tok.clone());
+            }
+        }
+    }
+    let out = dit.run(&inputs)?;
+    let pred = out
+        .get("noise_pred")
+        .and_then(HostTensor::to_f32)
+        .ok_or_else(|| Error::Inference {
+            network: "dit".into(),
+            reason: "no float noise_pred".into(),
+        })?;
+    // Cond then (with CFG) uncond, n values each.
+    let rows = if c.uncond.is_some() { 2 } else { 1 };
+    Ok(pred[..rows * n].to_vec())
+}
+
+/// The loaded engines of an artifact directory.
+pub struct Pipeline {
+    pub artifacts: Artifacts,
+    pub task: Task,
+    dit: Network,
+    dit_graphs: DitGraphs,
+    execution: ExecutionSettings,
+    text: PromptEncoder,
+    vae_decoder: Network,
+    vae_encoder: Option<Network>,
+    image_encoder: Option<Network>,
+    vae: VaeConfig,
+    pub load_time: Duration,
+}
+
+fn need(artifacts: &Artifacts, kind: NetworkKind, why: &str) -> Result<()> {
+    if artifacts.manifest.networks.contains_key(&kind) {
+        Ok(())
+    } else {
+        Err(Error::Artifacts {
+            dir: artifacts.dir.clone(),
+            reason: format!(
+                "no '{kind}' network, which {why}; compile it with wan-compile --networks"
+            ),
+        })
+    }
+}
+
 impl Pipeline {
-    /// Loads every network the task needs on `backend`.
+    /// Loads every network the task needs on `backend`, with the default
+    /// execution settings and the DiT's stage graphs.
     pub fn load(artifacts: Artifacts, backend: Backend) -> Result<Self> {
+        Self::load_with(
+            artifacts,
+            backend,
+            &ExecutionSettings::default(),
+            DitGraphs::Stages,
+        )
+    }
+
+    /// Loads every network the task needs on `backend` with `settings`,
+    /// running the DiT as `dit_graphs` (artifacts without stage graphs run
+    /// the whole graph).
+    pub fn load_with(
+        artifacts: Artifacts,
+        backend: Backend,
+        settings: &ExecutionSettings,
+        dit_graphs: DitGraphs,
+    ) -> Result<Self> {
+        settings.check(backend)?;
         let start = Instant::now();
         let task = artifacts.manifest.model.task;
         for (kind, why) in [
@@ -275,13 +507,22 @@ impl Pipeline {
                     reason: format!("vae_decoder config: {e}"),
                 })?;
         check_vae_config(&artifacts, &vae)?;
-        let dit = artifacts.load(NetworkKind::Dit, backend)?;
+        let has_stages = !artifacts.entry(NetworkKind::Dit)?.stages.is_empty();
+        let dit_graphs = if has_stages {
+            dit_graphs
+        } else {
+            DitGraphs::Whole
+        };
+        let dit = match dit_graphs {
+            DitGraphs::Stages => artifacts.load_with(NetworkKind::Dit, backend, settings)?,
+            DitGraphs::Whole => artifacts.load_whole(NetworkKind::Dit, backend)?,
+        };
         let text = PromptEncoder::load(&artifacts, backend)?;
-        let vae_decoder = artifacts.load(NetworkKind::VaeDecoder, backend)?;
+        let vae_decoder = artifacts.load_with(NetworkKind::VaeDecoder, backend, settings)?;
         let (vae_encoder, image_encoder) = if task == Task::I2v {
             (
-                Some(artifacts.load(NetworkKind::VaeEncoder, backend)?),
-                Some(artifacts.load(NetworkKind::ImageEncoder, backend)?),
+                Some(artifacts.load_with(NetworkKind::VaeEncoder, backend, settings)?),
+                Some(artifacts.load_with(NetworkKind::ImageEncoder, backend, settings)?),
             )
         } else {
             (None, None)
@@ -290,6 +531,8 @@ impl Pipeline {
             artifacts,
             task,
             dit,
+            dit_graphs,
+            execution: settings.clone(),
             text,
             vae_decoder,
             vae_encoder,
@@ -352,15 +595,9 @@ impl Pipeline {
             .vae_encoder
             .as_mut()
             .expect("I2V pipelines load the VAE encoder");
-        let mut parts = Vec::new();
-        enc.run_streaming(&video, |c| {
-            parts.push(c);
-            Ok(())
-        })?;
-        let mu = concat_time(&parts).ok_or_else(|| Error::Inference {
-            network: "vae_encoder".into(),
-            reason: "chunks differ in shape".into(),
-        })?;
+        let mut mu = TimeAssembler::new(enc.entry.outputs[0].concrete_shape(1));
+        enc.run_streaming(&video, |c| mu.append(c))?;
+        let mu = mu.finish()?;
         let mut z = mu.to_f32().expect("float output");
         let plane = (mu.shape[2] * mu.shape[3] * mu.shape[4]) as usize;
         self.vae.normalize_latents(&mut z, plane);
@@ -379,34 +616,47 @@ impl Pipeline {
         Ok((tokens, concat_channels(&[&mask, &latent])))
     }
 
-    /// Runs the whole generation. `on_step(i, n, seconds)` reports progress;
-    /// `interrupt` stops cleanly between steps.
-    pub fn generate(
-        &mut self,
-        opts: &GenerateOptions,
-        interrupt: Option<&AtomicBool>,
-        mut on_step: impl FnMut(usize, usize, f64),
-    ) -> Result<Generated> {
-        let p = self.profile().clone();
+    /// The sampling settings `opts` asks for, with the task's defaults.
+    /// A `--timesteps` list sets the step count.
+    fn sampling(&self, opts: &GenerateOptions) -> (usize, f32, f64) {
+        let p = self.profile();
         let (d_steps, d_guidance, d_shift) = defaults(self.task, p.width, p.height);
         let steps = match &opts.timesteps {
             Some(list) => list.len(),
             None => opts.steps.unwrap_or(d_steps),
         };
+        (
+            steps,
+            opts.guidance_scale.unwrap_or(d_guidance),
+            opts.shift.unwrap_or(d_shift),
+        )
+    }
+
+    /// Everything before the denoising loop: the initial latents, the
+    /// prompt embeddings (the negative one when the guidance needs it) and
+    /// the I2V conditioning. Adds the stages' times to `timings`.
+    pub fn prepare(
+        &mut self,
+        opts: &GenerateOptions,
+        timings: &mut Timings,
+    ) -> Result<DenoiseInputs> {
+        let (steps, guidance, shift) = self.sampling(opts);
         if opts.zero_init_steps > steps {
             return Err(Error::arg(
                 "--zero-init-steps",
                 format!("{} zeroed steps of {steps}", opts.zero_init_steps),
             ));
         }
-        let guidance = opts.guidance_scale.unwrap_or(d_guidance);
-        let shift = opts.shift.unwrap_or(d_shift);
         if !guidance.is_finite() {
             return Err(Error::arg(
                 "--guidance-scale",
                 format!("{guidance} is not a finite number"),
             ));
         }
+        let schedule = match &opts.timesteps {
+            Some(list) => Schedule::step_distill(list, shift)?,
+            None => Schedule::for_solver(opts.solver, steps, shift)?,
+        };
         match (self.task, &opts.image) {
             (Task::I2v, None) => {
                 return Err(Error::arg(
@@ -422,19 +672,10 @@ impl Pipeline {
             }
             _ => {}
         }
-        let check = || match interrupt {
-            Some(f) if f.load(Ordering::Relaxed) => Err(Error::Interrupted),
-            _ => Ok(()),
-        };
-        let mut timings = Timings {
-            load_s: self.load_time.as_secs_f64(),
-            ..Default::default()
-        };
-
         // Noise first (the official I2V draws it before encoding the text).
         let shape = self.latent_shape();
         let n: usize = shape.iter().product::<u64>() as usize;
-        let mut latents = match &opts.latents {
+        let latents = match &opts.latents {
             Some(t) => {
                 if t.dtype != DType::Float32 || t.shape != shape {
                     return Err(Error::arg(
@@ -460,95 +701,121 @@ impl Pipeline {
         let t0 = Instant::now();
         let negative_raw = opts.negative_prompt.clone().unwrap_or_default();
         let cond = self.text.encode(&opts.prompt)?.prompt_embeds();
-        let use_uncond = guidance_needs_uncond(guidance);
-        let negative_used =
-            crate::text::negative_prompt_or_default(&negative_raw, self.task).to_string();
-        let uncond = if use_uncond {
+        let uncond = if guidance_needs_uncond(guidance) {
             Some(self.text.encode_negative(&negative_raw)?.prompt_embeds())
         } else {
             None
         };
         timings.text_encoder_s = t0.elapsed().as_secs_f64();
-        check()?;
 
         let t0 = Instant::now();
-        let conditioning = match &opts.image {
+        let image = match &opts.image {
             Some(path) => Some(self.image_conditioning(path)?),
             None => None,
         };
         timings.image_conditioning_s = t0.elapsed().as_secs_f64();
-        check()?;
+        Ok(DenoiseInputs {
+            cond,
+            uncond,
+            image,
+            latents,
+            solver: opts.solver,
+            schedule,
+            seed: opts.seed,
+            guidance,
+            cfg_zero_star: opts.cfg_zero_star,
+            zero_init_steps: opts.zero_init_steps,
+        })
+    }
 
-        // One call per step and branch, or one batch-2 call: the DiT engine's
-        // batch decides (a fixed batch of 1 is looped by `Network::run`).
-        let schedule = match &opts.timesteps {
-            Some(list) => Schedule::step_distill(list, shift)?,
-            None => Schedule::for_solver(opts.solver, steps, shift)?,
+    /// Starts the denoising loop on `inputs`. With the stage graphs this
+    /// binds the generation's buffers: the context stage runs for each CFG
+    /// branch and the time stage for the whole schedule, once.
+    pub fn denoiser(&mut self, inputs: DenoiseInputs) -> Result<Denoiser<'_>> {
+        let shape = self.latent_shape();
+        let n = inputs.latents.len();
+        let sampler = Sampler::with_schedule(inputs.solver, inputs.schedule.clone(), n)?
+            .with_noise_seed(inputs.seed);
+        let guidance = inputs.guidance;
+        let (cfg_zero_star, inputs_zero) = (inputs.cfg_zero_star, inputs.zero_init_steps);
+        let latents = inputs.latents.clone();
+        let path = if self.dit.staged_dit().is_some() {
+            let staged = self.dit.staged_dit().expect("checked just above");
+            {
+                let timesteps = sampler.schedule().dit_timesteps().to_vec();
+                let (image, y) = match &inputs.image {
+                    Some((tok, y)) => (Some(tok), Some(y)),
+                    None => (None, None),
+                };
+                StepPath::Bound(staged.bind(&Conditioning {
+                    cond: &inputs.cond,
+                    uncond: inputs.uncond.as_ref(),
+                    image,
+                    y,
+                    timesteps: &timesteps,
+                })?)
+            }
+        } else {
+            StepPath::Whole {
+                dit: &mut self.dit,
+                inputs,
+            }
         };
-        let mut sampler =
-            Sampler::with_schedule(opts.solver, schedule, n)?.with_noise_seed(opts.seed);
-        let timesteps = sampler.schedule().dit_timesteps().to_vec();
-        let sigmas = sampler.schedule().sigmas().to_vec();
+        let zeros = vec![0.0; if inputs_zero > 0 { n } else { 0 }];
+        Ok(Denoiser {
+            path,
+            sampler,
+            latents,
+            guidance,
+            cfg_zero_star,
+            zero_init_steps: inputs_zero,
+            zeros,
+            shape,
+        })
+    }
+
+    /// Runs the whole generation. `on_step(i, n, seconds)` reports progress;
+    /// `interrupt` stops cleanly between steps.
+    pub fn generate(
+        &mut self,
+        opts: &GenerateOptions,
+        interrupt: Option<&AtomicBool>,
+        mut on_step: impl FnMut(usize, usize, f64),
+    ) -> Result<Generated> {
+        let p = self.profile().clone();
+        let (steps, guidance, shift) = self.sampling(opts);
+        let check = || match interrupt {
+            Some(f) if f.load(Ordering::Relaxed) => Err(Error::Interrupted),
+            _ => Ok(()),
+        };
+        let mut timings = Timings {
+            load_s: self.load_time.as_secs_f64(),
+            ..Default::default()
+        };
+        let negative_used = crate::text::negative_prompt_or_default(
+            opts.negative_prompt.as_deref().unwrap_or_default(),
+            self.task,
+        )
+        .to_string();
+        let inputs = self.prepare(opts, &mut timings)?;
+        check()?;
+        let shape = self.latent_shape();
+
+        // One call per step and branch, or one batch-2 call: the DiT
+        // engine's batch decides.
         let t_denoise = Instant::now();
-        let mut step = 0;
-        while let Some(t) = sampler.dit_timestep() {
+        let mut denoiser = self.denoiser(inputs)?;
+        let timesteps = denoiser.timesteps().to_vec();
+        let sigmas = denoiser.sigmas().to_vec();
+        while !denoiser.is_finished() {
             check()?;
             let ts = Instant::now();
-            if step < opts.zero_init_steps {
-                // CFG-Zero*'s zero-init: v = 0, the DiT's outputs are unused.
-                sampler.step(&mut latents, &vec![0.0; n])?;
-                let secs = ts.elapsed().as_secs_f64();
-                timings.step_s.push(secs);
-                step += 1;
-                on_step(step, steps, secs);
-                continue;
-            }
-            let x = HostTensor::from_f32(shape.clone(), &latents);
-            let hidden = match &conditioning {
-                Some((_, y)) => concat_channels(&[&x, y]),
-                None => x,
-            };
-            let timestep = HostTensor::from_f32(vec![1], &[t]);
-            let mut inputs = BTreeMap::new();
-            match &uncond {
-                Some(u) => {
-                    inputs.insert("hidden_states".into(), stack2(&hidden, &hidden));
-                    inputs.insert("timestep".into(), stack2(&timestep, &timestep));
-                    inputs.insert("encoder_hidden_states".into(), stack2(&cond, u));
-                    if let Some((tok, _)) = &conditioning {
-                        inputs.insert("encoder_hidden_states_image".into(), stack2(tok, tok));
-                    }
-                }
-                None => {
-                    inputs.insert("hidden_states".into(), hidden);
-                    inputs.insert("timestep".into(), timestep);
-                    inputs.insert("encoder_hidden_states".into(), cond.clone());
-                    if let Some((tok, _)) = &conditioning {
-                        inputs.insert("encoder_hidden_states_image".into(), tok.clone());
-                    }
-                }
-            }
-            let out = self.dit.run(&inputs)?;
-            let pred = out
-                .get("noise_pred")
-                .and_then(HostTensor::to_f32)
-                .ok_or_else(|| Error::Inference {
-                    network: "dit".into(),
-                    reason: "no float noise_pred".into(),
-                })?;
-            check_finite("dit", &format!("at step {}", step + 1), &pred)?;
-            let mut velocity = pred[..n].to_vec();
-            if use_uncond && opts.cfg_zero_star {
-                apply_guidance_zero_star(&mut velocity, &pred[n..2 * n], guidance, 1)?;
-            } else if use_uncond {
-                apply_guidance(&mut velocity, &pred[n..2 * n], guidance)?;
-            }
-            sampler.step(&mut latents, &velocity)?;
+            denoiser.step()?;
             let secs = ts.elapsed().as_secs_f64();
             timings.step_s.push(secs);
-            step += 1;
-            on_step(step, steps, secs);
+            on_step(denoiser.step_index(), steps, secs);
         }
+        let latents = denoiser.into_latents();
         timings.denoise_s = t_denoise.elapsed().as_secs_f64();
         let final_latents = HostTensor::from_f32(shape.clone(), &latents);
 
@@ -560,20 +827,15 @@ impl Pipeline {
         let mut raw = latents;
         self.vae.denormalize_latents(&mut raw, plane);
         let raw = HostTensor::from_f32(shape.clone(), &raw);
-        let mut parts = Vec::new();
+        let mut video = TimeAssembler::new(self.vae_decoder.entry.outputs[0].concrete_shape(1));
         self.vae_decoder.run_streaming(&raw, |c| {
             if interrupt.is_some_and(|f| f.load(Ordering::Relaxed)) {
                 return Err(Error::Interrupted);
             }
-            let at = format!("in chunk {}", parts.len());
-            check_finite("vae_decoder", &at, &c.to_f32().unwrap_or_default())?;
-            parts.push(c);
-            Ok(())
+            check_finite("vae_decoder", "in a decoded chunk", c.data)?;
+            video.append(c)
         })?;
-        let video = concat_time(&parts).ok_or_else(|| Error::Inference {
-            network: "vae_decoder".into(),
-            reason: "chunks differ in shape".into(),
-        })?;
+        let video = video.finish()?;
         timings.vae_decode_s = t0.elapsed().as_secs_f64();
 
         let settings = Settings {
@@ -596,6 +858,8 @@ impl Pipeline {
             denoising_step_list: opts.timesteps.clone(),
             cfg_zero_star: opts.cfg_zero_star,
             zero_init_steps: opts.zero_init_steps,
+            execution: self.execution.clone(),
+            dit_graphs: self.dit_graphs,
         };
         Ok(Generated {
             settings,

@@ -148,6 +148,7 @@ pub fn graph_placement(
             trt: (backend == Backend::OrtTensorRt)
                 .then(|| crate::engines::TrtCache::for_graph(dir, name, graph_digest, entry)),
             profiling: Some(tmp.join("profile")),
+            ..Default::default()
         };
         let mut session = create_with(&dir.join(file), backend, &setup)?;
         let batch = entry.profile.batch.fixed().map(u64::from).unwrap_or(1);

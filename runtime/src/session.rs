@@ -10,6 +10,7 @@ use wanrt_core::DType;
 
 use crate::backend::Backend;
 use crate::error::{Error, OrtCall, Result, classify_ort};
+use crate::exec::{ExecutionSettings, SessionRole};
 use crate::tensorfile::HostTensor;
 
 /// How a session is set up besides its backend.
@@ -20,6 +21,11 @@ pub struct SessionSetup {
     /// Write ONNX Runtime's profile (per-node events, with the provider
     /// that ran each node) under this path prefix.
     pub profiling: Option<std::path::PathBuf>,
+    /// The backend's execution settings (device, TF32, cuDNN search,
+    /// arena, CUDA graphs).
+    pub exec: ExecutionSettings,
+    /// What the session is for (decides which settings apply).
+    pub role: SessionRole,
 }
 
 /// A session for one graph of an artifact directory: `file` of network
@@ -33,10 +39,37 @@ pub fn create_artifact_graph(
     entry: &wanrt_core::manifest::NetworkEntry,
     backend: Backend,
 ) -> Result<Session> {
+    create_artifact_graph_with(
+        dir,
+        name,
+        file,
+        graph_digest,
+        entry,
+        backend,
+        &ExecutionSettings::default(),
+        SessionRole::General,
+    )
+}
+
+/// [`create_artifact_graph`] with execution settings for a session of
+/// `role`.
+#[allow(clippy::too_many_arguments)]
+pub fn create_artifact_graph_with(
+    dir: &Path,
+    name: &str,
+    file: &str,
+    graph_digest: &str,
+    entry: &wanrt_core::manifest::NetworkEntry,
+    backend: Backend,
+    exec: &ExecutionSettings,
+    role: SessionRole,
+) -> Result<Session> {
     let setup = SessionSetup {
         trt: (backend == Backend::OrtTensorRt)
             .then(|| crate::engines::TrtCache::for_graph(dir, name, graph_digest, entry)),
         profiling: None,
+        exec: exec.clone(),
+        role,
     };
     create_with(&dir.join(file), backend, &setup)
 }
@@ -53,6 +86,8 @@ pub fn create(path: &Path, backend: Backend) -> Result<Session> {
 /// CPU; `ort-tensorrt` registers the TensorRT provider first and the CUDA
 /// provider second, so nodes TensorRT rejects go to CUDA, never to the CPU.
 pub fn create_with(path: &Path, backend: Backend, setup: &SessionSetup) -> Result<Session> {
+    let exec = &setup.exec;
+    exec.check(backend)?;
     let env = crate::ortlib::environment()?;
     let net = path.display().to_string();
     let mut builder = Session::builder(env)
@@ -68,21 +103,27 @@ pub fn create_with(path: &Path, backend: Backend, setup: &SessionSetup) -> Resul
             .map_err(|e| Error::ort(&net, OrtCall::Configure, "disabling the CPU fallback", e))?;
     }
     let registering = || format!("registering the {backend} execution provider");
+    let cuda = || exec.cuda_provider(setup.role).build().error_on_failure();
     builder = match backend {
-        Backend::OrtCpu => builder,
+        // The CPU provider ONNX Runtime registers by itself has its arena.
+        Backend::OrtCpu if exec.arena => builder,
+        Backend::OrtCpu => builder
+            .with_execution_providers([ep::CPU::default()
+                .with_arena_allocator(false)
+                .build()
+                .error_on_failure()])
+            .map_err(|e| Error::ort(&net, OrtCall::Provider, registering(), e))?,
         Backend::OrtCuda => builder
-            .with_execution_providers([ep::CUDA::default().build().error_on_failure()])
+            .with_execution_providers([cuda()])
             .map_err(|e| Error::ort(&net, OrtCall::Provider, registering(), e))?,
         Backend::OrtTensorRt => {
+            let device = exec.device_id;
             let trt = match &setup.trt {
-                Some(cache) => cache.provider(0),
-                None => ep::TensorRT::default(),
+                Some(cache) => cache.provider(device as u32),
+                None => ep::TensorRT::default().with_device_id(device),
             };
             builder
-                .with_execution_providers([
-                    trt.build().error_on_failure(),
-                    ep::CUDA::default().build().error_on_failure(),
-                ])
+                .with_execution_providers([trt.build().error_on_failure(), cuda()])
                 .map_err(|e| Error::ort(&net, OrtCall::Provider, registering(), e))?
         }
     };

@@ -248,6 +248,8 @@ pub struct TimeStreamWriter {
     written_t: u64,
     overwrite: bool,
     done: bool,
+    /// Byte buffer of [`Self::append_view`], reused from chunk to chunk.
+    scratch: Vec<u8>,
 }
 
 impl TimeStreamWriter {
@@ -280,27 +282,48 @@ impl TimeStreamWriter {
             written_t: 0,
             overwrite,
             done: false,
+            scratch: Vec::new(),
         })
     }
 
     /// Appends the frames of `chunk` (`[1, C, t, H, W]`, float32).
     pub fn append(&mut self, chunk: &HostTensor) -> Result<()> {
+        if chunk.dtype != DType::Float32 {
+            return Err(Error::arg(
+                "--output",
+                format!("chunk of dtype {} is not float32", chunk.dtype),
+            ));
+        }
+        self.append_bytes(&chunk.shape, &chunk.data)
+    }
+
+    /// Appends a float32 chunk the loop still holds (no host copy of it).
+    pub fn append_view(&mut self, chunk: crate::chunked::ChunkView<'_>) -> Result<()> {
+        let mut bytes = std::mem::take(&mut self.scratch);
+        bytes.clear();
+        bytes.extend(chunk.data.iter().flat_map(|v| v.to_le_bytes()));
+        let r = self.append_bytes(chunk.shape, &bytes);
+        self.scratch = bytes;
+        r
+    }
+
+    fn append_bytes(&mut self, shape: &[u64], data: &[u8]) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let (c, t_total) = (self.shape[1], self.shape[2]);
         let plane = self.shape[3] * self.shape[4] * 4;
-        let t = chunk.shape[2];
-        if chunk.dtype != DType::Float32
-            || chunk.shape[1] != c
-            || chunk.shape[3..] != self.shape[3..]
+        let t = shape[2];
+        if shape.len() != 5
+            || shape[1] != c
+            || shape[3..] != self.shape[3..]
             || self.written_t + t > t_total
         {
             return Err(Error::arg(
                 "--output",
-                format!("chunk {:?} does not fit {:?}", chunk.shape, self.shape),
+                format!("chunk {shape:?} does not fit {:?}", self.shape),
             ));
         }
         for ch in 0..c {
-            let src = &chunk.data[(ch * t * plane) as usize..((ch + 1) * t * plane) as usize];
+            let src = &data[(ch * t * plane) as usize..((ch + 1) * t * plane) as usize];
             let off = self.data_start + (ch * t_total + self.written_t) * plane;
             self.file
                 .write_all_at(src, off)

@@ -74,7 +74,7 @@ fn build_graph(
     };
     let setup = SessionSetup {
         trt: Some(cache),
-        profiling: None,
+        ..Default::default()
     };
     let mut session =
         create_with(&staging.join(file), Backend::OrtTensorRt, &setup).map_err(engine)?;

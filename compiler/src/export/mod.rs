@@ -420,6 +420,7 @@ pub fn export_graph(
         tools: tools(),
         chunks: vec![],
         loras: vec![],
+        stages: vec![],
     };
     let report = NetworkReport {
         network: job.kind,
@@ -453,26 +454,103 @@ fn precision_doc(opts: &CompileOptions) -> String {
     )
 }
 
-/// Exports the DiT.
+/// Exports the DiT: the whole graph (`dit.onnx`, the contract of `wan-run
+/// component dit`, debug outputs, dumps) and its stage graphs
+/// (`dit.<stage>.onnx`, what the pipeline runs), all sharing one weight
+/// file: each weight is converted and written once.
 fn export_dit(
     source: &dyn WeightSource,
     cfg: &DitConfig,
     opts: &CompileOptions,
     staging: &Path,
 ) -> Result<(NetworkEntry, NetworkReport)> {
-    let job = GraphJob {
-        kind: NetworkKind::Dit,
-        contract: NetworkContract::dit(cfg, &opts.profile)?,
-        config: serde_json::to_value(cfg).expect("config serialises"),
-        doc: format!("Wan2.1 DiT ({}), {}", cfg.task.name(), precision_doc(opts)),
-    };
+    let start = Instant::now();
+    let name = NetworkKind::Dit.name();
+    let contract = NetworkContract::dit(cfg, &opts.profile)?;
+    let stages = NetworkContract::dit_stages(cfg, &opts.profile)?;
+    let data_file = format!("{name}.onnx.data");
+    let pb = progress_bar(opts.show_progress, name);
+    let mut builder =
+        GraphBuilder::new(name, Some(&staging.join(&data_file)))?.with_progress(|n| pb.inc(n));
+    if let Some(flag) = &opts.interrupt {
+        builder = builder.with_interrupt(flag);
+    }
+    let doc = format!("Wan2.1 DiT ({}), {}", cfg.task.name(), precision_doc(opts));
     let dopts = DitOptions {
         precision: opts.precision,
         debug_outputs: opts.debug_outputs,
     };
-    export_graph(job, opts, staging, |b| {
-        dit::build(b, Weights::new(source), cfg, &opts.profile, &dopts)
-    })
+    let write =
+        |file: &str, model: &wanrt_graphs::onnx::ModelProto| -> Result<(String, u64, usize)> {
+            let bytes = model.to_bytes();
+            let path = staging.join(file);
+            let mut f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+            f.write_all(&bytes)
+                .and_then(|_| f.sync_all())
+                .map_err(|e| Error::io(&path, e))?;
+            let nodes = model.graph.as_ref().map_or(0, |g| g.node.len());
+            Ok((file_digest(&bytes), bytes.len() as u64, nodes))
+        };
+    dit::build(
+        &mut builder,
+        Weights::new(source),
+        cfg,
+        &opts.profile,
+        &dopts,
+    )?;
+    let file = format!("{name}.onnx");
+    let (graph_digest, mut graph_bytes, nodes) = write(&file, &builder.take_graph(name, &doc))?;
+    let mut stage_graphs = Vec::new();
+    for (stage, c) in stages {
+        dit::build_stage(
+            &mut builder,
+            Weights::new(source),
+            cfg,
+            &opts.profile,
+            opts.precision,
+            stage,
+        )?;
+        let sfile = format!("{name}.{}.onnx", stage.name());
+        let model = builder.take_graph(
+            &format!("{name}_{}", stage.name()),
+            &format!("{doc}, stage {stage}"),
+        );
+        let (digest, bytes, _) = write(&sfile, &model)?;
+        graph_bytes += bytes;
+        stage_graphs.push(wanrt_core::manifest::ChunkGraph {
+            role: stage.name().into(),
+            file: sfile,
+            graph_digest: digest,
+            inputs: c.inputs,
+            outputs: c.outputs,
+        });
+    }
+    let (weights_digest, external_data_bytes, _) = builder.finish_external()?;
+    pb.finish_and_clear();
+    let entry = NetworkEntry {
+        file,
+        external_data: Some(data_file),
+        external_data_bytes,
+        precision: opts.precision,
+        profile: opts.profile.clone(),
+        config: serde_json::to_value(cfg).expect("config serialises"),
+        weights_digest,
+        graph_digest,
+        inputs: contract.inputs,
+        outputs: contract.outputs,
+        tools: tools(),
+        chunks: vec![],
+        stages: stage_graphs,
+        loras: vec![],
+    };
+    let report = NetworkReport {
+        network: NetworkKind::Dit,
+        graph_bytes,
+        weight_bytes: external_data_bytes,
+        nodes,
+        elapsed: start.elapsed(),
+    };
+    Ok((entry, report))
 }
 
 /// Exports the DiT with `loras` merged into its weights while they stream.

@@ -159,6 +159,7 @@ fn vae_entry(
         tools: tools(),
         chunks,
         loras: vec![],
+        stages: vec![],
     };
     let report = NetworkReport {
         network: kind,

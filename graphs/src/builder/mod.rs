@@ -470,8 +470,12 @@ impl<'i> GraphBuilder<'i> {
             ""
         };
         if transpose {
-            let bytes = convert(src, store, true, name)?;
-            return self.add_initializer(name, store, &dims, bytes, doc);
+            // Converted only when not written before (a stage graph reuses
+            // the whole graph's weights).
+            let len = src.numel() * store.size();
+            return self.add_initializer_streamed(name, store, &dims, len, doc, |emit| {
+                emit(&convert(src, store, true, name)?)
+            });
         }
         // Convert chunk by chunk straight from the (memory-mapped) source:
         // a 256384 x 4096 embedding never exists in f32 in memory.

@@ -484,7 +484,7 @@ fn run() -> Result<()> {
                     shape.clone(),
                     overwrite,
                 )?;
-                net.run_streaming(x, |chunk| writer.append(&chunk))
+                net.run_streaming(x, |chunk| writer.append_view(chunk))
                     .with_context(|| format!("running {network} on {}", input.display()))?;
                 writer.finish()?;
                 vec![format!("{} {shape:?}", out.name)]

@@ -1,0 +1,564 @@
+//! The DiT as step-scheduled stage graphs (`NetworkContract::dit_stages`):
+//! `context` once per prompt and CFG branch, `time` once per schedule, and
+//! per step `embed` → `block_first` → `block_rest` → `head`.
+//!
+//! Two ways to run them:
+//! - [`StagedDit::run`] composes the stages on host tensors with the whole
+//!   DiT's contract (`wan-run component dit`, the golden tests);
+//! - [`StagedDit::bind`] binds one generation: every buffer the stages read
+//!   or write is a [`Buffer`] allocated once in the backend's memory and
+//!   bound once through IoBinding; the constants (text context per branch,
+//!   image context, the I2V condition `y`) are written once, and a step
+//!   writes the latents and its row of the precomputed time tables in
+//!   place, runs the per-step stages and leaves `noise_pred` in a
+//!   preallocated buffer that CFG and the sampler read in place.
+//!
+//! What moves per step, B = rows per call, n = elements of one latent:
+//! on ort-cpu, B·n + B·7·dim floats copied host→host (latents and the
+//! time rows into the bound inputs) and nothing allocated; on a GPU
+//! backend the same bytes cross the bus host→device through pinned
+//! mirrors, `noise_pred` (B·n floats per call) comes back device→host, CFG
+//! and the sampler update run on the host, and the context, the image
+//! context, `y` and every intermediate (`tokens`, `hidden_first`,
+//! `hidden`) stay on the device.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ort::session::{IoBinding, Session};
+use wanrt_core::manifest::{ChunkGraph, NetworkEntry};
+use wanrt_core::{Dim, DitStage, NetworkKind};
+
+use crate::backend::Backend;
+use crate::buffer::{Buffer, HostAccess, Placement};
+use crate::engine::run_batched;
+use crate::error::{Error, Result};
+use crate::exec::{ExecutionSettings, SessionRole};
+use crate::tensorfile::HostTensor;
+
+struct Stage {
+    role: DitStage,
+    spec: ChunkGraph,
+    session: Session,
+}
+
+/// The DiT's stage sessions.
+pub struct StagedDit {
+    stages: Vec<Stage>,
+    /// The engine's batch when it is static (every stage but `time`).
+    fixed_batch: Option<u64>,
+    backend: Backend,
+    device_id: i32,
+    /// Latent channels (the `embed` stage's `hidden_states`).
+    latent_channels: u64,
+}
+
+fn fail(reason: impl std::fmt::Display) -> Error {
+    Error::Inference {
+        network: NetworkKind::Dit.name().into(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Channels `0..c0` and `c0..` of a `[B, C, ...]` tensor.
+fn split_channels(t: &HostTensor, c0: u64) -> (HostTensor, HostTensor) {
+    let (b, c) = (t.shape[0] as usize, t.shape[1] as usize);
+    let plane = t.shape[2..].iter().product::<u64>() as usize * t.dtype.size();
+    let c0 = c0 as usize;
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for row in t.data.chunks_exact(c * plane).take(b) {
+        x.extend_from_slice(&row[..c0 * plane]);
+        y.extend_from_slice(&row[c0 * plane..]);
+    }
+    let shape = |ch: usize| {
+        let mut s = t.shape.clone();
+        s[1] = ch as u64;
+        s
+    };
+    (
+        HostTensor {
+            dtype: t.dtype,
+            shape: shape(c0),
+            data: x,
+        },
+        HostTensor {
+            dtype: t.dtype,
+            shape: shape(c - c0),
+            data: y,
+        },
+    )
+}
+
+impl StagedDit {
+    pub fn load(
+        dir: &Path,
+        entry: &NetworkEntry,
+        backend: Backend,
+        settings: &ExecutionSettings,
+    ) -> Result<Self> {
+        let mut stages = Vec::new();
+        for spec in &entry.stages {
+            let role = DitStage::from_name(&spec.role).ok_or_else(|| Error::Artifacts {
+                dir: dir.to_path_buf(),
+                reason: format!("dit: unknown stage '{}' in manifest.json", spec.role),
+            })?;
+            let session = crate::session::create_artifact_graph_with(
+                dir,
+                &format!("dit.{role}"),
+                &spec.file,
+                &spec.graph_digest,
+                entry,
+                backend,
+                settings,
+                SessionRole::General,
+            )?;
+            stages.push(Stage {
+                role,
+                spec: spec.clone(),
+                session,
+            });
+        }
+        let embed = stages
+            .iter()
+            .find(|s| s.role == DitStage::Embed)
+            .ok_or_else(|| Error::Artifacts {
+                dir: dir.to_path_buf(),
+                reason: "dit: the stage graphs have no 'embed' stage".into(),
+            })?;
+        let latent_channels = embed.spec.inputs[0].concrete_shape(1)[1];
+        Ok(StagedDit {
+            stages,
+            fixed_batch: entry.profile.batch.fixed().map(u64::from),
+            backend,
+            device_id: settings.device_id,
+            latent_channels,
+        })
+    }
+
+    /// The whole DiT's call, composed from the stages on host tensors: the
+    /// inputs of the whole contract (already checked) → `noise_pred`.
+    pub fn run(
+        &mut self,
+        inputs: &BTreeMap<String, HostTensor>,
+    ) -> Result<BTreeMap<String, HostTensor>> {
+        let mut pool: BTreeMap<String, HostTensor> = inputs.clone();
+        let hidden = pool
+            .remove("hidden_states")
+            .ok_or_else(|| fail("no hidden_states"))?;
+        if hidden.shape[1] > self.latent_channels {
+            // I2V: hidden_states = noise ‖ y; the stages take them apart.
+            let (x, y) = split_channels(&hidden, self.latent_channels);
+            pool.insert("hidden_states".into(), x);
+            pool.insert("y".into(), y);
+        } else {
+            pool.insert("hidden_states".into(), hidden);
+        }
+        let fixed = self.fixed_batch;
+        for stage in &mut self.stages {
+            let batch = if stage.role == DitStage::Time {
+                None
+            } else {
+                fixed
+            };
+            let name = format!("dit.{}", stage.role);
+            let out = run_batched(&mut stage.session, &name, &stage.spec.inputs, batch, &pool)?;
+            pool.extend(out);
+        }
+        let pred = pool
+            .remove("noise_pred")
+            .ok_or_else(|| fail("the head stage gave no noise_pred"))?;
+        Ok(BTreeMap::from([("noise_pred".to_string(), pred)]))
+    }
+
+    fn stage(&mut self, role: DitStage) -> Result<&mut Stage> {
+        self.stages
+            .iter_mut()
+            .find(|s| s.role == role)
+            .ok_or_else(|| fail(format!("no {role} stage")))
+    }
+
+    /// Binds one generation's buffers (see the module doc).
+    pub fn bind(&mut self, c: &Conditioning<'_>) -> Result<BoundDit<'_>> {
+        BoundDit::new(self, c)
+    }
+}
+
+/// What stays constant over a generation.
+pub struct Conditioning<'a> {
+    /// Prompt embedding `[1, L, text_dim]`.
+    pub cond: &'a HostTensor,
+    /// Negative prompt embedding, when CFG runs the unconditional branch.
+    pub uncond: Option<&'a HostTensor>,
+    /// I2V: CLIP tokens `[1, 257, image_dim]`.
+    pub image: Option<&'a HostTensor>,
+    /// I2V: the condition `[1, 20, F', H', W']` (mask ‖ latent).
+    pub y: Option<&'a HostTensor>,
+    /// The schedule's timesteps, in step order.
+    pub timesteps: &'a [f32],
+}
+
+/// Which buffer a stage tensor is bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Slot {
+    Shared(usize),
+    PerLane([usize; 2]),
+}
+
+/// One generation bound to the DiT's stages.
+pub struct BoundDit<'s> {
+    dit: &'s mut StagedDit,
+    /// Rows per call.
+    batch: usize,
+    /// Calls per step: 2 when CFG runs as two batch-1 calls.
+    lanes: usize,
+    cfg: bool,
+    /// Elements of one latent sample.
+    n: usize,
+    dim: usize,
+    pool: Vec<Buffer>,
+    latents: usize,
+    temb: usize,
+    proj: usize,
+    pred: [usize; 2],
+    temb_table: Vec<f32>,
+    proj_table: Vec<f32>,
+    /// (stage index, binding) in execution order for one step.
+    calls: Vec<(usize, IoBinding)>,
+    steps: usize,
+}
+
+impl<'s> BoundDit<'s> {
+    fn new(dit: &'s mut StagedDit, c: &Conditioning<'_>) -> Result<Self> {
+        let cfg = c.uncond.is_some();
+        // One batch-2 call where the engine takes two rows, two batch-1
+        // calls otherwise; without CFG a fixed batch of 2 runs the prompt
+        // twice and reads row 0.
+        let (batch, lanes) = match (dit.fixed_batch, cfg) {
+            (Some(1), true) => (1, 2),
+            (Some(b), _) => (b as usize, 1),
+            (None, true) => (2, 1),
+            (None, false) => (1, 1),
+        };
+        if cfg && batch == 1 && lanes != 2 || batch > 2 {
+            return Err(fail(format!(
+                "an engine of fixed batch {batch} cannot run this generation (compile with --batch 1, 2 or dynamic)"
+            )));
+        }
+        let placement = match dit.stages.first() {
+            Some(s) => Placement::for_session(&s.session, dit.backend, dit.device_id)?,
+            None => return Err(fail("no stages")),
+        };
+        let mut pool: Vec<Buffer> = Vec::new();
+        let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
+        let add = |pool: &mut Vec<Buffer>, b: Buffer| {
+            pool.push(b);
+            pool.len() - 1
+        };
+
+        // Context stage, once per lane (rows: cond, or cond then uncond).
+        let branches: Vec<&HostTensor> = std::iter::once(c.cond).chain(c.uncond).collect();
+        let rows_of_lane = |lane: usize| -> Vec<&HostTensor> {
+            if lanes == 2 {
+                vec![branches[lane]]
+            } else {
+                (0..batch)
+                    .map(|r| branches[r.min(branches.len() - 1)])
+                    .collect()
+            }
+        };
+        let fixed = dit.fixed_batch;
+        let mut ctx_slots: BTreeMap<String, [usize; 2]> = BTreeMap::new();
+        for lane in 0..lanes {
+            let rows = rows_of_lane(lane);
+            let text = HostTensor::concat_batch(&rows.into_iter().cloned().collect::<Vec<_>>())
+                .ok_or_else(|| fail("prompt embeddings differ in shape"))?;
+            let mut inputs = BTreeMap::from([("encoder_hidden_states".to_string(), text)]);
+            if let Some(img) = c.image {
+                let rows: Vec<HostTensor> = (0..batch).map(|_| img.clone()).collect();
+                let img = HostTensor::concat_batch(&rows).ok_or_else(|| fail("image tokens"))?;
+                inputs.insert("encoder_hidden_states_image".into(), img);
+            }
+            let stage = dit.stage(DitStage::Context)?;
+            let out = run_batched(
+                &mut stage.session,
+                "dit.context",
+                &stage.spec.inputs,
+                fixed,
+                &inputs,
+            )?;
+            for (name, t) in out {
+                let v = t
+                    .to_f32()
+                    .ok_or_else(|| fail(format!("{name} is not float")))?;
+                let i = add(&mut pool, placement.upload(&name, &t.shape, &v)?);
+                ctx_slots.entry(name).or_insert([i, i])[lane] = i;
+            }
+        }
+        for (name, s) in ctx_slots {
+            slots.insert(name, Slot::PerLane(s));
+        }
+
+        // Time stage, once for the whole schedule: tables [S, d], [S, 6d].
+        let steps = c.timesteps.len();
+        let stage = dit.stage(DitStage::Time)?;
+        let t_in = BTreeMap::from([(
+            "timestep".to_string(),
+            HostTensor::from_f32(vec![steps as u64], c.timesteps),
+        )]);
+        let mut t_out = run_batched(
+            &mut stage.session,
+            "dit.time",
+            &stage.spec.inputs,
+            None,
+            &t_in,
+        )?;
+        let mut table = |name: &str| {
+            t_out
+                .remove(name)
+                .and_then(|t| t.to_f32())
+                .ok_or_else(|| fail(format!("the time stage gave no float {name}")))
+        };
+        let (temb_table, proj_table) = (table("temb")?, table("timestep_proj")?);
+        let dim = temb_table.len() / steps.max(1);
+
+        // Per-step inputs and the I2V condition.
+        let embed = dit.stage(DitStage::Embed)?;
+        let latent_shape = embed.spec.inputs[0].concrete_shape(batch as u64);
+        let n = latent_shape[1..].iter().product::<u64>() as usize;
+        let latents = add(
+            &mut pool,
+            placement.alloc("hidden_states", &latent_shape, HostAccess::ReadWrite)?,
+        );
+        slots.insert("hidden_states".into(), Slot::Shared(latents));
+        if let Some(y) = c.y {
+            let v = y.to_f32().ok_or_else(|| fail("y is not float"))?;
+            let rows: Vec<f32> = (0..batch).flat_map(|_| v.iter().copied()).collect();
+            let mut shape = y.shape.clone();
+            shape[0] = batch as u64;
+            let i = add(&mut pool, placement.upload("y", &shape, &rows)?);
+            slots.insert("y".into(), Slot::Shared(i));
+        }
+        let b = batch as u64;
+        let temb = add(
+            &mut pool,
+            placement.alloc("temb", &[b, dim as u64], HostAccess::ReadWrite)?,
+        );
+        let proj = add(
+            &mut pool,
+            placement.alloc("timestep_proj", &[b, 6, dim as u64], HostAccess::ReadWrite)?,
+        );
+        slots.insert("temb".into(), Slot::Shared(temb));
+        slots.insert("timestep_proj".into(), Slot::Shared(proj));
+
+        // Intermediates (shared by the lanes, which run one after the
+        // other) and the per-lane noise_pred.
+        let mut pred = [0usize; 2];
+        for stage in dit.stages.iter().filter(|s| s.role.per_step()) {
+            for out in &stage.spec.outputs {
+                if slots.contains_key(&out.name) {
+                    continue;
+                }
+                let shape = out.concrete_shape(b);
+                if out.name == "noise_pred" {
+                    for (lane, p) in pred.iter_mut().enumerate().take(lanes) {
+                        let name = format!("noise_pred.{lane}");
+                        *p = add(
+                            &mut pool,
+                            placement.alloc(&name, &shape, HostAccess::ReadWrite)?,
+                        );
+                    }
+                    if lanes == 1 {
+                        pred[1] = pred[0];
+                    }
+                    slots.insert(out.name.clone(), Slot::PerLane(pred));
+                } else {
+                    let i = add(
+                        &mut pool,
+                        placement.alloc(&out.name, &shape, HostAccess::None)?,
+                    );
+                    slots.insert(out.name.clone(), Slot::Shared(i));
+                }
+            }
+        }
+
+        // One binding per per-step stage and lane; a stage whose tensors
+        // are all shared runs once per step whatever the lanes (the patch
+        // embedding of the latent is the same for both branches).
+        let mut calls = Vec::new();
+        for (si, stage) in dit.stages.iter().enumerate() {
+            if !stage.role.per_step() {
+                continue;
+            }
+            let lane_dependent = stage
+                .spec
+                .inputs
+                .iter()
+                .chain(&stage.spec.outputs)
+                .any(|t| matches!(slots.get(&t.name), Some(Slot::PerLane(_))));
+            let stage_lanes = if lane_dependent { lanes } else { 1 };
+            for lane in 0..stage_lanes {
+                let slot = |name: &str| -> Result<usize> {
+                    match slots.get(name) {
+                        Some(Slot::Shared(i)) => Ok(*i),
+                        Some(Slot::PerLane(l)) => Ok(l[lane]),
+                        None => Err(fail(format!("dit.{}: nothing produces {name}", stage.role))),
+                    }
+                };
+                let mut binding = stage.session.create_binding().map_err(fail)?;
+                for t in &stage.spec.inputs {
+                    let i = slot(&t.name)?;
+                    check_rows(&stage.role, t, &pool[i], b)?;
+                    binding
+                        .bind_input(&t.name, pool[i].tensor())
+                        .map_err(fail)?;
+                }
+                for t in &stage.spec.outputs {
+                    let i = slot(&t.name)?;
+                    check_rows(&stage.role, t, &pool[i], b)?;
+                    binding
+                        .bind_output(&t.name, pool[i].tensor_mut())
+                        .map_err(fail)?;
+                }
+                calls.push((si, binding));
+            }
+        }
+        Ok(BoundDit {
+            dit,
+            batch,
+            lanes,
+            cfg,
+            n,
+            dim,
+            pool,
+            latents,
+            temb,
+            proj,
+            pred,
+            temb_table,
+            proj_table,
+            calls,
+            steps,
+        })
+    }
+
+    /// Calls per step (2: CFG as two batch-1 calls).
+    pub fn calls_per_step(&self) -> usize {
+        self.lanes
+    }
+
+    /// Bytes of every buffer bound for this generation.
+    pub fn bound_bytes(&self) -> usize {
+        self.pool.iter().map(Buffer::bytes).sum()
+    }
+
+    /// Runs the DiT of step `index` on `latents` (`n` elements): writes the
+    /// latents into every row of the bound input and the step's time rows
+    /// into the bound modulation inputs, then runs the per-step stages.
+    pub fn run(&mut self, index: usize, latents: &[f32]) -> Result<()> {
+        if index >= self.steps || latents.len() != self.n {
+            return Err(fail(format!(
+                "step {index} of {} on {} latent values (the engine takes {})",
+                self.steps,
+                latents.len(),
+                self.n
+            )));
+        }
+        let n = self.n;
+        self.pool[self.latents].write(|d| {
+            for row in d.chunks_exact_mut(n) {
+                row.copy_from_slice(latents);
+            }
+        })?;
+        let d = self.dim;
+        let e = &self.temb_table[index * d..(index + 1) * d];
+        self.pool[self.temb]
+            .write(|dst| dst.chunks_exact_mut(d).for_each(|r| r.copy_from_slice(e)))?;
+        let e0 = &self.proj_table[index * 6 * d..(index + 1) * 6 * d];
+        self.pool[self.proj].write(|dst| {
+            dst.chunks_exact_mut(6 * d)
+                .for_each(|r| r.copy_from_slice(e0))
+        })?;
+        for (si, binding) in &self.calls {
+            let stage = &mut self.dit.stages[*si];
+            let out = stage
+                .session
+                .run_binding(binding)
+                .map_err(|e| Error::Inference {
+                    network: format!("dit.{}", stage.role),
+                    reason: e.to_string(),
+                })?;
+            drop(out);
+        }
+        Ok(())
+    }
+
+    /// Hands the step's prediction to `f` in place: the conditional
+    /// velocity (mutable, for CFG to overwrite) and, with CFG, the
+    /// unconditional one.
+    pub fn with_prediction<T>(
+        &mut self,
+        f: impl FnOnce(&mut [f32], Option<&[f32]>) -> Result<T>,
+    ) -> Result<T> {
+        let n = self.n;
+        if self.lanes == 2 {
+            let [a, b] = self.pred;
+            let (lo, hi) = self.pool.split_at_mut(a.max(b));
+            let (ca, cb) = if a < b {
+                (&mut lo[a], &mut hi[0])
+            } else {
+                (&mut hi[0], &mut lo[b])
+            };
+            let cond = ca.read_mut()?;
+            let uncond = cb.read()?;
+            return f(&mut cond[..n], Some(&uncond[..n]));
+        }
+        let cfg = self.cfg;
+        let all = self.pool[self.pred[0]].read_mut()?;
+        let (cond, rest) = all.split_at_mut(n);
+        f(cond, cfg.then_some(&rest[..n]))
+    }
+
+    /// Rows per call.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+}
+
+fn check_rows(role: &DitStage, spec: &wanrt_core::TensorSpec, buf: &Buffer, b: u64) -> Result<()> {
+    let want = spec.concrete_shape(b);
+    let ok = buf.shape().len() == want.len()
+        && buf.shape()[1..] == want[1..]
+        && (spec.shape[0] == Dim::Batch || buf.shape()[0] == want[0]);
+    if ok {
+        Ok(())
+    } else {
+        Err(fail(format!(
+            "dit.{role}: {} is bound to a {:?} buffer, the stage takes {}",
+            spec.name,
+            buf.shape(),
+            spec.shape_string()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_split_keeps_rows_apart() {
+        // [2, 3, 2]: channel c of row r holds r·10 + c.
+        let v: Vec<f32> = (0..2)
+            .flat_map(|r| (0..3).flat_map(move |c| [(r * 10 + c) as f32; 2]))
+            .collect();
+        let t = HostTensor::from_f32(vec![2, 3, 2], &v);
+        let (x, y) = split_channels(&t, 1);
+        assert_eq!(x.shape, vec![2, 1, 2]);
+        assert_eq!(x.to_f32().unwrap(), vec![0.0, 0.0, 10.0, 10.0]);
+        assert_eq!(y.shape, vec![2, 2, 2]);
+        assert_eq!(
+            y.to_f32().unwrap(),
+            vec![1.0, 1.0, 2.0, 2.0, 11.0, 11.0, 12.0, 12.0]
+        );
+    }
+}
