@@ -104,7 +104,7 @@ impl StagedDit {
             })?;
             let session = crate::session::create_artifact_graph_with(
                 dir,
-                &format!("dit.{role}"),
+                NetworkKind::Dit.name(),
                 &spec.file,
                 &spec.graph_digest,
                 entry,
@@ -230,6 +230,21 @@ pub struct BoundDit<'s> {
 impl<'s> BoundDit<'s> {
     fn new(dit: &'s mut StagedDit, c: &Conditioning<'_>) -> Result<Self> {
         let cfg = c.uncond.is_some();
+        for (what, t) in [
+            ("cond", Some(c.cond)),
+            ("uncond", c.uncond),
+            ("image", c.image),
+            ("y", c.y),
+        ] {
+            if let Some(t) = t
+                && t.shape.first() != Some(&1)
+            {
+                return Err(fail(format!(
+                    "the {what} conditioning must be one row [1, …], got {:?}",
+                    t.shape
+                )));
+            }
+        }
         // One batch-2 call where the engine takes two rows, two batch-1
         // calls otherwise; without CFG a fixed batch of 2 runs the prompt
         // twice and reads row 0.
@@ -381,22 +396,25 @@ impl<'s> BoundDit<'s> {
             }
         }
 
-        // One binding per per-step stage and lane; a stage whose tensors
-        // are all shared runs once per step whatever the lanes (the patch
-        // embedding of the latent is the same for both branches).
+        // One binding per per-step stage and lane, in lane order (the lanes
+        // share the intermediates, so lane 1 starts after lane 0 is done);
+        // a stage whose tensors are all shared runs once per step (the
+        // patch embedding of the latent is the same for both branches).
         let mut calls = Vec::new();
-        for (si, stage) in dit.stages.iter().enumerate() {
-            if !stage.role.per_step() {
-                continue;
-            }
-            let lane_dependent = stage
-                .spec
-                .inputs
-                .iter()
-                .chain(&stage.spec.outputs)
-                .any(|t| matches!(slots.get(&t.name), Some(Slot::PerLane(_))));
-            let stage_lanes = if lane_dependent { lanes } else { 1 };
-            for lane in 0..stage_lanes {
+        for lane in 0..lanes {
+            for (si, stage) in dit.stages.iter().enumerate() {
+                if !stage.role.per_step() {
+                    continue;
+                }
+                let lane_dependent = stage
+                    .spec
+                    .inputs
+                    .iter()
+                    .chain(&stage.spec.outputs)
+                    .any(|t| matches!(slots.get(&t.name), Some(Slot::PerLane(_))));
+                if lane > 0 && !lane_dependent {
+                    continue;
+                }
                 let slot = |name: &str| -> Result<usize> {
                     match slots.get(name) {
                         Some(Slot::Shared(i)) => Ok(*i),

@@ -110,7 +110,20 @@ pub fn build(
     for (net, entry) in &manifest.networks {
         profile = entry.profile.name.clone();
         let mut prefixes = Vec::new();
-        if entry.chunks.is_empty() {
+        // The DiT's stage graphs are what the runtime loads; the whole graph
+        // (debug outputs, the stages' reference) is built only without them.
+        if !entry.stages.is_empty() {
+            for st in &entry.stages {
+                prefixes.push(build_graph(
+                    staging,
+                    *net,
+                    &st.file,
+                    &st.graph_digest,
+                    entry,
+                    &st.inputs,
+                )?);
+            }
+        } else if entry.chunks.is_empty() {
             prefixes.push(build_graph(
                 staging,
                 *net,
