@@ -1,5 +1,6 @@
 //! The VAE decode runs in constant memory: the peak resident memory of an
-//! 81-frame decode is within 10% of a 9-frame decode at the same size, and
+//! 81-frame decode exceeds a 9-frame decode at the same size by less than a
+//! quarter of the 72 frames it adds (a decoder holding every frame fails), and
 //! decoding a latent prefix gives exactly the prefix of the longer decode
 //! (temporal causality, and the streamed file's layout).
 
@@ -74,9 +75,14 @@ fn decode_memory_does_not_grow_with_frames() {
         "peak RSS: 9 frames {peak9:.1} MiB, 81 frames {peak81:.1} MiB (output of 81 frames: {:.1} MiB)",
         (81 * 3 * 192 * 192 * 4) as f64 / (1 << 20) as f64
     );
+    // A decoder that held every frame would grow by the frames it adds
+    // (30.4 MiB from 9 to 81 frames); allow a quarter of that.
+    let added = ((81 - 9) * 3 * 192 * 192 * 4) as f64 / (1 << 20) as f64;
     assert!(
-        peak81 <= peak9 * 1.10,
-        "81-frame decode peaks at {peak81:.1} MiB vs {peak9:.1} MiB for 9 frames"
+        peak81 - peak9 <= added / 4.0,
+        "81-frame decode peaks at {peak81:.1} MiB vs {peak9:.1} MiB for 9 frames \
+         (grew {:.1} MiB; holding the added frames would be {added:.1} MiB)",
+        peak81 - peak9
     );
 
     assert_eq!(v81.shape, vec![1, 3, 81, 192, 192]);
