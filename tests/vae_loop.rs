@@ -31,6 +31,18 @@ fn decode(net: &mut wanrt::runtime::Network, z: &HostTensor) -> Vec<f32> {
     net.run(&inputs).unwrap()["video"].to_f32().unwrap()
 }
 
+/// Bit-equality, reported as a count and the largest difference.
+fn same(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let diff = got.iter().zip(want).filter(|(a, b)| a != b).count();
+    let max = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert_eq!(diff, 0, "{what}: {diff} values differ (max {max:.3e})");
+}
+
 #[test]
 fn repeated_decodes_reuse_the_loop_without_zero_filling() {
     let dir = tempfile::tempdir().unwrap();
@@ -44,9 +56,9 @@ fn repeated_decodes_reuse_the_loop_without_zero_filling() {
     let other = decode(&mut net, &z2);
     let again = decode(&mut net, &z1);
     assert_eq!(net.chunked().unwrap().bound_bytes(), bytes);
-    assert_eq!(first, again, "a second decode on the same network differs");
+    same("a second decode on the same network", &again, &first);
     let mut fresh = a.load(NetworkKind::VaeDecoder, Backend::OrtCpu).unwrap();
-    assert_eq!(decode(&mut fresh, &z2), other, "the loop carried state across decodes");
+    same("a fresh network's decode", &other, &decode(&mut fresh, &z2));
     eprintln!(
         "vae_decoder loop: {:.1} KiB bound once per loaded network",
         bytes as f64 / 1024.0
