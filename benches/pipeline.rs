@@ -1,20 +1,32 @@
-//! One denoising step (DiT × CFG + the fused UniPC update) and a whole
-//! generation, on ONNX Runtime's CPU provider, for the tiny T2V model at a
-//! small size; CFG as two batch-1 calls (`--batch 1`) and as one batch-2
-//! call (`--batch 2`). Also the VAE decode alone. Names follow
-//! `<backend>/<network>/<profile>`.
+//! The real denoising step of `Pipeline::generate` (a [`Denoiser`] step:
+//! the DiT on both CFG branches, CFG, the UniPC update), before and after
+//! the lean runtime, for the tiny T2V model at a small size on ONNX
+//! Runtime's CPU provider:
+//! - `whole`: the whole DiT graph with host tensors built, converted and
+//!   copied on every step (the runtime before the stage graphs);
+//! - `stages`: the stage graphs on buffers bound once per generation.
+//!
+//! CFG as two batch-1 calls (`--batch 1`) and as one batch-2 call
+//! (`--batch 2`). `dit-calls/…/stages` times the bound network calls alone
+//! (with their in-place input writes), so `step − dit-calls` is the step's
+//! host overhead. Also a whole generation and the VAE decode alone. Names
+//! follow `<backend>/<what>/<profile>`.
 //!
 //! `source scripts/env.sh && cargo bench --bench pipeline`; figures in
 //! docs/MEASUREMENTS.md.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use wanrt::compiler::{CompileOptions, ModelSource, compile};
 use wanrt::core::{BatchMode, NetworkKind, Precision, Profile};
-use wanrt::runtime::pipeline::{GenerateOptions, Pipeline, gaussian_noise};
-use wanrt::runtime::schedule::{MAX_STEPS, Sampler, Solver, apply_guidance};
-use wanrt::runtime::{Artifacts, Backend, HostTensor};
+use wanrt::runtime::dit::Conditioning;
+use wanrt::runtime::pipeline::{
+    DitGraphs, GenerateOptions, Pipeline, Timings, gaussian_noise,
+};
+use wanrt::runtime::schedule::{MAX_STEPS, Solver};
+use wanrt::runtime::{Artifacts, Backend, ExecutionSettings, HostTensor};
 
 fn compile_tiny(out: &Path, profile: &Profile, networks: Vec<NetworkKind>) {
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/t2v-tiny/model");
@@ -40,7 +52,9 @@ fn bench(c: &mut Criterion) {
     let base = Profile::custom(128, 128, 17, 32).unwrap();
     let label = "tiny-128x128x17";
     let mut g = c.benchmark_group("ort-cpu");
-    g.sample_size(10);
+    g.sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
     for (cfg, batch) in [
         ("cfg-2-calls", BatchMode::Fixed(1)),
         ("cfg-batch-2", BatchMode::Fixed(2)),
@@ -48,48 +62,67 @@ fn bench(c: &mut Criterion) {
         let dir = tempfile::tempdir().unwrap();
         let profile = base.clone().with_batch(batch).unwrap();
         compile_tiny(dir.path(), &profile, vec![]);
-        let artifacts = Artifacts::open(dir.path()).unwrap();
-        // One denoising step: the DiT on cond + uncond (one batch-2 call or
-        // two batch-1 calls, as compiled), CFG, and the fused UniPC update.
-        let mut dit = artifacts.load(NetworkKind::Dit, Backend::OrtCpu).unwrap();
-        let mut inputs = std::collections::BTreeMap::new();
-        for spec in &dit.entry.inputs {
-            // Batch 2 (cond + uncond), whatever the engine's batch.
-            let mut shape = spec.concrete_shape(2);
-            shape[0] = 2;
-            let n = shape.iter().product::<u64>() as usize;
-            let v = if spec.name == "timestep" {
-                vec![500.0; n]
-            } else {
-                gaussian_noise(7, n)
-            };
-            inputs.insert(spec.name.clone(), HostTensor::from_f32(shape, &v));
+        for (graphs, name) in [(DitGraphs::Whole, "whole"), (DitGraphs::Stages, "stages")] {
+            let a = Artifacts::open(dir.path()).unwrap();
+            let mut p =
+                Pipeline::load_with(a, Backend::OrtCpu, &ExecutionSettings::default(), graphs)
+                    .unwrap();
+            let inputs = p
+                .prepare(&options(MAX_STEPS), &mut Timings::default())
+                .unwrap();
+            g.bench_function(format!("step/{label}/{cfg}/{name}"), |b| {
+                b.iter_custom(|iters| {
+                    // Binding (context and time stages) is per generation,
+                    // outside the timed steps.
+                    let mut total = Duration::ZERO;
+                    let mut d = p.denoiser(inputs.clone()).unwrap();
+                    for _ in 0..iters {
+                        if d.is_finished() {
+                            drop(d);
+                            d = p.denoiser(inputs.clone()).unwrap();
+                        }
+                        let t = Instant::now();
+                        d.step().unwrap();
+                        total += t.elapsed();
+                    }
+                    total
+                })
+            });
+            if graphs == DitGraphs::Stages && cfg == "cfg-2-calls" {
+                g.bench_function(format!("pipeline/{label}/10-steps"), |b| {
+                    b.iter(|| p.generate(&options(10), None, |_, _, _| {}).unwrap())
+                });
+            }
         }
-        // Elements of one sample (the engine's batch may be 1 or 2).
-        let n = dit.entry.outputs[0].concrete_shape(1)[1..]
+        // The bound network calls alone (same inputs every call).
+        let a = Artifacts::open(dir.path()).unwrap();
+        let mut dit = a.load(NetworkKind::Dit, Backend::OrtCpu).unwrap();
+        let entry = dit.entry.clone();
+        let text = &entry.inputs[2];
+        let mut shape = text.concrete_shape(1);
+        shape[0] = 1;
+        let n = shape.iter().product::<u64>() as usize;
+        let cond = HostTensor::from_f32(shape.clone(), &gaussian_noise(5, n));
+        let uncond = HostTensor::from_f32(shape, &gaussian_noise(6, n));
+        let timesteps = vec![500.0f32; 4];
+        let mut bound = dit
+            .staged_dit()
+            .unwrap()
+            .bind(&Conditioning {
+                cond: &cond,
+                uncond: Some(&uncond),
+                image: None,
+                y: None,
+                timesteps: &timesteps,
+            })
+            .unwrap();
+        let lat = entry.outputs[0].concrete_shape(1)[1..]
             .iter()
             .product::<u64>() as usize;
-        let mut latents = gaussian_noise(3, n);
-        let mut sampler = Sampler::new(Solver::UniPc, MAX_STEPS, 5.0, n).unwrap();
-        g.bench_function(format!("step/{label}/{cfg}"), |b| {
-            b.iter(|| {
-                if sampler.is_finished() {
-                    sampler = Sampler::new(Solver::UniPc, MAX_STEPS, 5.0, n).unwrap();
-                }
-                let out = dit.run(&inputs).unwrap();
-                let pred = out["noise_pred"].to_f32().unwrap();
-                let mut v = pred[..n].to_vec();
-                apply_guidance(&mut v, &pred[n..], 5.0).unwrap();
-                sampler.step(&mut latents, &v).unwrap();
-            })
+        let latents = gaussian_noise(3, lat);
+        g.bench_function(format!("dit-calls/{label}/{cfg}/stages"), |b| {
+            b.iter(|| bound.run(1, &latents).unwrap())
         });
-        if cfg == "cfg-2-calls" {
-            // The whole generation: text encoding, 10 steps, VAE decode.
-            let mut p = Pipeline::load(artifacts, Backend::OrtCpu).unwrap();
-            g.bench_function(format!("pipeline/{label}/10-steps"), |b| {
-                b.iter(|| p.generate(&options(10), None, |_, _, _| {}).unwrap())
-            });
-        }
     }
     // The VAE decode alone (streaming, chunk by chunk).
     let dir = tempfile::tempdir().unwrap();

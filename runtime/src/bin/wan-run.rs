@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use wanrt_core::NetworkKind;
 use wanrt_runtime::backend::{BackendChoice, Resolved, check_precisions};
 use wanrt_runtime::video::OutputKind;
-use wanrt_runtime::{Artifacts, Backend, tensorfile};
+use wanrt_runtime::{Artifacts, Backend, ConvAlgoSearch, ExecutionSettings, tensorfile};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -86,9 +86,48 @@ struct GenerateArgs {
     /// GPU is visible, else ort-cpu), ort-cpu, ort-cuda or ort-tensorrt.
     #[arg(long, default_value = "auto")]
     backend: BackendChoice,
+    #[command(flatten)]
+    exec: ExecArgs,
     /// Replace existing outputs.
     #[arg(long)]
     overwrite: bool,
+}
+
+/// Execution settings of the GPU backends (recorded in the sidecar).
+#[derive(clap::Args, Debug, Clone)]
+struct ExecArgs {
+    /// CUDA device ordinal.
+    #[arg(long, default_value_t = 0)]
+    device_id: i32,
+    /// Let fp32 matrix work round through TF32 (off: fp32 stays fp32).
+    #[arg(long)]
+    tf32: bool,
+    /// cuDNN convolution algorithm search for the VAE: exhaustive,
+    /// heuristic or default.
+    #[arg(long, default_value = "exhaustive")]
+    cudnn_conv_algo_search: ConvAlgoSearch,
+    /// Cap of the CUDA provider's memory arena, in bytes.
+    #[arg(long)]
+    gpu_mem_limit: Option<u64>,
+    /// Turn ONNX Runtime's memory arena off.
+    #[arg(long)]
+    no_arena: bool,
+    /// Capture the VAE decoder's steady-state chunk calls as CUDA graphs
+    /// (ort-cuda).
+    #[arg(long)]
+    cuda_graph: bool,
+}
+
+impl ExecArgs {
+    fn settings(&self) -> ExecutionSettings {
+        ExecutionSettings::default()
+            .with_device_id(self.device_id)
+            .with_tf32(self.tf32)
+            .with_vae_conv_algo_search(self.cudnn_conv_algo_search)
+            .with_memory_limit(self.gpu_mem_limit)
+            .with_arena(!self.no_arena)
+            .with_cuda_graph(self.cuda_graph)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -354,7 +393,12 @@ fn generate(g: GenerateArgs) -> Result<()> {
     let resolved = choose_backend(g.backend, &artifacts, None)?;
     let backend = resolved.backend;
     eprintln!("loading engines from {} on {backend}", engines.display());
-    let mut pipeline = Pipeline::load(artifacts, backend)?;
+    let mut pipeline = Pipeline::load_with(
+        artifacts,
+        backend,
+        &g.exec.settings(),
+        wanrt_runtime::pipeline::DitGraphs::Stages,
+    )?;
     let opts = GenerateOptions {
         prompt,
         negative_prompt: g.negative_prompt.clone(),
