@@ -22,9 +22,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use wanrt::compiler::{CompileOptions, ModelSource, compile};
 use wanrt::core::{BatchMode, NetworkKind, Precision, Profile};
 use wanrt::runtime::dit::Conditioning;
-use wanrt::runtime::pipeline::{
-    DitGraphs, GenerateOptions, Pipeline, Timings, gaussian_noise,
-};
+use wanrt::runtime::pipeline::{DitGraphs, GenerateOptions, Pipeline, Timings, gaussian_noise};
 use wanrt::runtime::schedule::{MAX_STEPS, Solver};
 use wanrt::runtime::{Artifacts, Backend, ExecutionSettings, HostTensor};
 
@@ -120,6 +118,28 @@ fn bench(c: &mut Criterion) {
             .iter()
             .product::<u64>() as usize;
         let latents = gaussian_noise(3, lat);
+        drop(bound);
+        if cfg == "cfg-2-calls" {
+            // The time stage: once per step (1 row) or once per schedule.
+            let staged = dit.staged_dit().unwrap();
+            for rows in [1usize, 50] {
+                let t: Vec<f32> = (0..rows).map(|i| 999.0 - i as f32 * 20.0).collect();
+                g.bench_function(format!("dit-time/{label}/{rows}-rows"), |b| {
+                    b.iter(|| staged.time_tables(&t).unwrap())
+                });
+            }
+        }
+        let mut bound = dit
+            .staged_dit()
+            .unwrap()
+            .bind(&Conditioning {
+                cond: &cond,
+                uncond: Some(&uncond),
+                image: None,
+                y: None,
+                timesteps: &timesteps,
+            })
+            .unwrap();
         g.bench_function(format!("dit-calls/{label}/{cfg}/stages"), |b| {
             b.iter(|| bound.run(1, &latents).unwrap())
         });

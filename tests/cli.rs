@@ -262,6 +262,12 @@ fn generate_writes_a_playable_h264_mp4_and_a_sidecar() {
     assert_eq!(side["settings"]["seed"], 7);
     assert_eq!(side["settings"]["steps"], 3);
     assert_eq!(side["settings"]["solver"], "unipc");
+    assert_eq!(side["settings"]["dit_graphs"], "stages");
+    assert_eq!(side["settings"]["execution"]["tf32"], false);
+    assert_eq!(
+        side["settings"]["execution"]["vae_conv_algo_search"],
+        "exhaustive"
+    );
     assert!(
         side["model_digest"]
             .as_str()
@@ -278,6 +284,15 @@ fn generate_writes_a_playable_h264_mp4_and_a_sidecar() {
         std::fs::read(&video).unwrap(),
         data,
         "same seed, same video"
+    );
+
+    // GPU settings on the CPU provider are refused, naming the flag.
+    let (ok, log) = generate(&["--overwrite", "--tf32"]);
+    assert!(!ok && log.contains("--tf32"), "{log}");
+    let (ok, log) = generate(&["--overwrite", "--cuda-graph"]);
+    assert!(
+        !ok && log.contains("--cuda-graph") && log.contains("ort-cuda"),
+        "{log}"
     );
 
     // T2V engines refuse an image; a bad output name is refused before any work.

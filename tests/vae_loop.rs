@@ -97,6 +97,12 @@ fn cuda_graphs_are_refused_on_the_cpu_and_replay_fresh_inputs_on_a_gpu() {
         let z = latents(&a, seed);
         let want = decode(&mut plain, &z);
         let got = decode(&mut captured, &z);
-        common::assert_close(&format!("cuda graph, input {seed}"), &got, &want, 1e-5, 1e-5);
+        common::assert_close(
+            &format!("cuda graph, input {seed}"),
+            &got,
+            &want,
+            1e-5,
+            1e-5,
+        );
     }
 }

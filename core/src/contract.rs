@@ -502,13 +502,13 @@ mod tests {
             let stages = NetworkContract::dit_stages(&cfg, &p).unwrap();
             let mut known: Vec<TensorSpec> = whole.inputs.clone();
             if cfg.task == Task::I2v {
-                // `y` is the condition part of the whole graph's hidden_states.
-                known.push(TensorSpec::new(
-                    "y",
-                    DType::Float32,
-                    Dim::Fixed(1),
-                    &[20, 21, 60, 104],
-                ));
+                // hidden_states of the whole graph is noise (16) ‖ y (20):
+                // the stages take them apart.
+                let part = |name: &str, c: u64| {
+                    TensorSpec::new(name, DType::Float32, Dim::Fixed(1), &[c, 21, 60, 104])
+                };
+                known.insert(0, part("hidden_states", 16));
+                known.push(part("y", 20));
             }
             for (stage, c) in &stages {
                 for t in &c.inputs {

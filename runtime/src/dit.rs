@@ -177,6 +177,30 @@ impl StagedDit {
             .ok_or_else(|| fail(format!("no {role} stage")))
     }
 
+    /// The time stage on `timesteps` (one row each): the time MLP's output
+    /// `temb` `[S·d]` and the modulation input `timestep_proj` `[S·6d]`.
+    /// A generation runs it once for its whole schedule.
+    pub fn time_tables(&mut self, timesteps: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+        let stage = self.stage(DitStage::Time)?;
+        let t_in = BTreeMap::from([(
+            "timestep".to_string(),
+            HostTensor::from_f32(vec![timesteps.len() as u64], timesteps),
+        )]);
+        let mut out = run_batched(
+            &mut stage.session,
+            "dit.time",
+            &stage.spec.inputs,
+            None,
+            &t_in,
+        )?;
+        let mut table = |name: &str| {
+            out.remove(name)
+                .and_then(|t| t.to_f32())
+                .ok_or_else(|| fail(format!("the time stage gave no float {name}")))
+        };
+        Ok((table("temb")?, table("timestep_proj")?))
+    }
+
     /// Binds one generation's buffers (see the module doc).
     pub fn bind(&mut self, c: &Conditioning<'_>) -> Result<BoundDit<'_>> {
         BoundDit::new(self, c)
@@ -315,25 +339,7 @@ impl<'s> BoundDit<'s> {
 
         // Time stage, once for the whole schedule: tables [S, d], [S, 6d].
         let steps = c.timesteps.len();
-        let stage = dit.stage(DitStage::Time)?;
-        let t_in = BTreeMap::from([(
-            "timestep".to_string(),
-            HostTensor::from_f32(vec![steps as u64], c.timesteps),
-        )]);
-        let mut t_out = run_batched(
-            &mut stage.session,
-            "dit.time",
-            &stage.spec.inputs,
-            None,
-            &t_in,
-        )?;
-        let mut table = |name: &str| {
-            t_out
-                .remove(name)
-                .and_then(|t| t.to_f32())
-                .ok_or_else(|| fail(format!("the time stage gave no float {name}")))
-        };
-        let (temb_table, proj_table) = (table("temb")?, table("timestep_proj")?);
+        let (temb_table, proj_table) = dit.time_tables(c.timesteps)?;
         let dim = temb_table.len() / steps.max(1);
 
         // Per-step inputs and the I2V condition.

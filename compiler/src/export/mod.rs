@@ -454,10 +454,10 @@ fn precision_doc(opts: &CompileOptions) -> String {
     )
 }
 
-/// Exports the DiT: the whole graph (`dit.onnx`, the contract of `wan-run
-/// component dit`, debug outputs, dumps) and its stage graphs
-/// (`dit.<stage>.onnx`, what the pipeline runs), all sharing one weight
-/// file: each weight is converted and written once.
+/// Exports the DiT: the whole graph (`dit.onnx`: debug outputs, dumps, the
+/// reference for the stages) and its stage graphs (`dit.<stage>.onnx`, what
+/// the runtime runs), all sharing one weight file: each weight is
+/// converted and written once.
 fn export_dit(
     source: &dyn WeightSource,
     cfg: &DitConfig,
@@ -467,7 +467,13 @@ fn export_dit(
     let start = Instant::now();
     let name = NetworkKind::Dit.name();
     let contract = NetworkContract::dit(cfg, &opts.profile)?;
-    let stages = NetworkContract::dit_stages(cfg, &opts.profile)?;
+    // With --debug-outputs the whole graph is what gets run (its
+    // intermediates are outputs of that graph only): no stage graphs.
+    let stages = if opts.debug_outputs {
+        Vec::new()
+    } else {
+        NetworkContract::dit_stages(cfg, &opts.profile)?
+    };
     let data_file = format!("{name}.onnx.data");
     let pb = progress_bar(opts.show_progress, name);
     let mut builder =
