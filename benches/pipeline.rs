@@ -103,22 +103,10 @@ fn bench(c: &mut Criterion) {
         let cond = HostTensor::from_f32(shape.clone(), &gaussian_noise(5, n));
         let uncond = HostTensor::from_f32(shape, &gaussian_noise(6, n));
         let timesteps = vec![500.0f32; 4];
-        let mut bound = dit
-            .staged_dit()
-            .unwrap()
-            .bind(&Conditioning {
-                cond: &cond,
-                uncond: Some(&uncond),
-                image: None,
-                y: None,
-                timesteps: &timesteps,
-            })
-            .unwrap();
         let lat = entry.outputs[0].concrete_shape(1)[1..]
             .iter()
             .product::<u64>() as usize;
         let latents = gaussian_noise(3, lat);
-        drop(bound);
         if cfg == "cfg-2-calls" {
             // The time stage: once per step (1 row) or once per schedule.
             let staged = dit.staged_dit().unwrap();

@@ -342,7 +342,7 @@ impl NetworkContract {
         };
         let mut embed_in = vec![spec("hidden_states", &[cfg.out_dim as u64, f, h, w])];
         if i2v {
-            let y = cfg.in_dim.checked_sub(cfg.out_dim).unwrap_or(0) as u64;
+            let y = cfg.in_dim.saturating_sub(cfg.out_dim) as u64;
             embed_in.push(spec("y", &[y, f, h, w]));
         }
         let tokens = spec("tokens", &[n, d]);
