@@ -18,7 +18,7 @@ use serde::Serialize;
 use wanrt_core::DType;
 
 use crate::backend::Backend;
-use crate::error::{Error, Result};
+use crate::error::{Error, OrtCall, Result};
 
 /// Where a buffer's elements live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -65,6 +65,13 @@ impl std::fmt::Debug for Buffer {
             .field("memory", &self.memory)
             .finish()
     }
+}
+
+fn ort_err<R>(name: &str, e: ort::Error<R>) -> Error
+where
+    ort::Error: From<ort::Error<R>>,
+{
+    Error::ort(format!("buffer {name}"), OrtCall::Tensor, "allocating, copying or reading it", e)
 }
 
 fn fail(name: &str, e: impl std::fmt::Display) -> Error {
@@ -117,7 +124,7 @@ impl Buffer {
         let (_, d) = self
             .tensor
             .try_extract_tensor::<f32>()
-            .map_err(|e| fail(&self.name, e))?;
+            .map_err(|e| ort_err(&self.name, e))?;
         Ok(d)
     }
 
@@ -129,7 +136,7 @@ impl Buffer {
         let (_, d) = self
             .tensor
             .try_extract_tensor_mut::<f32>()
-            .map_err(|e| fail(&self.name, e))?;
+            .map_err(|e| ort_err(&self.name, e))?;
         Ok(d)
     }
 
@@ -148,11 +155,11 @@ impl Buffer {
             .ok_or_else(|| fail(&name, "device buffer without a host mirror"))?;
         let (_, d) = mirror
             .try_extract_tensor_mut::<f32>()
-            .map_err(|e| fail(&name, e))?;
+            .map_err(|e| ort_err(&name, e))?;
         edit(d);
         mirror
             .copy_into(&mut self.tensor)
-            .map_err(|e| fail(&name, e))
+            .map_err(|e| ort_err(&name, e))
     }
 
     /// The elements as the sessions last wrote them, mutable on the host
@@ -170,10 +177,10 @@ impl Buffer {
             .ok_or_else(|| fail(&name, "device buffer without a host mirror"))?;
         self.tensor
             .copy_into(&mut *mirror)
-            .map_err(|e| fail(&name, e))?;
+            .map_err(|e| ort_err(&name, e))?;
         let (_, d) = mirror
             .try_extract_tensor_mut::<f32>()
-            .map_err(|e| fail(&name, e))?;
+            .map_err(|e| ort_err(&name, e))?;
         Ok(d)
     }
 
@@ -190,10 +197,10 @@ impl Buffer {
             .ok_or_else(|| fail(&name, "device buffer without a host mirror"))?;
         self.tensor
             .copy_into(&mut *mirror)
-            .map_err(|e| fail(&name, e))?;
+            .map_err(|e| ort_err(&name, e))?;
         let (_, d) = mirror
             .try_extract_tensor::<f32>()
-            .map_err(|e| fail(&name, e))?;
+            .map_err(|e| ort_err(&name, e))?;
         Ok(d)
     }
 }
@@ -245,10 +252,10 @@ impl Placement {
     /// are unspecified (every user writes before it reads).
     pub fn alloc(&self, name: &str, shape: &[u64], access: HostAccess) -> Result<Buffer> {
         let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-        let tensor = Tensor::<f32>::new(&self.main, dims.clone()).map_err(|e| fail(name, e))?;
+        let tensor = Tensor::<f32>::new(&self.main, dims.clone()).map_err(|e| ort_err(name, e))?;
         let mirror = match (&self.pinned, access) {
             (Some(p), HostAccess::ReadWrite) => {
-                Some(Tensor::<f32>::new(p, dims).map_err(|e| fail(name, e))?)
+                Some(Tensor::<f32>::new(p, dims).map_err(|e| ort_err(name, e))?)
             }
             _ => None,
         };

@@ -25,7 +25,7 @@ use wanrt_core::{DType, TensorSpec};
 
 use crate::backend::Backend;
 use crate::buffer::{Buffer, HostAccess, Placement};
-use crate::error::{Error, Result};
+use crate::error::{Error, OrtCall, Result};
 use crate::exec::{ExecutionSettings, SessionRole};
 use crate::tensorfile::HostTensor;
 
@@ -241,10 +241,7 @@ impl ChunkedNetwork {
         };
         let first = graph(&first_spec, SessionRole::Vae)?;
         let step = graph(&step_spec, SessionRole::VaeStep)?;
-        let fail = |reason: String| Error::Inference {
-            network: name.into(),
-            reason,
-        };
+        let fail = |e: ort::Error| Error::ort(name, OrtCall::Tensor, "binding the chunk loop", e);
         let bad = |reason: String| Error::Artifacts {
             dir: dir.to_path_buf(),
             reason: format!("network {name}: {reason}"),
@@ -307,37 +304,37 @@ impl ChunkedNetwork {
             }
         }
         let (main_in, main_out) = (&step_spec.inputs[0].name, &step_spec.outputs[0].name);
-        let mut first_b = first.create_binding().map_err(|e| fail(e.to_string()))?;
+        let mut first_b = first.create_binding().map_err(fail)?;
         first_b
             .bind_input(&first_spec.inputs[0].name, x_first.tensor())
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(fail)?;
         let mut out_first = out_first;
         first_b
             .bind_output(&first_spec.outputs[0].name, out_first.tensor_mut())
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(fail)?;
         for (k, c) in caches.iter().enumerate() {
             if zero_of[k].is_none() {
                 first_b
                     .bind_output(format!("{}.out", c.name), sets[0][k].tensor_mut())
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(fail)?;
             }
         }
         let mut out_step = out_step;
         let mut step_binding = |src: usize, dst: usize, with_zeros: bool| -> Result<IoBinding> {
-            let mut b = step.create_binding().map_err(|e| fail(e.to_string()))?;
+            let mut b = step.create_binding().map_err(fail)?;
             b.bind_input(main_in, x_step.tensor())
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(fail)?;
             b.bind_output(main_out, out_step.tensor_mut())
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(fail)?;
             for (k, c) in caches.iter().enumerate() {
                 let input = match zero_of[k] {
                     Some(z) if with_zeros => zeros[z].tensor(),
                     _ => sets[src][k].tensor(),
                 };
                 b.bind_input(&c.name, input)
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(fail)?;
                 b.bind_output(format!("{}.out", c.name), sets[dst][k].tensor_mut())
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(fail)?;
             }
             Ok(b)
         };
@@ -345,8 +342,8 @@ impl ChunkedNetwork {
         let ping_pong = [step_binding(1, 0, false)?, step_binding(0, 1, false)?];
         let run_options = if settings.cuda_graph {
             let opts = |id: &str| -> Result<RunOptions> {
-                let mut o = RunOptions::new().map_err(|e| fail(e.to_string()))?;
-                o.set("gpu_graph_id", id).map_err(|e| fail(e.to_string()))?;
+                let mut o = RunOptions::new().map_err(fail)?;
+                o.set("gpu_graph_id", id).map_err(fail)?;
                 Ok(o)
             };
             // The entry call runs once per decode and is not captured.
@@ -404,10 +401,7 @@ impl ChunkedNetwork {
         mut sink: impl FnMut(ChunkView<'_>) -> Result<()>,
     ) -> Result<()> {
         let name = self.name.clone();
-        let fail = |reason: String| Error::Inference {
-            network: name.clone(),
-            reason,
-        };
+        let fail = |e: ort::Error| Error::ort(&name, OrtCall::Run, "running a chunk", e);
         let (f0, fs) = (
             Self::frames_of(&self.first_spec),
             Self::frames_of(&self.step_spec),
@@ -432,7 +426,7 @@ impl ChunkedNetwork {
         drop(
             self.first
                 .run_binding(&b.first)
-                .map_err(|e| fail(e.to_string()))?,
+                .map_err(fail)?,
         );
         let shape = b.out_first.shape().to_vec();
         sink(ChunkView {
@@ -454,7 +448,7 @@ impl ChunkedNetwork {
                 Some(opts) => self.step.run_binding_with_options(binding, &opts[which]),
                 None => self.step.run_binding(binding),
             }
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(fail)?;
             drop(out);
             sink(ChunkView {
                 shape: &step_shape,

@@ -32,7 +32,7 @@ use wanrt_core::{Dim, DitStage, NetworkKind};
 use crate::backend::Backend;
 use crate::buffer::{Buffer, HostAccess, Placement};
 use crate::engine::run_batched;
-use crate::error::{Error, Result};
+use crate::error::{Error, OrtCall, Result};
 use crate::exec::{ExecutionSettings, SessionRole};
 use crate::tensorfile::HostTensor;
 
@@ -110,7 +110,7 @@ impl StagedDit {
                 entry,
                 backend,
                 settings,
-                SessionRole::General,
+                SessionRole::DitStage,
             )?;
             stages.push(Stage {
                 role,
@@ -428,7 +428,9 @@ impl<'s> BoundDit<'s> {
                         None => Err(fail(format!("dit.{}: nothing produces {name}", stage.role))),
                     }
                 };
-                let mut binding = stage.session.create_binding().map_err(fail)?;
+                let bind_err =
+                    |e| Error::ort(format!("dit.{}", stage.role), OrtCall::Tensor, "binding", e);
+                let mut binding = stage.session.create_binding().map_err(bind_err)?;
                 for t in &stage.spec.inputs {
                     let i = slot(&t.name)?;
                     check_rows(&stage.role, t, &pool[i], b)?;
@@ -441,7 +443,7 @@ impl<'s> BoundDit<'s> {
                     check_rows(&stage.role, t, &pool[i], b)?;
                     binding
                         .bind_output(&t.name, pool[i].tensor_mut())
-                        .map_err(fail)?;
+                        .map_err(bind_err)?;
                 }
                 calls.push((si, binding));
             }
@@ -507,10 +509,7 @@ impl<'s> BoundDit<'s> {
             let out = stage
                 .session
                 .run_binding(binding)
-                .map_err(|e| Error::Inference {
-                    network: format!("dit.{}", stage.role),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| Error::ort(format!("dit.{}", stage.role), OrtCall::Run, "running", e))?;
             drop(out);
         }
         Ok(())

@@ -65,9 +65,13 @@ impl FromStr for ConvAlgoSearch {
 /// What a session is for: decides which of the settings apply to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SessionRole {
-    /// DiT stages, encoders.
+    /// Encoders and whole graphs.
     #[default]
     General,
+    /// A DiT stage graph: several run one after the other per step, so
+    /// their intra-op threads must not spin-wait between calls (each
+    /// stage's spinning pool would take the cores the next stage needs).
+    DitStage,
     /// A VAE graph run once per call (the first chunk).
     Vae,
     /// The VAE's steady-state chunk graph: captured as a CUDA graph when
@@ -190,7 +194,7 @@ impl ExecutionSettings {
     pub(crate) fn cuda_provider(&self, role: SessionRole) -> ort::ep::CUDA {
         use ort::ep::{self, cuda::ConvAlgorithmSearch};
         let search = match role {
-            SessionRole::General => ConvAlgorithmSearch::Heuristic,
+            SessionRole::General | SessionRole::DitStage => ConvAlgorithmSearch::Heuristic,
             SessionRole::Vae | SessionRole::VaeStep => match self.vae_conv_algo_search {
                 ConvAlgoSearch::Exhaustive => ConvAlgorithmSearch::Exhaustive,
                 ConvAlgoSearch::Heuristic => ConvAlgorithmSearch::Heuristic,

@@ -97,6 +97,11 @@ pub fn create_with(path: &Path, backend: Backend, setup: &SessionSetup) -> Resul
             .with_profiling(prefix)
             .map_err(|e| Error::ort(&net, OrtCall::Configure, "enabling profiling", e))?;
     }
+    if setup.role == SessionRole::DitStage {
+        builder = builder
+            .with_intra_op_spinning(false)
+            .map_err(|e| Error::ort(&net, OrtCall::Configure, "turning spinning off", e))?;
+    }
     if backend.is_gpu() {
         builder = builder
             .with_disable_cpu_fallback()
