@@ -71,7 +71,12 @@ fn ort_err<R>(name: &str, e: ort::Error<R>) -> Error
 where
     ort::Error: From<ort::Error<R>>,
 {
-    Error::ort(format!("buffer {name}"), OrtCall::Tensor, "allocating, copying or reading it", e)
+    Error::ort(
+        format!("buffer {name}"),
+        OrtCall::Tensor,
+        "allocating, copying or reading it",
+        e,
+    )
 }
 
 fn fail(name: &str, e: impl std::fmt::Display) -> Error {
@@ -206,16 +211,16 @@ impl Buffer {
 }
 
 /// Allocates buffers in the memory a backend's sessions compute in.
-pub struct Placement {
+pub struct BufferAllocator {
     memory: Memory,
     main: Allocator,
     pinned: Option<Allocator>,
 }
 
-impl Placement {
+impl BufferAllocator {
     /// Host memory (ONNX Runtime's CPU allocator), for ort-cpu.
     pub fn host() -> Self {
-        Placement {
+        BufferAllocator {
             memory: Memory::Host,
             main: Allocator::default(),
             pinned: None,
@@ -237,7 +242,7 @@ impl Placement {
                     reason: format!("allocator: {e}"),
                 })
         };
-        Ok(Placement {
+        Ok(BufferAllocator {
             memory: Memory::Device { device_id },
             main: info(AllocationDevice::CUDA, MemoryType::Default)?,
             pinned: Some(info(AllocationDevice::CUDA_PINNED, MemoryType::CPUOutput)?),
@@ -292,7 +297,7 @@ mod tests {
             eprintln!("skipped: ONNX Runtime's library is not available here");
             return;
         }
-        let p = Placement::host();
+        let p = BufferAllocator::host();
         let mut b = p.alloc("x", &[2, 3], HostAccess::ReadWrite).unwrap();
         assert_eq!((b.numel(), b.bytes(), b.memory()), (6, 24, Memory::Host));
         b.write(|d| d.iter_mut().enumerate().for_each(|(i, v)| *v = i as f32))

@@ -24,7 +24,7 @@ use wanrt_core::manifest::{ChunkGraph, NetworkEntry};
 use wanrt_core::{DType, TensorSpec};
 
 use crate::backend::Backend;
-use crate::buffer::{Buffer, HostAccess, Placement};
+use crate::buffer::{Buffer, BufferAllocator, HostAccess};
 use crate::error::{Error, OrtCall, Result};
 use crate::exec::{ExecutionSettings, SessionRole};
 use crate::tensorfile::HostTensor;
@@ -246,7 +246,7 @@ impl ChunkedNetwork {
             dir: dir.to_path_buf(),
             reason: format!("network {name}: {reason}"),
         };
-        let placement = Placement::for_session(&step, backend, settings.device_id)?;
+        let placement = BufferAllocator::for_session(&step, backend, settings.device_id)?;
         let caches: Vec<&TensorSpec> = step_spec
             .inputs
             .iter()
@@ -322,8 +322,7 @@ impl ChunkedNetwork {
         let mut out_step = out_step;
         let mut step_binding = |src: usize, dst: usize, with_zeros: bool| -> Result<IoBinding> {
             let mut b = step.create_binding().map_err(fail)?;
-            b.bind_input(main_in, x_step.tensor())
-                .map_err(fail)?;
+            b.bind_input(main_in, x_step.tensor()).map_err(fail)?;
             b.bind_output(main_out, out_step.tensor_mut())
                 .map_err(fail)?;
             for (k, c) in caches.iter().enumerate() {
@@ -331,8 +330,7 @@ impl ChunkedNetwork {
                     Some(z) if with_zeros => zeros[z].tensor(),
                     _ => sets[src][k].tensor(),
                 };
-                b.bind_input(&c.name, input)
-                    .map_err(fail)?;
+                b.bind_input(&c.name, input).map_err(fail)?;
                 b.bind_output(format!("{}.out", c.name), sets[dst][k].tensor_mut())
                     .map_err(fail)?;
             }
@@ -423,11 +421,7 @@ impl ChunkedNetwork {
         }
         let b = &mut self.bound;
         b.x_first.write(|d| copy_frames(input, 0, f0, d))?;
-        drop(
-            self.first
-                .run_binding(&b.first)
-                .map_err(fail)?,
-        );
+        drop(self.first.run_binding(&b.first).map_err(fail)?);
         let shape = b.out_first.shape().to_vec();
         sink(ChunkView {
             shape: &shape,

@@ -30,7 +30,7 @@ use wanrt_core::manifest::{ChunkGraph, NetworkEntry};
 use wanrt_core::{Dim, DitStage, NetworkKind};
 
 use crate::backend::Backend;
-use crate::buffer::{Buffer, HostAccess, Placement};
+use crate::buffer::{Buffer, BufferAllocator, HostAccess};
 use crate::engine::run_batched;
 use crate::error::{Error, OrtCall, Result};
 use crate::exec::{ExecutionSettings, SessionRole};
@@ -284,7 +284,7 @@ impl<'s> BoundDit<'s> {
             )));
         }
         let placement = match dit.stages.first() {
-            Some(s) => Placement::for_session(&s.session, dit.backend, dit.device_id)?,
+            Some(s) => BufferAllocator::for_session(&s.session, dit.backend, dit.device_id)?,
             None => return Err(fail("no stages")),
         };
         let mut pool: Vec<Buffer> = Vec::new();
@@ -506,10 +506,9 @@ impl<'s> BoundDit<'s> {
         })?;
         for (si, binding) in &self.calls {
             let stage = &mut self.dit.stages[*si];
-            let out = stage
-                .session
-                .run_binding(binding)
-                .map_err(|e| Error::ort(format!("dit.{}", stage.role), OrtCall::Run, "running", e))?;
+            let out = stage.session.run_binding(binding).map_err(|e| {
+                Error::ort(format!("dit.{}", stage.role), OrtCall::Run, "running", e)
+            })?;
             drop(out);
         }
         Ok(())
