@@ -537,7 +537,10 @@ impl<'s> BoundDit<'s> {
         let cfg = self.cfg;
         let all = self.pool[self.pred[0]].read_mut()?;
         let (cond, rest) = all.split_at_mut(n);
-        f(cond, cfg.then_some(&rest[..n]))
+        // Without CFG there is no second row to read (then_some would
+        // slice it eagerly).
+        let uncond = if cfg { rest.get(..n) } else { None };
+        f(cond, uncond)
     }
 
     /// Rows per call.

@@ -467,8 +467,9 @@ pub struct LoraMerge<'a> {
     loras: &'a [LoraFile],
     /// Keys merged so far, per file.
     applied: RefCell<Vec<BTreeSet<String>>>,
-    /// Tensors modified so far, per file.
-    tensors: RefCell<Vec<usize>>,
+    /// Tensors modified so far, per file (by name: the DiT's stage graphs
+    /// fetch a tensor the whole graph fetched before).
+    tensors: RefCell<Vec<BTreeSet<String>>>,
     /// The typed error behind a failed fetch (the builder only carries a
     /// message through its own error type).
     failure: RefCell<Option<Error>>,
@@ -480,7 +481,7 @@ impl<'a> LoraMerge<'a> {
             inner,
             loras,
             applied: RefCell::new(vec![BTreeSet::new(); loras.len()]),
-            tensors: RefCell::new(vec![0; loras.len()]),
+            tensors: RefCell::new(vec![BTreeSet::new(); loras.len()]),
             failure: RefCell::new(None),
         }
     }
@@ -534,7 +535,7 @@ impl<'a> LoraMerge<'a> {
                 scale: lora.scale,
                 layout: lora.layout.name().to_string(),
                 keys_applied: applied[f].len(),
-                tensors_modified: tensors[f],
+                tensors_modified: tensors[f].len(),
                 unmatched_keys: unmatched,
             });
         }
@@ -576,7 +577,7 @@ impl<'a> LoraMerge<'a> {
                 }
                 self.applied.borrow_mut()[f].extend(delta_keys(d));
             }
-            self.tensors.borrow_mut()[f] += 1;
+            self.tensors.borrow_mut()[f].insert(name.to_string());
             if let Some(i) = w.iter().position(|x| !x.is_finite()) {
                 let key = deltas
                     .first()
