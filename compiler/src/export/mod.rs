@@ -241,11 +241,14 @@ fn files_of_manifest(out: &Path) -> std::collections::HashSet<String> {
     let plain = |s: &str| !s.is_empty() && !s.contains('/') && s != "..";
     if let Some(nets) = v.get("networks").and_then(|n| n.as_object()) {
         for net in nets.values() {
-            let chunks = net.get("chunks").and_then(|c| c.as_array());
+            let chunks = ["chunks", "stages"]
+                .iter()
+                .filter_map(|k| net.get(*k).and_then(|c| c.as_array()))
+                .flatten();
             let names = ["file", "external_data"]
                 .iter()
                 .filter_map(|k| net.get(*k))
-                .chain(chunks.into_iter().flatten().filter_map(|c| c.get("file")))
+                .chain(chunks.filter_map(|c| c.get("file")))
                 .chain(
                     ["tokenizer", "negative_prompt_embeds"]
                         .iter()
