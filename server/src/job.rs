@@ -77,9 +77,19 @@ pub struct JobRequest {
     pub steps: Option<usize>,
     pub guidance_scale: Option<f32>,
     pub shift: Option<f64>,
-    /// `unipc`, `dpm++` or `euler`.
+    /// `unipc`, `dpm++`, `euler` or `lcm`.
     pub solver: String,
     pub seed: u64,
+    /// A step-distilled model's denoising step list (wan-run's
+    /// `--timesteps`), in place of `steps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timesteps: Option<Vec<u32>>,
+    /// CFG-Zero*'s optimised scale (wan-run's `--cfg-zero-star`).
+    #[serde(default)]
+    pub cfg_zero_star: bool,
+    /// CFG-Zero*'s zero-init steps (wan-run's `--zero-init-steps`).
+    #[serde(default)]
+    pub zero_init_steps: usize,
     pub profile: ProfileInfo,
     /// An `input_reference` image came with it (stored beside the job).
     pub has_image: bool,
@@ -213,7 +223,7 @@ impl Job {
 
 /// The fields of `POST /v1/videos`, as JSON values (a multipart form's text
 /// fields arrive as strings and are parsed the same way).
-pub const FIELDS: [&str; 11] = [
+pub const FIELDS: [&str; 14] = [
     "prompt",
     "negative_prompt",
     "size",
@@ -224,6 +234,9 @@ pub const FIELDS: [&str; 11] = [
     "shift",
     "solver",
     "seed",
+    "timesteps",
+    "cfg_zero_star",
+    "zero_init_steps",
     "input_reference",
 ];
 
@@ -349,10 +362,62 @@ pub fn parse_request(
         Some(v) => {
             let s = as_str("solver", v)?;
             s.parse::<Solver>()
-                .map_err(|_| range_err("solver", "one of unipc, dpm++, euler"))?
+                .map_err(|_| range_err("solver", "one of unipc, dpm++, euler, lcm"))?
                 .name()
                 .to_string()
         }
+    };
+    let timesteps = match get("timesteps") {
+        None => None,
+        Some(v) => {
+            let items: Vec<Value> = match v {
+                Value::Array(a) => a.clone(),
+                Value::String(s) => s
+                    .split(',')
+                    .map(|t| Value::String(t.trim().to_string()))
+                    .collect(),
+                _ => {
+                    return Err(range_err(
+                        "timesteps",
+                        "a list of integers, e.g. [1000, 750, 500, 250]",
+                    ));
+                }
+            };
+            let mut list = Vec::with_capacity(items.len());
+            for t in &items {
+                match as_u64("timesteps", t)? {
+                    n @ 1..=1000 => list.push(n as u32),
+                    _ => return Err(range_err("timesteps", "integers in 1..=1000")),
+                }
+            }
+            if list.is_empty() || list.len() > MAX_STEPS as usize {
+                return Err(range_err("timesteps", &format!("1 to {MAX_STEPS} entries")));
+            }
+            if list.windows(2).any(|w| w[1] >= w[0]) {
+                return Err(range_err("timesteps", "strictly decreasing"));
+            }
+            if steps.is_some() {
+                return Err(ApiError::field(
+                    "timesteps",
+                    "invalid_value",
+                    "give steps or timesteps, not both",
+                ));
+            }
+            Some(list)
+        }
+    };
+    let cfg_zero_star = match get("cfg_zero_star") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) if s == "true" || s == "false" => s == "true",
+        Some(_) => return Err(range_err("cfg_zero_star", "true or false")),
+    };
+    let zero_init_steps = match get("zero_init_steps") {
+        None => 0,
+        Some(v) => match as_u64("zero_init_steps", v)? {
+            n if n <= MAX_STEPS => n as usize,
+            _ => return Err(range_err("zero_init_steps", &format!("in 0..={MAX_STEPS}"))),
+        },
     };
     let seed = match get("seed") {
         None => seed(),
@@ -446,6 +511,9 @@ pub fn parse_request(
         shift,
         solver,
         seed,
+        timesteps,
+        cfg_zero_star,
+        zero_init_steps,
         profile,
         has_image,
     })
@@ -569,6 +637,75 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.code, "unsupported_task");
+    }
+
+    #[test]
+    fn step_distill_and_cfg_zero_star_options_are_checked() {
+        let ok = parse(serde_json::json!({"prompt": "x", "size": "32x32",
+            "timesteps": [1000, 750, 500, 250], "solver": "euler", "guidance_scale": 1,
+            "cfg_zero_star": true, "zero_init_steps": 1}))
+        .unwrap();
+        assert_eq!(ok.timesteps, Some(vec![1000, 750, 500, 250]));
+        assert!(ok.cfg_zero_star);
+        assert_eq!((ok.zero_init_steps, ok.solver.as_str()), (1, "euler"));
+        // A multipart form sends text.
+        let ok = parse(serde_json::json!({"prompt": "x", "size": "32x32",
+            "timesteps": "1000, 500", "cfg_zero_star": "false", "solver": "lcm"}))
+        .unwrap();
+        assert_eq!(
+            (ok.timesteps, ok.cfg_zero_star),
+            (Some(vec![1000, 500]), false)
+        );
+        let base = parse(serde_json::json!({"prompt": "x", "size": "32x32"})).unwrap();
+        assert_eq!(
+            (
+                base.timesteps.clone(),
+                base.cfg_zero_star,
+                base.zero_init_steps
+            ),
+            (None, false, 0)
+        );
+        for (body, param) in [
+            (
+                serde_json::json!({"prompt": "x", "size": "32x32", "timesteps": [500, 750]}),
+                "timesteps",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "size": "32x32", "timesteps": [1001]}),
+                "timesteps",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "size": "32x32", "timesteps": []}),
+                "timesteps",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "size": "32x32", "timesteps": 5}),
+                "timesteps",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "size": "32x32", "steps": 4, "timesteps": [1000]}),
+                "timesteps",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "size": "32x32", "cfg_zero_star": 1}),
+                "cfg_zero_star",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "size": "32x32", "zero_init_steps": 5000}),
+                "zero_init_steps",
+            ),
+        ] {
+            let e = parse(body.clone()).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
+            assert_eq!(e.status.as_u16(), 422, "{body}");
+        }
+        // Jobs persisted before these fields existed still read.
+        let mut v = serde_json::to_value(&base).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("cfg_zero_star");
+        o.remove("zero_init_steps");
+        let back: JobRequest = serde_json::from_value(v).unwrap();
+        assert_eq!(back, base);
     }
 
     #[test]

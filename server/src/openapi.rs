@@ -21,7 +21,10 @@ pub fn document() -> Value {
         "steps": {"type": "integer", "minimum": 1, "maximum": crate::job::MAX_STEPS, "description": "default 50 (40 for I2V)"},
         "guidance_scale": {"type": "number", "minimum": 0, "maximum": 100, "description": "default 5"},
         "shift": {"type": "number", "exclusiveMinimum": 0, "maximum": 100, "description": "default 5 (3 for I2V at 480P)"},
-        "solver": {"type": "string", "enum": ["unipc", "dpm++", "euler"], "default": "unipc"},
+        "solver": {"type": "string", "enum": ["unipc", "dpm++", "euler", "lcm"], "default": "unipc"},
+        "timesteps": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 1000}, "description": "a step-distilled model's decreasing step list (wan-run --timesteps), instead of steps"},
+        "cfg_zero_star": {"type": "boolean", "default": false, "description": "CFG-Zero* optimised scale"},
+        "zero_init_steps": {"type": "integer", "minimum": 0, "default": 0, "description": "CFG-Zero* zero-init steps"},
         "seed": {"type": "integer", "minimum": 0, "maximum": 9007199254740991u64, "description": "default: random, reported in the job"},
     });
     let mut multipart_props = request_props.clone();

@@ -210,9 +210,9 @@ fn run_job(pipeline: &mut Pipeline, claim: &Claim, env: &WorkerEnv) -> Result<()
         solver,
         seed: r.seed,
         latents: None,
-        // CFG-Zero*, explicit timesteps: not in the API yet (wan-run's
-        // defaults, off).
-        ..Default::default()
+        timesteps: r.timesteps.clone(),
+        cfg_zero_star: r.cfg_zero_star,
+        zero_init_steps: r.zero_init_steps,
     };
     let key = r.profile.key();
     let interrupt = AtomicBool::new(false);
