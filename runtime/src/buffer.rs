@@ -192,21 +192,7 @@ impl Buffer {
     /// The elements as the sessions last wrote them: in place on host
     /// memory; a device buffer is first copied into its pinned mirror.
     pub fn read(&mut self) -> Result<&[f32]> {
-        if self.memory.host_accessible() {
-            return self.host();
-        }
-        let name = self.name.clone();
-        let mirror = self
-            .mirror
-            .as_mut()
-            .ok_or_else(|| fail(&name, "device buffer without a host mirror"))?;
-        self.tensor
-            .copy_into(&mut *mirror)
-            .map_err(|e| ort_err(&name, e))?;
-        let (_, d) = mirror
-            .try_extract_tensor::<f32>()
-            .map_err(|e| ort_err(&name, e))?;
-        Ok(d)
+        self.read_mut().map(|d| &*d)
     }
 }
 

@@ -64,7 +64,7 @@ impl Placement {
 
 /// Zeros of the contract's shapes (batch 1 where the batch is dynamic, the
 /// fixed batch otherwise).
-fn zero_inputs(specs: &[TensorSpec], batch: u64) -> Vec<(String, HostTensor)> {
+pub fn zero_inputs(specs: &[TensorSpec], batch: u64) -> Vec<(String, HostTensor)> {
     specs
         .iter()
         .map(|s| {
@@ -145,10 +145,8 @@ pub fn graph_placement(
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let result = (|| {
         let setup = SessionSetup {
-            trt: (backend == Backend::OrtTensorRt)
-                .then(|| crate::engines::TrtCache::for_graph(dir, name, graph_digest, entry)),
             profiling: Some(tmp.join("profile")),
-            ..Default::default()
+            ..SessionSetup::for_artifact_graph(dir, name, graph_digest, entry, backend)
         };
         let mut session = create_with(&dir.join(file), backend, &setup)?;
         let batch = entry.profile.batch.fixed().map(u64::from).unwrap_or(1);

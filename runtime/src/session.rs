@@ -65,13 +65,29 @@ pub fn create_artifact_graph_with(
     role: SessionRole,
 ) -> Result<Session> {
     let setup = SessionSetup {
-        trt: (backend == Backend::OrtTensorRt)
-            .then(|| crate::engines::TrtCache::for_graph(dir, name, graph_digest, entry)),
-        profiling: None,
         exec: exec.clone(),
         role,
+        ..SessionSetup::for_artifact_graph(dir, name, graph_digest, entry, backend)
     };
     create_with(&dir.join(file), backend, &setup)
+}
+
+impl SessionSetup {
+    /// The default setup of one graph of an artifact directory, plus, on
+    /// `ort-tensorrt`, its prebuilt engines in `dir/engines`.
+    pub fn for_artifact_graph(
+        dir: &Path,
+        name: &str,
+        graph_digest: &str,
+        entry: &wanrt_core::manifest::NetworkEntry,
+        backend: Backend,
+    ) -> Self {
+        SessionSetup {
+            trt: (backend == Backend::OrtTensorRt)
+                .then(|| crate::engines::TrtCache::for_graph(dir, name, graph_digest, entry)),
+            ..Default::default()
+        }
+    }
 }
 
 /// A session for the graph at `path` on `backend`.

@@ -25,6 +25,7 @@ use wanrt_core::manifest::NetworkEntry;
 use wanrt_core::{Manifest, NetworkKind};
 use wanrt_runtime::Backend;
 use wanrt_runtime::engines::TrtCache;
+use wanrt_runtime::placement::zero_inputs;
 use wanrt_runtime::session::{SessionSetup, create_with};
 
 use crate::error::{Error, Result};
@@ -41,22 +42,6 @@ pub fn probe(kind: EngineKind) -> Result<EngineTarget> {
     }
 }
 
-fn zeros(specs: &[wanrt_core::TensorSpec], batch: u64) -> Vec<(String, wanrt_runtime::HostTensor)> {
-    specs
-        .iter()
-        .map(|s| {
-            let shape = s.concrete_shape(batch);
-            let n = shape.iter().product::<u64>() as usize;
-            let t = wanrt_runtime::HostTensor {
-                dtype: s.dtype,
-                shape,
-                data: vec![0u8; n * s.dtype.size()],
-            };
-            (s.name.clone(), t)
-        })
-        .collect()
-}
-
 /// Builds the engines of one graph and returns its cache prefix.
 fn build_graph(
     staging: &Path,
@@ -66,20 +51,22 @@ fn build_graph(
     entry: &NetworkEntry,
     inputs: &[wanrt_core::TensorSpec],
 ) -> Result<String> {
-    let cache = TrtCache::for_graph(staging, kind.name(), graph_digest, entry);
-    let prefix = cache.prefix.clone();
+    let prefix = TrtCache::for_graph(staging, kind.name(), graph_digest, entry).prefix;
     let engine = |e| Error::Engine {
         what: format!("building the TensorRT engines of {file}"),
         source: e,
     };
-    let setup = SessionSetup {
-        trt: Some(cache),
-        ..Default::default()
-    };
+    let setup = SessionSetup::for_artifact_graph(
+        staging,
+        kind.name(),
+        graph_digest,
+        entry,
+        Backend::OrtTensorRt,
+    );
     let mut session =
         create_with(&staging.join(file), Backend::OrtTensorRt, &setup).map_err(engine)?;
     let batch = entry.profile.batch.fixed().map(u64::from).unwrap_or(1);
-    wanrt_runtime::session::run(&mut session, kind.name(), &zeros(inputs, batch))
+    wanrt_runtime::session::run(&mut session, kind.name(), &zero_inputs(inputs, batch))
         .map_err(engine)?;
     Ok(prefix)
 }

@@ -550,6 +550,17 @@ pub fn guidance_needs_uncond(guidance: f32) -> bool {
 /// Callers skip it (and the unconditional pass) when
 /// [`guidance_needs_uncond`] is false. The guidance scale is taken as f32
 /// because torch multiplies a float32 tensor by a Python float in float32.
+fn check_guidance(guidance: f32) -> Result<()> {
+    if guidance.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::arg(
+            "--guidance-scale",
+            format!("guidance scale {guidance} is not finite"),
+        ))
+    }
+}
+
 pub fn apply_guidance(cond: &mut [f32], uncond: &[f32], guidance: f32) -> Result<()> {
     if cond.len() != uncond.len() {
         return Err(Error::arg(
@@ -561,12 +572,7 @@ pub fn apply_guidance(cond: &mut [f32], uncond: &[f32], guidance: f32) -> Result
             ),
         ));
     }
-    if !guidance.is_finite() {
-        return Err(Error::arg(
-            "--guidance",
-            format!("guidance scale {guidance} is not finite"),
-        ));
-    }
+    check_guidance(guidance)?;
     for (c, &u) in cond.iter_mut().zip(uncond) {
         *c = u + guidance * (*c - u);
     }
@@ -598,12 +604,7 @@ pub fn apply_guidance_zero_star(
             ),
         ));
     }
-    if !guidance.is_finite() {
-        return Err(Error::arg(
-            "--guidance",
-            format!("guidance scale {guidance} is not finite"),
-        ));
-    }
+    check_guidance(guidance)?;
     let n = cond.len() / samples;
     let mut scales = Vec::with_capacity(samples);
     for (c, u) in cond.chunks_exact_mut(n).zip(uncond.chunks_exact(n)) {
