@@ -225,22 +225,39 @@ fn compiling_never_replaces_files_that_are_not_ours() {
 
 // ---------------------------------------------------------------- class 2
 
-/// Starts `cmd`, sends `signal` after `after`, and returns the log.
-fn signal_midway(cmd: &mut Command, signal: &str, after: Duration) -> String {
-    let child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+/// Starts `cmd`, sends `signal` `after` the first stderr line containing
+/// `marker` (or after starting it, without a marker), and returns the log.
+/// Waiting for a line the binary prints once its signal handler is in place
+/// keeps the test independent of how fast the machine is.
+fn signal_midway(cmd: &mut Command, signal: &str, marker: Option<&str>, after: Duration) -> String {
+    use std::io::{BufRead, Read};
+    let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    if let Some(m) = marker {
+        let mut line = String::new();
+        while stderr.read_line(&mut line).unwrap() > 0 {
+            let seen = line.contains(m);
+            log.push_str(&line);
+            line.clear();
+            if seen {
+                break;
+            }
+        }
+    }
     std::thread::sleep(after);
     let st = Command::new("kill")
         .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(st.success());
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    stderr.read_to_string(&mut log).unwrap();
+    let status = child.wait().unwrap();
     assert!(
-        out.status.code().is_some(),
+        status.code().is_some(),
         "{signal} killed the process instead of being handled: {log}"
     );
-    assert!(!out.status.success(), "finished before the {signal}: {log}");
+    assert!(!status.success(), "finished before the {signal}: {log}");
     assert!(log.contains("nterrupted"), "{log}");
     log
 }
@@ -264,6 +281,7 @@ fn sigterm_and_sighup_leave_nothing_behind() {
                 .args(["--precision", "fp32", "--out"])
                 .arg(&out),
             signal,
+            None,
             Duration::from_millis(2500),
         );
         // --out did not exist: it is removed with the staging directory.
@@ -284,9 +302,10 @@ fn sigterm_and_sighup_leave_nothing_behind() {
                 .arg("--save-latents")
                 .arg(out_dir.join("latents.safetensors")),
             signal,
-            // The bound stage graphs take 1000 tiny steps in about 1.5 s:
-            // signal well inside the loop.
-            Duration::from_millis(700),
+            // The handler is installed before the engines load, and 1000
+            // tiny steps take well under a second: signal as loading starts.
+            Some("loading engines"),
+            Duration::from_millis(20),
         );
         let left: Vec<_> = std::fs::read_dir(&out_dir)
             .unwrap()
