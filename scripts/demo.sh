@@ -14,7 +14,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 
-cargo build --release --quiet -p wanrt-compiler -p wanrt-runtime
+cargo build --release --quiet -p wanrt-compiler -p wanrt-app
 BIN="$ROOT/target/release"
 OUT="$ROOT/out/demo"
 mkdir -p "$OUT"

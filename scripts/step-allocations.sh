@@ -17,7 +17,7 @@ fi
 run="${1:-}"
 comp="${2:-}"
 if [ -z "$run" ] || [ -z "$comp" ]; then
-  cargo build --release --quiet -p wanrt-runtime --bin wan-run -p wanrt-compiler --bin wan-compile
+  cargo build --release --quiet -p wanrt-app --bin wan-run -p wanrt-compiler --bin wan-compile
   run="${run:-target/release/wan-run}"
   comp="${comp:-target/release/wan-compile}"
 fi

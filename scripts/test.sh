@@ -25,15 +25,29 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-echo "== dependency rule: the runtime links no build-time code" >&2
-tree="$(cargo tree -p wanrt-runtime -e normal,build --prefix none --no-dedupe)"
-for forbidden in wanrt-graphs wanrt-compiler prost safetensors memmap2 tokio axum hyper redis; do
-  if grep -q "^$forbidden v" <<<"$tree"; then
-    echo "FAIL: wanrt-runtime depends on $forbidden" >&2
-    exit 1
-  fi
-done
-echo "ok: wanrt-runtime depends on none of wanrt-graphs, wanrt-compiler, prost, safetensors, memmap2, tokio, axum, hyper, redis" >&2
+echo "== dependency rule: the runtime links no build-time code and no application layer" >&2
+# deps_of CRATE: every crate CRATE links (normal and build dependencies).
+deps_of() { cargo tree -p "$1" -e normal,build --prefix none --no-dedupe; }
+# forbid CRATE WHY DEP...: fails if CRATE links any DEP.
+forbid() {
+  local crate="$1" why="$2"; shift 2
+  local tree; tree="$(deps_of "$crate")"
+  for dep in "$@"; do
+    if grep -q "^$dep v" <<<"$tree"; then
+      echo "FAIL: $crate depends on $dep ($why)" >&2
+      exit 1
+    fi
+  done
+  echo "ok: $crate depends on none of $* ($why)" >&2
+}
+# The execution core: no build-time code, no server stack, no CLI/media layer.
+forbid wanrt-runtime "build-time code" wanrt-graphs wanrt-compiler prost safetensors memmap2
+forbid wanrt-runtime "the server stack" tokio axum hyper redis
+forbid wanrt-runtime "the application layer" wanrt-media wanrt-app clap indicatif ctrlc image openh264 png
+# Media I/O: the runtime and the decoders/encoders, nothing of the CLI or server.
+forbid wanrt-media "the CLI and server" wanrt-app clap indicatif ctrlc tokio axum wanrt-graphs wanrt-compiler
+# The server: runtime + media, never the CLI or build-time code.
+forbid wanrt-server "the CLI and build-time code" wanrt-app indicatif ctrlc wanrt-graphs wanrt-compiler prost
 
 echo "== rustfmt" >&2
 cargo fmt --all -- --check

@@ -446,7 +446,7 @@ fn fuzz_image() {
         "image",
         vec![read(fixtures().join("i2v-tiny/golden/image.png"))],
         |b| {
-            wanrt::runtime::image::decode_image(b, file)
+            wanrt::media::image::decode_image(b, file)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         },

@@ -453,9 +453,7 @@ fn special_files_are_refused_without_hanging() {
         assert_eq!(e.kind(), RErr::Io, "{e}");
         assert!(e.to_string().contains("not a regular file"), "{e}");
         let p = special.clone();
-        let e = within(10, move || {
-            wanrt::runtime::image::load_image(&p).unwrap_err()
-        });
+        let e = within(10, move || wanrt::media::image::load_image(&p).unwrap_err());
         assert_eq!(e.kind(), RErr::Image, "{e}");
         let p = special.clone();
         let e = within(10, move || {

@@ -8,9 +8,9 @@ mod common;
 
 use common::{CASES, Case, assert_close, assert_fp32};
 use wanrt::core::{BatchMode, Precision};
+use wanrt::media::video::RgbFrames;
 use wanrt::runtime::pipeline::{GenerateOptions, Pipeline};
 use wanrt::runtime::schedule::Solver;
-use wanrt::runtime::video::RgbFrames;
 use wanrt::runtime::{Artifacts, Backend};
 
 /// The tight fp32 tier of the final latents (`common::assert_fp32`), ≤ 5× the
@@ -29,7 +29,7 @@ fn case_options(case: &Case) -> GenerateOptions {
     GenerateOptions {
         prompt: p["prompt"].as_str().unwrap().into(),
         negative_prompt: Some(p["negative_prompt"].as_str().unwrap().into()),
-        image: (case.name == "i2v-tiny").then(|| case.dir.join("golden/image.png")),
+        image: (case.name == "i2v-tiny").then(|| common::golden_image(&case.dir)),
         steps: Some(p["num_inference_steps"].as_u64().unwrap() as usize),
         guidance_scale: Some(p["guidance_scale"].as_f64().unwrap() as f32),
         shift: Some(p["flow_shift"].as_f64().unwrap()),
@@ -133,7 +133,7 @@ fn wrong_task_inputs_are_refused() {
     let out = compile_all(&case, BatchMode::Fixed(1));
     let mut p = Pipeline::load(Artifacts::open(out.path()).unwrap(), Backend::OrtCpu).unwrap();
     let mut opts = case_options(&case);
-    opts.image = Some(case.dir.join("../i2v-tiny/golden/image.png"));
+    opts.image = Some(common::golden_image(&case.dir.join("../i2v-tiny")));
     let e = p.generate(&opts, None, |_, _, _| {}).err().unwrap();
     assert!(e.to_string().contains("--image"), "{e}");
     let mut opts = case_options(&case);
@@ -161,12 +161,11 @@ fn i2v_engines_require_an_image() {
     opts.image = None;
     let e = p.generate(&opts, None, |_, _, _| {}).err().unwrap();
     assert!(e.to_string().contains("--image"), "{e}");
-    // An image that is not an image is a typed error naming the file.
+    // An image that is not an image is a typed error naming the file (the
+    // application layer decodes it before the pipeline sees pixels).
     let bad = out.path().join("not-an-image.png");
     std::fs::write(&bad, b"hello").unwrap();
-    let mut opts = case_options(&case);
-    opts.image = Some(bad);
-    let e = p.generate(&opts, None, |_, _, _| {}).err().unwrap();
+    let e = wanrt::media::image::load_image(&bad).unwrap_err();
     assert_eq!(e.kind(), wanrt::runtime::ErrorKind::Image, "{e}");
     assert!(e.to_string().contains("not-an-image.png"), "{e}");
 }

@@ -52,7 +52,7 @@ fn base_options(case: &Case, latents: &HostTensor) -> GenerateOptions {
     GenerateOptions {
         prompt: p["prompt"].as_str().unwrap().into(),
         negative_prompt: Some(p["negative_prompt"].as_str().unwrap().into()),
-        image: (case.name == "i2v-tiny").then(|| case.dir.join("golden/image.png")),
+        image: (case.name == "i2v-tiny").then(|| common::golden_image(&case.dir)),
         latents: Some(latents.clone()),
         ..Default::default()
     }

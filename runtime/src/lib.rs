@@ -1,11 +1,14 @@
-//! wan-run: executes compiled Wan2.1 artifacts.
+//! The execution core of wanrt: executes compiled Wan2.1 artifacts.
 //!
 //! The runtime reads an artifact directory written by `wan-compile`
 //! (`manifest.json` + typed ONNX graphs), checks it, and runs its networks on
 //! ONNX Runtime (CPU, CUDA or TensorRT execution providers, loaded
 //! dynamically; there is no native TensorRT backend in this build). It links
 //! no build-time code: no graph builder, no protobuf writer, no checkpoint
-//! loader.
+//! loader. Nor does it carry the application layer: the `wan-run` CLI,
+//! progress bars and signals live in `wanrt-app`, image decoding and video
+//! writing in `wanrt-media`; the pipeline takes decoded images and returns
+//! tensors.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -39,7 +42,6 @@ pub mod sidecar;
 pub mod tensorfile;
 pub mod text;
 pub mod trt;
-pub mod video;
 
 pub use backend::Backend;
 pub use buffer::{Buffer, Memory};

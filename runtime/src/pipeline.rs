@@ -33,8 +33,9 @@ pub struct GenerateOptions {
     pub prompt: String,
     /// `None` or empty: the official default negative prompt of the task.
     pub negative_prompt: Option<String>,
-    /// The conditioning image (I2V).
-    pub image: Option<std::path::PathBuf>,
+    /// The conditioning image (I2V), decoded (the application layer reads
+    /// files: `wanrt_media::image::load_image`).
+    pub image: Option<InputImage>,
     pub steps: Option<usize>,
     pub guidance_scale: Option<f32>,
     pub shift: Option<f64>,
@@ -50,6 +51,42 @@ pub struct GenerateOptions {
     /// Velocity zero for the first K steps, whose forwards are skipped
     /// (`--zero-init-steps`).
     pub zero_init_steps: usize,
+}
+
+/// Output frame rate of every Wan2.1 task (`docs/WAN.md` §9.2: `sample_fps = 16`).
+pub const DEFAULT_FPS: u32 = 16;
+
+/// A decoded conditioning image and where it came from (a path, an upload),
+/// which only labels it in the sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputImage {
+    pub pixels: crate::image::RgbImage,
+    pub source: String,
+}
+
+impl InputImage {
+    pub fn new(pixels: crate::image::RgbImage, source: impl Into<String>) -> Self {
+        Self {
+            pixels,
+            source: source.into(),
+        }
+    }
+}
+
+/// Whether a conditioning image is given exactly when the engines' task
+/// takes one (`--image`): checked before anything is decoded or loaded.
+pub fn check_task_image(task: Task, has_image: bool) -> Result<()> {
+    match (task, has_image) {
+        (Task::I2v, false) => Err(Error::arg(
+            "--image",
+            "these engines are image-to-video: pass --image",
+        )),
+        (Task::T2v, true) => Err(Error::arg(
+            "--image",
+            "these engines are text-to-video and take no image (compile an I2V model)",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The settings a run actually used (for the sidecar).
@@ -560,10 +597,12 @@ impl Pipeline {
 
     /// I2V conditioning: CLIP tokens `[1, 257, W]` and `y = [mask(4) ;
     /// normalised latent of [image, zeros…](16)]` `[1, 20, F', H', W']`.
-    fn image_conditioning(&mut self, path: &std::path::Path) -> Result<(HostTensor, HostTensor)> {
+    fn image_conditioning(
+        &mut self,
+        img: &crate::image::RgbImage,
+    ) -> Result<(HostTensor, HostTensor)> {
         let p = self.profile().clone();
-        let img = crate::image::load_image(path)?;
-        let pm1 = crate::image::to_tensor_pm1(&img);
+        let pm1 = crate::image::to_tensor_pm1(img);
         let clip = self
             .image_encoder
             .as_mut()
@@ -657,21 +696,7 @@ impl Pipeline {
             Some(list) => Schedule::step_distill(list, shift)?,
             None => Schedule::for_solver(opts.solver, steps, shift)?,
         };
-        match (self.task, &opts.image) {
-            (Task::I2v, None) => {
-                return Err(Error::arg(
-                    "--image",
-                    "these engines are image-to-video: pass --image",
-                ));
-            }
-            (Task::T2v, Some(_)) => {
-                return Err(Error::arg(
-                    "--image",
-                    "these engines are text-to-video and take no image (compile an I2V model)",
-                ));
-            }
-            _ => {}
-        }
+        check_task_image(self.task, opts.image.is_some())?;
         // Noise first (the official I2V draws it before encoding the text).
         let shape = self.latent_shape();
         let n: usize = shape.iter().product::<u64>() as usize;
@@ -710,7 +735,7 @@ impl Pipeline {
 
         let t0 = Instant::now();
         let image = match &opts.image {
-            Some(path) => Some(self.image_conditioning(path)?),
+            Some(input) => Some(self.image_conditioning(&input.pixels)?),
             None => None,
         };
         timings.image_conditioning_s = t0.elapsed().as_secs_f64();
@@ -842,7 +867,7 @@ impl Pipeline {
             task: self.task,
             prompt: opts.prompt.clone(),
             negative_prompt: negative_used,
-            image: opts.image.as_ref().map(|p| p.display().to_string()),
+            image: opts.image.as_ref().map(|i| i.source.clone()),
             steps,
             guidance_scale: guidance,
             shift,
@@ -852,7 +877,7 @@ impl Pipeline {
             width: p.width,
             height: p.height,
             frames: p.frames,
-            fps: crate::video::DEFAULT_FPS,
+            fps: DEFAULT_FPS,
             timesteps,
             sigmas,
             denoising_step_list: opts.timesteps.clone(),

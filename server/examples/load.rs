@@ -19,8 +19,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use wanrt_media::video::{RgbFrames, VideoOptions, write_video};
 use wanrt_runtime::pipeline::{GenerateOptions, Pipeline};
-use wanrt_runtime::video::{RgbFrames, VideoOptions, write_video};
 use wanrt_runtime::{Artifacts, Backend};
 
 struct Args {

@@ -187,7 +187,7 @@ async fn read_fields(
                 let bytes = bytes.to_vec();
                 let checked = bytes.clone();
                 let decoded = tokio::task::spawn_blocking(move || {
-                    wanrt_runtime::image::decode_image(
+                    wanrt_media::image::decode_image(
                         &checked,
                         std::path::Path::new("input_reference"),
                     )

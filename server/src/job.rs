@@ -64,7 +64,7 @@ impl ProfileInfo {
 
     /// Seconds of video at 16 fps: `frames = 16·seconds + 1`.
     pub fn seconds(&self) -> String {
-        let s = (self.frames.saturating_sub(1)) as f64 / wanrt_runtime::video::DEFAULT_FPS as f64;
+        let s = (self.frames.saturating_sub(1)) as f64 / wanrt_media::video::DEFAULT_FPS as f64;
         format!("{s}")
     }
 }
@@ -474,10 +474,7 @@ pub fn parse_request(
         (Some(v), None) => Some(("frames", as_u64("frames", v)? as f64)),
         (None, Some(v)) => {
             let s = as_f64("seconds", v)?;
-            Some((
-                "seconds",
-                s * wanrt_runtime::video::DEFAULT_FPS as f64 + 1.0,
-            ))
+            Some(("seconds", s * wanrt_media::video::DEFAULT_FPS as f64 + 1.0))
         }
         (None, None) => None,
     };

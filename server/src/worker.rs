@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use wanrt_media::video::{RgbFrames, VideoOptions, write_video};
 use wanrt_runtime::backend::{Resolved, check_precisions};
-use wanrt_runtime::pipeline::{GenerateOptions, Pipeline, defaults};
+use wanrt_runtime::pipeline::{GenerateOptions, InputImage, Pipeline, defaults};
 use wanrt_runtime::sidecar::{RunRecord, sidecar_json};
-use wanrt_runtime::video::{RgbFrames, VideoOptions, write_video};
 use wanrt_runtime::{Artifacts, Backend};
 
 use crate::error::{Error, Result};
@@ -200,10 +200,19 @@ fn run_job(pipeline: &mut Pipeline, claim: &Claim, env: &WorkerEnv) -> Result<()
         return settle_cancelled(claim, job, env);
     }
     let solver = r.solver.parse().map_err(Error::Engine)?;
+    // The upload was checked when the job was accepted; decoded again here
+    // from the job's own copy.
+    let image = if r.has_image {
+        let path = env.store.image(&job.id);
+        let pixels = wanrt_media::image::load_image(&path).map_err(Error::Engine)?;
+        Some(InputImage::new(pixels, "input_reference"))
+    } else {
+        None
+    };
     let opts = GenerateOptions {
         prompt: r.prompt.clone(),
         negative_prompt: r.negative_prompt.clone(),
-        image: r.has_image.then(|| env.store.image(&job.id)),
+        image,
         steps: r.steps,
         guidance_scale: r.guidance_scale,
         shift: r.shift,

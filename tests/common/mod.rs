@@ -250,6 +250,14 @@ pub fn copy_dir(src: &Path, dst: &Path) {
     }
 }
 
+/// A case's conditioning image (`golden/image.png`), decoded as `--image`
+/// decodes it.
+pub fn golden_image(case_dir: &Path) -> wanrt::runtime::pipeline::InputImage {
+    let p = case_dir.join("golden/image.png");
+    let pixels = wanrt::media::image::load_image(&p).expect("the golden image decodes");
+    wanrt::runtime::pipeline::InputImage::new(pixels, p.display().to_string())
+}
+
 /// A workspace binary, built by `cargo build --workspace --bins`
 /// (`scripts/test.sh` does) into the same target directory as this test.
 pub fn bin(name: &str) -> PathBuf {

@@ -32,7 +32,7 @@ use openh264::encoder::{
 use openh264::formats::YUVSource;
 
 use super::{DEFAULT_FPS, RgbFrames, TempFile, check_cancel, parent_dir, sync_dir};
-use crate::error::{Error, Result};
+use wanrt_runtime::error::{Error, Result};
 
 /// Largest frame rate accepted: keeps `fps · 1000` far inside `u32`.
 pub const MAX_FPS: u32 = 1000;
@@ -92,7 +92,7 @@ pub fn write_mp4(
 ) -> Result<()> {
     validate(frames, options)?;
     // Refuse before the expensive part; `persist` re-checks atomically.
-    crate::tensorfile::check_output(path, overwrite)?;
+    wanrt_runtime::tensorfile::check_output(path, overwrite)?;
     // Creating the temporary first surfaces an unwritable destination
     // before minutes of encoding, not after.
     let mut tmp = TempFile::create(path)?;

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use wanrt_core::NetworkKind;
+use wanrt_media::video::OutputKind;
 use wanrt_runtime::backend::{BackendChoice, Resolved, check_precisions};
-use wanrt_runtime::video::OutputKind;
 use wanrt_runtime::{Artifacts, Backend, ConvAlgoSearch, ExecutionSettings, tensorfile};
 
 #[derive(Parser, Debug)]
@@ -315,14 +315,14 @@ fn tolerance(flag: &str, v: f32) -> Result<f32> {
 fn generate(g: GenerateArgs) -> Result<()> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use wanrt_runtime::pipeline::{GenerateOptions, Pipeline};
+    use wanrt_runtime::pipeline::{GenerateOptions, InputImage, Pipeline};
 
     let engines = g.engines.context("--engines is required")?;
     let prompt = g.prompt.context("--prompt is required")?;
     let solver: wanrt_runtime::schedule::Solver = g.solver.parse()?;
     // Check the outputs before minutes of work: only regular files are
     // replaced (with --overwrite), and no two outputs share a path.
-    let kind = wanrt_runtime::video::output_kind(&g.output)?;
+    let kind = wanrt_media::video::output_kind(&g.output)?;
     let sidecar = wanrt_runtime::sidecar::sidecar_path(&g.output);
     match &kind {
         OutputKind::Mp4(p) => tensorfile::check_output(p, g.overwrite)?,
@@ -392,6 +392,16 @@ fn generate(g: GenerateArgs) -> Result<()> {
     let artifacts = Artifacts::open(&engines)?;
     let resolved = choose_backend(g.backend, &artifacts, None)?;
     let backend = resolved.backend;
+    // Checked and decoded before the engines load, so that a missing,
+    // unwanted or bad image fails at once.
+    wanrt_runtime::pipeline::check_task_image(artifacts.manifest.model.task, g.image.is_some())?;
+    let image = match &g.image {
+        Some(path) => Some(InputImage::new(
+            wanrt_media::image::load_image(path)?,
+            path.display().to_string(),
+        )),
+        None => None,
+    };
     eprintln!("loading engines from {} on {backend}", engines.display());
     let mut pipeline = Pipeline::load_with(
         artifacts,
@@ -402,7 +412,7 @@ fn generate(g: GenerateArgs) -> Result<()> {
     let opts = GenerateOptions {
         prompt,
         negative_prompt: g.negative_prompt.clone(),
-        image: g.image.clone(),
+        image,
         steps: g.steps,
         guidance_scale: g.guidance_scale,
         shift: g.shift,
@@ -434,13 +444,13 @@ fn generate(g: GenerateArgs) -> Result<()> {
         let t = std::collections::BTreeMap::from([("latents".to_string(), out.latents.clone())]);
         tensorfile::write(path, &t, g.overwrite)?;
     }
-    let frames = wanrt_runtime::video::RgbFrames::from_tensor(&out.video)?;
-    let video_opts = wanrt_runtime::video::VideoOptions {
+    let frames = wanrt_media::video::RgbFrames::from_tensor(&out.video)?;
+    let video_opts = wanrt_media::video::VideoOptions {
         overwrite: g.overwrite,
         ..Default::default()
     };
     let t0 = std::time::Instant::now();
-    match wanrt_runtime::video::write_video(&g.output, &frames, &video_opts, Some(&interrupt)) {
+    match wanrt_media::video::write_video(&g.output, &frames, &video_opts, Some(&interrupt)) {
         Err(wanrt_runtime::Error::Interrupted) => anyhow::bail!("interrupted; nothing was written"),
         r => r?,
     };

@@ -10,8 +10,8 @@ use openh264::decoder::Decoder;
 use openh264::formats::YUVSource;
 
 use super::*;
-use crate::ErrorKind;
 use crate::video::tests::{assert_no_temps, moving_pattern};
+use wanrt_runtime::ErrorKind;
 
 // --- a minimal, independent ISO BMFF reader -------------------------------
 

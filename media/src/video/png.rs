@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use super::{RgbFrames, TempFile, check_cancel, parent_dir, sync_dir, temp_sibling};
-use crate::error::{Error, Result};
+use wanrt_runtime::error::{Error, Result};
 
 /// File name of frame `index`: `frame_00000.png` (five digits, more past
 /// 99 999 frames, so names sort in frame order for the usual lengths).
@@ -162,7 +162,7 @@ fn write_into_existing(
         .collect();
     // Refuse before the expensive part; `publish` re-checks at the end.
     for t in &targets {
-        crate::tensorfile::check_output(t, overwrite)?;
+        wanrt_runtime::tensorfile::check_output(t, overwrite)?;
     }
     let mut temps = Vec::with_capacity(targets.len());
     for (index, target) in targets.iter().enumerate() {

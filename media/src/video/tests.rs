@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use super::*;
-use crate::ErrorKind;
+use wanrt_runtime::ErrorKind;
 
 /// A smooth moving pattern as it would come out of the VAE, converted
 /// through [`RgbFrames::from_chw`]: drifting sinusoids and a soft moving

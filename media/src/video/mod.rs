@@ -32,14 +32,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use wanrt_core::fsio::{parent_dir, temp_sibling};
 
-use crate::error::{Error, Result};
-use crate::tensorfile::HostTensor;
+use wanrt_runtime::error::{Error, Result};
+use wanrt_runtime::tensorfile::HostTensor;
 
 pub use mp4::{Mp4Options, write_mp4};
 pub use png::{frame_file_name, write_png_frames};
 
-/// Output frame rate of every Wan2.1 task (`docs/WAN.md` §9.2: `sample_fps = 16`).
-pub const DEFAULT_FPS: u32 = 16;
+/// Output frame rate of every Wan2.1 task (the runtime's, re-exported).
+pub use wanrt_runtime::pipeline::DEFAULT_FPS;
 
 /// The flag named in argument errors: the CLI option that chose the output.
 const OUTPUT_FLAG: &str = "--output";
@@ -348,7 +348,7 @@ fn publish(tmp: &Path, target: &Path, overwrite: bool) -> Result<()> {
     if overwrite {
         // Only a regular file is ever replaced (never a device, FIFO,
         // directory or symbolic link), checked right before the rename.
-        crate::tensorfile::check_output(target, true)?;
+        wanrt_runtime::tensorfile::check_output(target, true)?;
         return std::fs::rename(tmp, target).map_err(|e| Error::io(target, e));
     }
     match std::fs::hard_link(tmp, target) {
