@@ -76,8 +76,24 @@ impl TensorSpec {
         }
     }
 
+    /// Whether axis 0 is the batch axis. Every boundary tensor has one but
+    /// the VACE hint scales ([`UNBATCHED_INPUTS`]), which are per layer.
+    pub fn is_batched(&self) -> bool {
+        !UNBATCHED_INPUTS.contains(&self.name.as_str())
+    }
+
     /// The shape with the batch axis set to `batch`.
     pub fn concrete_shape(&self, batch: u64) -> Vec<u64> {
+        if !self.is_batched() {
+            return self
+                .shape
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => *n,
+                    Dim::Batch => batch,
+                })
+                .collect();
+        }
         self.shape
             .iter()
             .map(|d| match d {
@@ -106,6 +122,16 @@ impl TensorSpec {
                 self.dtype
             )));
         }
+        if !self.is_batched() {
+            let want = self.concrete_shape(1);
+            if shape != want.as_slice() {
+                return Err(mismatch(format!(
+                    "shape {shape:?} is not the engine's {} (compiled for this model)",
+                    self.shape_string()
+                )));
+            }
+            return Ok(());
+        }
         let ok = shape.len() == self.shape.len()
             && shape.first().is_some_and(|&b| b > 0)
             && shape
@@ -122,6 +148,11 @@ impl TensorSpec {
         Ok(())
     }
 }
+
+/// Boundary tensors without a batch axis: `control_hidden_states_scale
+/// [n_vace_layers]` (one scale per VACE hint, shared by every row, as the
+/// reference's `control_hidden_states_scale`). Batch loops pass them whole.
+pub const UNBATCHED_INPUTS: &[&str] = &["control_hidden_states_scale"];
 
 /// The networks of Wan2.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -187,6 +218,9 @@ pub enum DitStage {
     Time,
     /// Patch embedding of the latent (and the I2V condition `y`).
     Embed,
+    /// VACE: the context's patch embedding and the VACE blocks → the hints
+    /// the block stages add (per step and CFG branch).
+    Vace,
     /// Block 0 (the cut a first-block cache compares at).
     BlockFirst,
     /// Blocks 1..N.
@@ -196,10 +230,11 @@ pub enum DitStage {
 }
 
 impl DitStage {
-    pub const ALL: [DitStage; 6] = [
+    pub const ALL: [DitStage; 7] = [
         DitStage::Context,
         DitStage::Time,
         DitStage::Embed,
+        DitStage::Vace,
         DitStage::BlockFirst,
         DitStage::BlockRest,
         DitStage::Head,
@@ -211,6 +246,7 @@ impl DitStage {
             DitStage::Context => "context",
             DitStage::Time => "time",
             DitStage::Embed => "embed",
+            DitStage::Vace => "vace",
             DitStage::BlockFirst => "block_first",
             DitStage::BlockRest => "block_rest",
             DitStage::Head => "head",
@@ -241,6 +277,15 @@ pub struct NetworkContract {
     pub outputs: Vec<TensorSpec>,
 }
 
+/// `control_hidden_states_scale [n_vace_layers]`, without a batch axis.
+fn vace_scale_spec(cfg: &DitConfig) -> TensorSpec {
+    TensorSpec {
+        name: "control_hidden_states_scale".into(),
+        dtype: DType::Float32,
+        shape: vec![Dim::Fixed(cfg.vace_layers.len() as u64)],
+    }
+}
+
 fn batch_dim(profile: &Profile) -> Dim {
     match profile.batch {
         BatchMode::Dynamic => Dim::Batch,
@@ -251,7 +296,10 @@ fn batch_dim(profile: &Profile) -> Dim {
 impl NetworkContract {
     /// DiT: `hidden_states [B, C_in, F', H', W']`, `timestep [B]`,
     /// `encoder_hidden_states [B, text_len, text_dim]`, for I2V
-    /// `encoder_hidden_states_image [B, 257, image_dim]`; output
+    /// `encoder_hidden_states_image [B, 257, image_dim]`, for VACE
+    /// `control_hidden_states [B, 96, F', H', W']` and
+    /// `control_hidden_states_scale [n_vace_layers]` (no batch axis; F'
+    /// counts the profile's reference frames); output
     /// `noise_pred [B, 16, F', H', W']`. All float32 at the boundary.
     pub fn dit(cfg: &DitConfig, profile: &Profile) -> Result<Self> {
         let (fp, hp, wp) = profile.patch_grid();
@@ -265,8 +313,17 @@ impl NetworkContract {
             });
         }
         let b = batch_dim(profile);
-        let [_, f, h, w] = profile.latent_shape(cfg.in_dim).map(u64::from);
+        let [_, f, h, w] = profile.dit_latent_shape(cfg.in_dim).map(u64::from);
         let f32_ = DType::Float32;
+        if profile.reference_images > 0 && cfg.task != Task::Vace {
+            return Err(Error::InvalidProfile {
+                flag: "--reference-images",
+                reason: format!(
+                    "reference images are a VACE input; this is a {} model",
+                    cfg.task.name()
+                ),
+            });
+        }
         let mut inputs = vec![
             TensorSpec::new("hidden_states", f32_, b, &[cfg.in_dim as u64, f, h, w]),
             TensorSpec::new("timestep", f32_, b, &[]),
@@ -285,6 +342,15 @@ impl NetworkContract {
                 b,
                 &[cfg.image_tokens as u64, image_dim],
             ));
+        }
+        if cfg.task == Task::Vace {
+            inputs.push(TensorSpec::new(
+                "control_hidden_states",
+                f32_,
+                b,
+                &[cfg.vace_in_dim as u64, f, h, w],
+            ));
+            inputs.push(vace_scale_spec(cfg));
         }
         let outputs = vec![TensorSpec::new(
             "noise_pred",
@@ -309,6 +375,11 @@ impl NetworkContract {
     /// - `embed` (per step): `hidden_states [B, 16, F', H', W']` (+ I2V
     ///   `y [B, 20, F', H', W']`, concatenated inside) → `tokens [B, n, d]`,
     ///   the block stack's input;
+    /// - `vace` (VACE, per step and CFG branch): `tokens`,
+    ///   `control_hidden_states`, `timestep_proj`, `context` → `hints
+    ///   [B, n_vace_layers, n, d]`, which `block_first` / `block_rest` take
+    ///   with `control_hidden_states_scale` and add after the blocks of
+    ///   `vace_layers` (`docs/WAN.md` §14);
     /// - `block_first` (per step): block 0, `tokens` → `hidden_first`;
     /// - `block_rest` (per step, only with more than one block): blocks
     ///   1..N, `hidden_first` → `hidden`, the block stack's output;
@@ -324,9 +395,10 @@ impl NetworkContract {
         let d = cfg.dim as u64;
         let f32_ = DType::Float32;
         let i2v = cfg.task == Task::I2v;
+        let vace = cfg.task == Task::Vace;
         let spec = |name: &str, rest: &[u64]| TensorSpec::new(name, f32_, b, rest);
         let by_name = |name: &str| whole.input(name).cloned();
-        let [_, f, h, w] = profile.latent_shape(cfg.out_dim).map(u64::from);
+        let [_, f, h, w] = profile.dit_latent_shape(cfg.out_dim).map(u64::from);
 
         let mut context_in = vec![by_name("encoder_hidden_states")];
         let mut context_out = vec![spec("context", &[profile.text_len as u64, d])];
@@ -349,6 +421,20 @@ impl NetworkContract {
         let mut cond = vec![spec("timestep_proj", &[6, d]), context_out[0].clone()];
         if i2v {
             cond.push(context_out[1].clone());
+        }
+        let n_hints = cfg.vace_layers.len() as u64;
+        let hints = spec("hints", &[n_hints, n, d]);
+        let vace_stage = NetworkContract {
+            inputs: vec![tokens.clone()]
+                .into_iter()
+                .chain(by_name("control_hidden_states"))
+                .chain(cond.iter().cloned())
+                .collect(),
+            outputs: vec![hints.clone()],
+        };
+        if vace {
+            cond.push(hints);
+            cond.extend(by_name("control_hidden_states_scale"));
         }
         let block = |input: &TensorSpec, out: &str| {
             let mut inputs = vec![input.clone()];
@@ -374,8 +460,11 @@ impl NetworkContract {
                     outputs: vec![tokens.clone()],
                 },
             ),
-            (DitStage::BlockFirst, block(&tokens, "hidden_first")),
         ];
+        if vace {
+            stages.push((DitStage::Vace, vace_stage));
+        }
+        stages.push((DitStage::BlockFirst, block(&tokens, "hidden_first")));
         if cfg.num_layers > 1 {
             let first = spec("hidden_first", &[n, d]);
             stages.push((DitStage::BlockRest, block(&first, "hidden")));
@@ -497,7 +586,14 @@ mod tests {
     #[test]
     fn dit_stages_connect_by_name() {
         let p = Profile::builtin("480p").unwrap();
-        for cfg in [DitConfig::t2v_1_3b(), DitConfig::i2v_14b()] {
+        let refs = p.clone().with_reference_images(1).unwrap();
+        for cfg in [
+            DitConfig::t2v_1_3b(),
+            DitConfig::i2v_14b(),
+            DitConfig::vace_1_3b(),
+        ] {
+            let vace = cfg.task == Task::Vace;
+            let p = if vace { refs.clone() } else { p.clone() };
             let whole = NetworkContract::dit(&cfg, &p).unwrap();
             let stages = NetworkContract::dit_stages(&cfg, &p).unwrap();
             let mut known: Vec<TensorSpec> = whole.inputs.clone();
@@ -522,11 +618,24 @@ mod tests {
             let (last, head) = stages.last().unwrap();
             assert_eq!(*last, DitStage::Head);
             assert_eq!(head.outputs, whole.outputs);
+            // One reference frame adds one latent frame: 22·30·52 tokens.
+            let tokens = if vace { 34_320 } else { 32_760 };
             assert_eq!(
                 stages[2].1.outputs[0].concrete_shape(1),
-                vec![1, 32760, cfg.dim as u64]
+                vec![1, tokens, cfg.dim as u64]
             );
+            if vace {
+                assert_eq!(stages[3].0, DitStage::Vace);
+                assert_eq!(stages[3].1.outputs[0].concrete_shape(1), vec![1, 15, tokens, 1536]);
+                let scale = whole.input("control_hidden_states_scale").unwrap();
+                assert_eq!(scale.concrete_shape(1), vec![15]);
+                assert!(!scale.is_batched());
+                scale.check("dit", DType::Float32, &[15]).unwrap();
+                assert!(scale.check("dit", DType::Float32, &[1, 15]).is_err());
+            }
         }
+        // Reference images belong to VACE only.
+        assert!(NetworkContract::dit(&DitConfig::t2v_1_3b(), &refs).is_err());
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub const DEFAULT_FRAMES: u32 = 81;
 pub const MAX_FRAMES: u32 = 1025;
 /// Largest width or height accepted, in pixels.
 pub const MAX_SIDE: u32 = 4096;
+/// Most VACE reference images a profile may carry (each adds a latent frame).
+pub const MAX_REFERENCE_IMAGES: u32 = 16;
 
 /// How the batch dimension of the graphs is shaped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +52,16 @@ pub struct Profile {
     pub frames: u32,
     pub text_len: u32,
     pub batch: BatchMode,
+    /// VACE: reference images encoded in front of the video, one latent
+    /// frame each, in the DiT's latents (`wan-compile --reference-images`;
+    /// static shapes). 0 for every other task (and absent from their
+    /// manifests).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reference_images: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The built-in profiles: name, width, height (`docs/WAN.md` §9.2).
@@ -120,7 +132,20 @@ impl Profile {
             frames,
             text_len,
             batch: BatchMode::Fixed(1),
+            reference_images: 0,
         })
+    }
+
+    /// The profile with `n` VACE reference images (`--reference-images`).
+    pub fn with_reference_images(mut self, n: u32) -> Result<Self> {
+        if n > MAX_REFERENCE_IMAGES {
+            return Err(Error::profile(
+                "--reference-images",
+                format!("{n} exceeds {MAX_REFERENCE_IMAGES} reference images"),
+            ));
+        }
+        self.reference_images = n;
+        Ok(self)
     }
 
     /// Checks a profile read from a file (a manifest) against every rule
@@ -136,7 +161,8 @@ impl Profile {
             self.frames,
             self.text_len,
         )?
-        .with_batch(self.batch)?;
+        .with_batch(self.batch)?
+        .with_reference_images(self.reference_images)?;
         if let BatchMode::Fixed(b) = self.batch
             && b > 64
         {
@@ -172,10 +198,25 @@ impl Profile {
             self.latent_width(),
         ]
     }
-    /// Patch grid `(F_p, H_p, W_p)` of the DiT.
+    /// Latent frames the DiT sees: the video's `T'` plus one per VACE
+    /// reference image (in front; `docs/WAN.md` §14).
+    pub fn dit_latent_frames(&self) -> u32 {
+        self.latent_frames() + self.reference_images
+    }
+    /// The DiT's latent shape without batch: `[c, T' + refs, H/8, W/8]`
+    /// (the video's [`Profile::latent_shape`] when there are no references).
+    pub fn dit_latent_shape(&self, channels: u32) -> [u32; 4] {
+        [
+            channels,
+            self.dit_latent_frames(),
+            self.latent_height(),
+            self.latent_width(),
+        ]
+    }
+    /// Patch grid `(F_p, H_p, W_p)` of the DiT (reference frames included).
     pub fn patch_grid(&self) -> (u32, u32, u32) {
         (
-            self.latent_frames() / PATCH.0,
+            self.dit_latent_frames() / PATCH.0,
             self.latent_height() / PATCH.1,
             self.latent_width() / PATCH.2,
         )
@@ -248,5 +289,26 @@ mod tests {
         let s = serde_json::to_string(&p).unwrap();
         assert_eq!(serde_json::from_str::<Profile>(&s).unwrap(), p);
         assert!(p.with_batch(BatchMode::Fixed(0)).is_err());
+        // No reference images: no field (older manifests read the same).
+        assert!(!s.contains("reference_images"));
+        let v = Profile::builtin("720p")
+            .unwrap()
+            .with_reference_images(2)
+            .unwrap();
+        let s = serde_json::to_string(&v).unwrap();
+        assert_eq!(serde_json::from_str::<Profile>(&s).unwrap(), v);
+    }
+
+    #[test]
+    fn reference_frames_lengthen_only_the_dit_latents() {
+        let p = Profile::custom(32, 32, 9, 64)
+            .unwrap()
+            .with_reference_images(2)
+            .unwrap();
+        assert_eq!(p.latent_shape(16), [16, 3, 4, 4]);
+        assert_eq!(p.dit_latent_shape(16), [16, 5, 4, 4]);
+        assert_eq!(p.patch_grid(), (5, 2, 2));
+        let e = p.with_reference_images(17).unwrap_err();
+        assert!(e.to_string().contains("--reference-images"), "{e}");
     }
 }

@@ -74,18 +74,18 @@ pub fn rope_tables(cfg: &DitConfig, grid: (u32, u32, u32)) -> (Vec<f32>, Vec<f32
     (cos, sin)
 }
 
-struct Dit<'a, 'b, 'i> {
-    b: &'a mut GraphBuilder<'i>,
+pub(crate) struct Dit<'a, 'b, 'i> {
+    pub(crate) b: &'a mut GraphBuilder<'i>,
     w: Weights<'b>,
-    cfg: &'a DitConfig,
+    pub(crate) cfg: &'a DitConfig,
     /// Compute dtype of the matrix work.
-    c: DType,
+    pub(crate) c: DType,
     eps: f32,
     ones_d: Value,
     one: Value,
 }
 
-const F32: DType = DType::Float32;
+pub(crate) const F32: DType = DType::Float32;
 
 impl Dit<'_, '_, '_> {
     /// A float32 parameter (norm weights, modulation tables).
@@ -94,7 +94,7 @@ impl Dit<'_, '_, '_> {
     }
 
     /// `x · Wᵀ + b` in `store` precision (output in `store`).
-    fn linear(
+    pub(crate) fn linear(
         &mut self,
         prefix: &str,
         x: &Value,
@@ -182,13 +182,13 @@ impl Dit<'_, '_, '_> {
     }
 }
 
-type Debug = Vec<(String, Value, Vec<i64>)>;
+pub(crate) type Debug = Vec<(String, Value, Vec<i64>)>;
 
 /// The RoPE tables and position ids of one graph.
-struct Rope(Value, Value, Value);
+pub(crate) struct Rope(Value, Value, Value);
 
 impl Dit<'_, '_, '_> {
-    fn new<'a, 'b, 'i>(
+    pub(crate) fn new<'a, 'b, 'i>(
         b: &'a mut GraphBuilder<'i>,
         w: Weights<'b>,
         cfg: &'a DitConfig,
@@ -210,11 +210,17 @@ impl Dit<'_, '_, '_> {
 
     /// Patch embedding (Conv3d, kernel = stride = (1, 2, 2)) → `[b, n, d]`
     /// float32.
-    fn embed(&mut self, hidden: &Value) -> Result<Value> {
-        let (d, in_dim, c) = (self.cfg.dim, self.cfg.in_dim, self.c);
+    pub(crate) fn embed(&mut self, hidden: &Value) -> Result<Value> {
+        self.patch_embed("patch_embedding", hidden, self.cfg.in_dim)
+    }
+
+    /// A patch embedding `prefix` of `in_dim` channels (the latent's, or
+    /// VACE's context) → `[b, n, d]` float32.
+    pub(crate) fn patch_embed(&mut self, prefix: &str, hidden: &Value, in_dim: u32) -> Result<Value> {
+        let (d, c) = (self.cfg.dim, self.c);
         let [pt, ph, pw] = self.cfg.patch_size.map(|v| v as i64);
         let (wn, wt) = self.w.get(
-            "patch_embedding.weight",
+            &format!("{prefix}.weight"),
             &[
                 d as usize,
                 in_dim as usize,
@@ -223,8 +229,8 @@ impl Dit<'_, '_, '_> {
                 pw as usize,
             ],
         )?;
-        let (bn, bt) = self.w.get("patch_embedding.bias", &[d as usize])?;
-        self.b.scoped("patch_embedding", |b| {
+        let (bn, bt) = self.w.get(&format!("{prefix}.bias"), &[d as usize])?;
+        self.b.scoped(prefix, |b| {
             let wv = b.weight(&wn, &wt, c, false)?;
             let bv = b.weight(&bn, &bt, c, false)?;
             let x = b.cast(hidden, c);
@@ -237,7 +243,7 @@ impl Dit<'_, '_, '_> {
 
     /// Time embedding, all float32: sinusoid (cos half first) → MLP → the
     /// six modulation vectors. Returns `e [b, d]` and `e0 [b, 6, d]`.
-    fn time(&mut self, timestep: &Value, debug: &mut Debug) -> Result<(Value, Value)> {
+    pub(crate) fn time(&mut self, timestep: &Value, debug: &mut Debug) -> Result<(Value, Value)> {
         let (d, dd) = (self.cfg.dim, self.cfg.dim as i64);
         let freqs = sinusoid_freqs(self.cfg.freq_dim);
         let sinusoid = self.b.scoped("time_embedding", |b| {
@@ -262,7 +268,7 @@ impl Dit<'_, '_, '_> {
 
     /// Text embedding: Linear → GELU(tanh) → Linear, all L rows kept (§3.3);
     /// `[b, L, d]` in the compute dtype.
-    fn text_context(&mut self, text: &Value) -> Result<Value> {
+    pub(crate) fn text_context(&mut self, text: &Value) -> Result<Value> {
         let d = self.cfg.dim;
         let ctx = self.linear("text_embedding.0", text, self.cfg.text_dim, d, self.c)?;
         let ctx = self
@@ -294,7 +300,7 @@ impl Dit<'_, '_, '_> {
 
     /// RoPE tables for the profile's grid and the position ids `[b, n]` of
     /// the tokens `x`.
-    fn rope(&mut self, grid: (u32, u32, u32), x: &Value) -> Result<Rope> {
+    pub(crate) fn rope(&mut self, grid: (u32, u32, u32), x: &Value) -> Result<Rope> {
         let (cos, sin) = rope_tables(self.cfg, grid);
         let n_tokens = (grid.0 * grid.1 * grid.2) as i64;
         let half = (self.cfg.head_dim() / 2) as i64;
@@ -310,7 +316,7 @@ impl Dit<'_, '_, '_> {
     }
 
     /// Transformer block `i` on the residual stream `x` (float32).
-    fn block(
+    pub(crate) fn block(
         &mut self,
         i: u32,
         x: Value,
@@ -319,8 +325,22 @@ impl Dit<'_, '_, '_> {
         img_ctx: Option<&Value>,
         rope: &Rope,
     ) -> Result<Value> {
+        self.block_at(&format!("blocks.{i}"), x, e0, ctx, img_ctx, rope)
+    }
+
+    /// The transformer block whose weights live under `p` (`blocks.3`, or
+    /// a VACE block `vace_blocks.1`, which has the same structure).
+    pub(crate) fn block_at(
+        &mut self,
+        p: &str,
+        x: Value,
+        e0: &Value,
+        ctx: &Value,
+        img_ctx: Option<&Value>,
+        rope: &Rope,
+    ) -> Result<Value> {
         let d = self.cfg.dim;
-        let p = format!("blocks.{i}");
+        let p = p.to_string();
         let m = self.param(&format!("{p}.modulation"), &[1, 6, d as usize])?;
         let mods = self.b.scoped(&p, |b| {
             let mods = b.add(&m, e0); // [b, 6, d]
@@ -368,7 +388,7 @@ impl Dit<'_, '_, '_> {
     /// Head, float32: modulation from `e` (before the projection), the
     /// output projection `[b, n, 64]` and the unpatchify to `[b, c, F', H',
     /// W']`.
-    fn head(
+    pub(crate) fn head(
         &mut self,
         x: &Value,
         e: &Value,
@@ -408,7 +428,7 @@ impl Dit<'_, '_, '_> {
     }
 }
 
-fn declare_inputs(b: &mut GraphBuilder<'_>, contract: &NetworkContract) -> Vec<Value> {
+pub(crate) fn declare_inputs(b: &mut GraphBuilder<'_>, contract: &NetworkContract) -> Vec<Value> {
     contract
         .inputs
         .iter()
@@ -416,7 +436,7 @@ fn declare_inputs(b: &mut GraphBuilder<'_>, contract: &NetworkContract) -> Vec<V
         .collect()
 }
 
-fn declare_outputs(b: &mut GraphBuilder<'_>, contract: &NetworkContract, values: &[Value]) {
+pub(crate) fn declare_outputs(b: &mut GraphBuilder<'_>, contract: &NetworkContract, values: &[Value]) {
     for (spec, v) in contract.outputs.iter().zip(values) {
         let v = b.cast(v, F32);
         b.output(&v, &spec.name, Some(&io_dims(&spec.shape)));
@@ -432,6 +452,9 @@ pub fn build(
     opts: &DitOptions,
 ) -> Result<()> {
     cfg.validate().map_err(Error::Invalid)?;
+    if cfg.task == Task::Vace {
+        return crate::vace::build(b, w, cfg, profile, opts);
+    }
     let contract = NetworkContract::dit(cfg, profile).map_err(|e| Error::Invalid(e.to_string()))?;
     let grid = profile.patch_grid();
     let n = (grid.0 * grid.1 * grid.2) as i64;
@@ -466,10 +489,22 @@ pub fn build(
         debug.push((format!("block_{i}_out"), x.clone(), vec![n, dd]));
     }
     let noise = dit.head(&x, &e, grid, &mut debug)?;
-    let b = &mut *dit.b;
+    emit_outputs(dit.b, &contract, &noise, debug, opts.debug_outputs);
+    Ok(())
+}
+
+/// The whole graph's `noise_pred` and, with `debug_outputs`, every
+/// intermediate as a float32 `intermediate.<name>` output.
+pub(crate) fn emit_outputs(
+    b: &mut GraphBuilder<'_>,
+    contract: &NetworkContract,
+    noise: &Value,
+    debug: Debug,
+    debug_outputs: bool,
+) {
     let out_spec = &contract.outputs[0];
-    b.output(&noise, &out_spec.name, Some(&io_dims(&out_spec.shape)));
-    if opts.debug_outputs {
+    b.output(noise, &out_spec.name, Some(&io_dims(&out_spec.shape)));
+    if debug_outputs {
         let batch = io_dims(&out_spec.shape)[0].clone();
         for (name, v, rest) in debug {
             let v = b.cast(&v, F32);
@@ -478,7 +513,6 @@ pub fn build(
             b.output(&v, &format!("intermediate.{name}"), Some(&dims));
         }
     }
-    Ok(())
 }
 
 /// Builds one stage graph of the DiT ([`NetworkContract::dit_stages`]) into
@@ -493,6 +527,14 @@ pub fn build_stage(
     stage: DitStage,
 ) -> Result<()> {
     cfg.validate().map_err(Error::Invalid)?;
+    if cfg.task == Task::Vace
+        && matches!(
+            stage,
+            DitStage::Vace | DitStage::BlockFirst | DitStage::BlockRest
+        )
+    {
+        return crate::vace::build_stage(b, w, cfg, profile, precision, stage);
+    }
     let stages =
         NetworkContract::dit_stages(cfg, profile).map_err(|e| Error::Invalid(e.to_string()))?;
     let contract = stages
@@ -550,6 +592,12 @@ pub fn build_stage(
             vec![x]
         }
         DitStage::Head => vec![dit.head(&inputs[0], &inputs[1], grid, &mut debug)?],
+        DitStage::Vace => {
+            return Err(Error::Invalid(format!(
+                "a {} DiT has no vace stage",
+                cfg.task.name()
+            )));
+        }
     };
     declare_outputs(dit.b, &contract, &outputs);
     Ok(())

@@ -18,6 +18,7 @@ pub mod layers;
 pub mod names;
 pub mod onnx;
 pub mod t5;
+pub mod vace;
 pub mod vae;
 pub mod weights;
 

@@ -49,7 +49,12 @@ const DIT_TOP: &[(&str, &str)] = &[
         "img_emb.emb_pos",
         "condition_embedder.image_embedder.pos_embed",
     ),
+    ("vace_patch_embedding.", "vace_patch_embedding."),
 ];
+
+/// Inside `vace_blocks.{j}.` (VACE): the block table plus the two
+/// projections around the VACE stream (`docs/WAN.md` §14).
+const VACE_BLOCK: &[(&str, &str)] = &[("before_proj.", "proj_in."), ("after_proj.", "proj_out.")];
 
 /// Inside `blocks.{i}.`.
 const DIT_BLOCK: &[(&str, &str)] = &[
@@ -89,6 +94,13 @@ fn apply(table: &[(&str, &str)], name: &str, forward: bool) -> Option<String> {
 }
 
 fn map_dit(name: &str, forward: bool) -> Option<String> {
+    if let Some(rest) = name.strip_prefix("vace_blocks.") {
+        let (idx, tail) = rest.split_once('.')?;
+        idx.parse::<u32>().ok()?;
+        return apply(VACE_BLOCK, tail, forward)
+            .or_else(|| apply(DIT_BLOCK, tail, forward))
+            .map(|t| format!("vace_blocks.{idx}.{t}"));
+    }
     if let Some(rest) = name.strip_prefix("blocks.") {
         let (idx, tail) = rest.split_once('.')?;
         idx.parse::<u32>().ok()?;
@@ -140,6 +152,21 @@ mod tests {
                 "condition_embedder.image_embedder.ff.net.2.weight",
             ),
             ("blocks.2.ffn.0.weight", "blocks.2.ffn.net.0.proj.weight"),
+            (
+                "vace_blocks.0.before_proj.weight",
+                "vace_blocks.0.proj_in.weight",
+            ),
+            ("vace_blocks.1.after_proj.bias", "vace_blocks.1.proj_out.bias"),
+            ("vace_blocks.1.norm3.weight", "vace_blocks.1.norm2.weight"),
+            ("vace_blocks.1.modulation", "vace_blocks.1.scale_shift_table"),
+            (
+                "vace_blocks.0.cross_attn.o.bias",
+                "vace_blocks.0.attn2.to_out.0.bias",
+            ),
+            (
+                "vace_patch_embedding.weight",
+                "vace_patch_embedding.weight",
+            ),
         ];
         for (o, d) in cases {
             assert_eq!(dit_to_diffusers(o).as_deref(), Some(d), "{o}");
@@ -155,7 +182,7 @@ mod tests {
     fn table_is_a_bijection() {
         // Every pattern maps one way and back, and no two patterns share an
         // image, so forward and inverse renaming are inverses.
-        for table in [DIT_TOP, DIT_BLOCK] {
+        for table in [DIT_TOP, DIT_BLOCK, VACE_BLOCK] {
             let mut seen = std::collections::HashSet::new();
             for (o, d) in table {
                 assert!(seen.insert(*d), "{d} is the image of two names");

@@ -203,7 +203,18 @@ impl StagedDit {
 
     /// Binds one generation's buffers (see the module doc).
     pub fn bind(&mut self, c: &Conditioning<'_>) -> Result<BoundDit<'_>> {
-        BoundDit::new(self, c)
+        BoundDit::new(self, c, &[])
+    }
+
+    /// [`StagedDit::bind`] with more constant stage inputs, by name, written
+    /// once (VACE: `control_hidden_states [1, …]`, replicated to the call's
+    /// rows, and `control_hidden_states_scale`, which has no batch axis).
+    pub fn bind_with_constants(
+        &mut self,
+        c: &Conditioning<'_>,
+        constants: &[(&str, &HostTensor)],
+    ) -> Result<BoundDit<'_>> {
+        BoundDit::new(self, c, constants)
     }
 }
 
@@ -252,7 +263,11 @@ pub struct BoundDit<'s> {
 }
 
 impl<'s> BoundDit<'s> {
-    fn new(dit: &'s mut StagedDit, c: &Conditioning<'_>) -> Result<Self> {
+    fn new(
+        dit: &'s mut StagedDit,
+        c: &Conditioning<'_>,
+        constants: &[(&str, &HostTensor)],
+    ) -> Result<Self> {
         let cfg = c.uncond.is_some();
         for (what, t) in [
             ("cond", Some(c.cond)),
@@ -358,6 +373,32 @@ impl<'s> BoundDit<'s> {
             shape[0] = batch as u64;
             let i = add(&mut pool, placement.upload("y", &shape, &rows)?);
             slots.insert("y".into(), Slot::Shared(i));
+        }
+        for (name, t) in constants {
+            let spec = dit
+                .stages
+                .iter()
+                .flat_map(|s| &s.spec.inputs)
+                .find(|s| s.name == *name)
+                .ok_or_else(|| fail(format!("no stage takes {name}")))?;
+            let v = t
+                .to_f32()
+                .ok_or_else(|| fail(format!("{name} is not float")))?;
+            let (shape, values) = if spec.is_batched() {
+                if t.shape.first() != Some(&1) {
+                    return Err(fail(format!(
+                        "{name} must be one row [1, …], got {:?}",
+                        t.shape
+                    )));
+                }
+                let mut shape = t.shape.clone();
+                shape[0] = batch as u64;
+                (shape, v.repeat(batch))
+            } else {
+                (t.shape.clone(), v)
+            };
+            let i = add(&mut pool, placement.upload(name, &shape, &values)?);
+            slots.insert((*name).to_string(), Slot::Shared(i));
         }
         let b = batch as u64;
         let temb = add(

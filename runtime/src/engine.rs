@@ -217,6 +217,34 @@ impl Network {
         }
     }
 
+    /// [`Network::run_streaming`] on a sequence of any length the chunk
+    /// graphs take (the first chunk's frames plus whole steady-state
+    /// chunks: one image, for VACE's reference images, or the profile's
+    /// frames), every other axis as the contract says.
+    pub fn run_streaming_frames(
+        &mut self,
+        input: &HostTensor,
+        sink: impl FnMut(crate::chunked::ChunkView<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let spec = &self.entry.inputs[0];
+        let mut want = spec.concrete_shape(1);
+        if let (Some(t), Some(&given)) = (want.get_mut(2), input.shape.get(2)) {
+            *t = given;
+        }
+        let as_spec = wanrt_core::TensorSpec {
+            shape: want.iter().map(|&n| wanrt_core::Dim::Fixed(n)).collect(),
+            ..spec.clone()
+        };
+        as_spec.check(self.kind.name(), input.dtype, &input.shape)?;
+        match &mut self.inner {
+            Inner::Chunked(c) => c.run_streaming(input, sink),
+            Inner::Plain(_) | Inner::Staged(_) => Err(Error::arg(
+                "network",
+                format!("{} is not a chunked network", self.kind),
+            )),
+        }
+    }
+
     /// Runs the network on `inputs` (by contract name; extra tensors are
     /// ignored). Any batch size works: a fixed-batch engine is called once
     /// per slice.
@@ -292,6 +320,10 @@ pub(crate) fn check_inputs<'a>(
             .get(&spec.name)
             .ok_or_else(|| missing(net, &spec.name))?;
         spec.check(net, t.dtype, &t.shape)?;
+        if !spec.is_batched() {
+            ordered.push((spec.name.clone(), t));
+            continue;
+        }
         match batch {
             None => batch = Some(t.shape[0]),
             Some(b) if b != t.shape[0] => {
@@ -318,6 +350,7 @@ pub(crate) fn run_batched(
     inputs: &BTreeMap<String, HostTensor>,
 ) -> Result<BTreeMap<String, HostTensor>> {
     let (ordered, batch) = check_inputs(net, specs, inputs)?;
+    let unbatched: Vec<bool> = specs.iter().map(|s| !s.is_batched()).collect();
     let step = fixed.unwrap_or(batch);
     if batch % step != 0 {
         return Err(Error::Core(wanrt_core::Error::ContractMismatch {
@@ -330,8 +363,9 @@ pub(crate) fn run_batched(
     for start in (0..batch).step_by(step as usize) {
         let slice: Vec<(String, HostTensor)> = ordered
             .iter()
-            .map(|(n, t)| {
-                let t = if step == batch {
+            .zip(&unbatched)
+            .map(|((n, t), &whole)| {
+                let t = if step == batch || whole {
                     (*t).clone()
                 } else {
                     t.slice_batch(start, start + step)

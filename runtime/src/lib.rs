@@ -31,6 +31,7 @@ pub mod engine;
 pub mod engines;
 pub mod error;
 pub mod exec;
+pub mod frames;
 pub mod image;
 pub mod ortlib;
 pub mod pipeline;
@@ -42,6 +43,7 @@ pub mod sidecar;
 pub mod tensorfile;
 pub mod text;
 pub mod trt;
+pub mod vace;
 
 pub use backend::Backend;
 pub use buffer::{Buffer, Memory};

@@ -51,6 +51,8 @@ pub struct GenerateOptions {
     /// Velocity zero for the first K steps, whose forwards are skipped
     /// (`--zero-init-steps`).
     pub zero_init_steps: usize,
+    /// VACE: control video, mask, reference images and context scale.
+    pub vace: Option<crate::vace::VaceInputs>,
 }
 
 /// Output frame rate of every Wan2.1 task (`docs/WAN.md` §9.2: `sample_fps = 16`).
@@ -84,6 +86,11 @@ pub fn check_task_image(task: Task, has_image: bool) -> Result<()> {
         (Task::T2v, true) => Err(Error::arg(
             "--image",
             "these engines are text-to-video and take no image (compile an I2V model)",
+        )),
+        (Task::Vace, true) => Err(Error::arg(
+            "--image",
+            "these engines are VACE (video creation and editing) and take no --image: \
+             see --control-video, --control-mask and --reference-image",
         )),
         _ => Ok(()),
     }
@@ -121,6 +128,18 @@ pub struct Settings {
     /// `stages` (the step-scheduled stage graphs, bound buffers) or `whole`
     /// (the whole DiT graph, host tensors per step).
     pub dit_graphs: DitGraphs,
+    /// VACE: what the context was built from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vace: Option<VaceSettings>,
+}
+
+/// The VACE settings of a run (for the sidecar).
+#[derive(Debug, Clone, Serialize)]
+pub struct VaceSettings {
+    pub control_video: bool,
+    pub control_mask: bool,
+    pub reference_images: usize,
+    pub context_scale: f32,
 }
 
 /// Which of the DiT's exported graphs a pipeline runs.
@@ -158,11 +177,13 @@ pub struct Generated {
     pub timings: Timings,
 }
 
-/// Default sampling settings of the official code (`docs/WAN.md` §9.2):
-/// 50 steps (40 for I2V), guidance 5, shift 5 (3 for I2V at 480P areas).
+/// Default sampling settings of the official code (`docs/WAN.md` §9.2,
+/// §14): 50 steps (40 for I2V), guidance 5, shift 5 (3 for I2V at 480P
+/// areas, 16 for VACE).
 pub fn defaults(task: Task, width: u32, height: u32) -> (usize, f32, f64) {
     match task {
         Task::T2v => (50, 5.0, 5.0),
+        Task::Vace => (50, 5.0, 16.0),
         Task::I2v if (width as u64) * (height as u64) <= 832 * 480 => (40, 5.0, 3.0),
         Task::I2v => (40, 5.0, 5.0),
     }
@@ -257,6 +278,9 @@ pub struct DenoiseInputs {
     pub uncond: Option<HostTensor>,
     /// I2V: CLIP tokens `[1, 257, W]` and the condition `y [1, 20, F', H', W']`.
     pub image: Option<(HostTensor, HostTensor)>,
+    /// VACE: `control_hidden_states [1, 96, refs + F', H', W']` and
+    /// `control_hidden_states_scale [n_vace_layers]`.
+    pub vace: Option<(HostTensor, HostTensor)>,
     /// Initial latents `[1, 16, F', H', W']`.
     pub latents: Vec<f32>,
     pub solver: Solver,
@@ -415,6 +439,9 @@ fn whole_step(
             if let Some((tok, _)) = &c.image {
                 inputs.insert("encoder_hidden_states_image".into(), stack2(tok, tok));
             }
+            if let Some((ctl, _)) = &c.vace {
+                inputs.insert("control_hidden_states".into(), stack2(ctl, ctl));
+            }
         }
         None => {
             inputs.insert("hidden_states".into(), hidden);
@@ -423,7 +450,13 @@ fn whole_step(
             if let Some((tok, _)) = &c.image {
                 inputs.insert("encoder_hidden_states_image".into(), tok.clone());
             }
+            if let Some((ctl, _)) = &c.vace {
+                inputs.insert("control_hidden_states".into(), ctl.clone());
+            }
         }
+    }
+    if let Some((_, scale)) = &c.vace {
+        inputs.insert("control_hidden_states_scale".into(), scale.clone());
     }
     let out = dit.run(&inputs)?;
     let pred = out
@@ -497,6 +530,13 @@ impl Pipeline {
         ] {
             need(&artifacts, kind, why)?;
         }
+        if task == Task::Vace {
+            need(
+                &artifacts,
+                NetworkKind::VaeEncoder,
+                "encodes the control video and reference images for VACE",
+            )?;
+        }
         if task == Task::I2v {
             need(
                 &artifacts,
@@ -561,6 +601,11 @@ impl Pipeline {
                 Some(artifacts.load_with(NetworkKind::VaeEncoder, backend, settings)?),
                 Some(artifacts.load_with(NetworkKind::ImageEncoder, backend, settings)?),
             )
+        } else if task == Task::Vace {
+            (
+                Some(artifacts.load_with(NetworkKind::VaeEncoder, backend, settings)?),
+                None,
+            )
         } else {
             (None, None)
         };
@@ -588,10 +633,11 @@ impl Pipeline {
         &self.dit.entry.profile
     }
 
-    /// The latent shape `[1, 16, F', H', W']` of the profile.
+    /// The DiT's latent shape `[1, 16, F', H', W']` of the profile (VACE:
+    /// the reference frames in front of the video's).
     pub fn latent_shape(&self) -> Vec<u64> {
         let p = self.profile();
-        let [c, f, h, w] = p.latent_shape(self.vae.z_dim);
+        let [c, f, h, w] = p.dit_latent_shape(self.vae.z_dim);
         vec![1, c as u64, f as u64, h as u64, w as u64]
     }
 
@@ -655,6 +701,38 @@ impl Pipeline {
         Ok((tokens, concat_channels(&[&mask, &latent])))
     }
 
+    /// VACE conditioning: `control_hidden_states` built from `inputs` (none:
+    /// reference-free, control-free generation) and the hint scales.
+    fn vace_conditioning(
+        &mut self,
+        inputs: Option<&crate::vace::VaceInputs>,
+    ) -> Result<(HostTensor, HostTensor)> {
+        let p = self.profile().clone();
+        let empty = crate::vace::VaceInputs::default();
+        let inputs = inputs.unwrap_or(&empty);
+        let n_hints = self
+            .dit
+            .entry
+            .inputs
+            .iter()
+            .find(|t| t.name == "control_hidden_states_scale")
+            .map(|t| t.concrete_shape(1)[0])
+            .ok_or_else(|| Error::Artifacts {
+                dir: self.artifacts.dir.clone(),
+                reason: "the VACE DiT takes no control_hidden_states_scale".into(),
+            })?;
+        let scales = crate::vace::hint_scales(inputs.context_scale, n_hints as usize)?;
+        let vae = self
+            .vae_encoder
+            .as_mut()
+            .expect("VACE pipelines load the VAE encoder");
+        let ctx = crate::vace::build_context(inputs, &p, vae, &self.vae)?;
+        Ok((
+            ctx.context,
+            HostTensor::from_f32(vec![n_hints], &scales),
+        ))
+    }
+
     /// The sampling settings `opts` asks for, with the task's defaults.
     /// A `--timesteps` list sets the step count.
     fn sampling(&self, opts: &GenerateOptions) -> (usize, f32, f64) {
@@ -697,6 +775,12 @@ impl Pipeline {
             None => Schedule::for_solver(opts.solver, steps, shift)?,
         };
         check_task_image(self.task, opts.image.is_some())?;
+        if self.task != Task::Vace && opts.vace.is_some() {
+            return Err(Error::arg(
+                "--control-video",
+                "control videos, masks and reference images are VACE inputs; these engines are not VACE (compile a VACE model)",
+            ));
+        }
         // Noise first (the official I2V draws it before encoding the text).
         let shape = self.latent_shape();
         let n: usize = shape.iter().product::<u64>() as usize;
@@ -738,11 +822,17 @@ impl Pipeline {
             Some(input) => Some(self.image_conditioning(&input.pixels)?),
             None => None,
         };
+        let vace = if self.task == Task::Vace {
+            Some(self.vace_conditioning(opts.vace.as_ref())?)
+        } else {
+            None
+        };
         timings.image_conditioning_s = t0.elapsed().as_secs_f64();
         Ok(DenoiseInputs {
             cond,
             uncond,
             image,
+            vace,
             latents,
             solver: opts.solver,
             schedule,
@@ -772,13 +862,23 @@ impl Pipeline {
                     Some((tok, y)) => (Some(tok), Some(y)),
                     None => (None, None),
                 };
-                StepPath::Bound(staged.bind(&Conditioning {
+                let c = Conditioning {
                     cond: &inputs.cond,
                     uncond: inputs.uncond.as_ref(),
                     image,
                     y,
                     timesteps: &timesteps,
-                })?)
+                };
+                StepPath::Bound(match &inputs.vace {
+                    Some((ctl, scale)) => staged.bind_with_constants(
+                        &c,
+                        &[
+                            ("control_hidden_states", ctl),
+                            ("control_hidden_states_scale", scale),
+                        ],
+                    )?,
+                    None => staged.bind(&c)?,
+                })
             }
         } else {
             StepPath::Whole {
@@ -848,10 +948,14 @@ impl Pipeline {
         // official code and diffusers compute it.
         check()?;
         let t0 = Instant::now();
-        let plane = (shape[2] * shape[3] * shape[4]) as usize;
-        let mut raw = latents;
+        // VACE: the reference frames are dropped before the decode.
+        let video_latents =
+            crate::vace::video_frames(&final_latents, u64::from(p.reference_images));
+        let vs = &video_latents.shape;
+        let plane = (vs[2] * vs[3] * vs[4]) as usize;
+        let mut raw = video_latents.to_f32().expect("float32 latents");
         self.vae.denormalize_latents(&mut raw, plane);
-        let raw = HostTensor::from_f32(shape.clone(), &raw);
+        let raw = HostTensor::from_f32(video_latents.shape.clone(), &raw);
         let mut video = TimeAssembler::new(self.vae_decoder.entry.outputs[0].concrete_shape(1));
         self.vae_decoder.run_streaming(&raw, |c| {
             if interrupt.is_some_and(|f| f.load(Ordering::Relaxed)) {
@@ -885,6 +989,15 @@ impl Pipeline {
             zero_init_steps: opts.zero_init_steps,
             execution: self.execution.clone(),
             dit_graphs: self.dit_graphs,
+            vace: (self.task == Task::Vace).then(|| {
+                let v = opts.vace.clone().unwrap_or_default();
+                VaceSettings {
+                    control_video: v.video.is_some(),
+                    control_mask: v.mask.is_some(),
+                    reference_images: v.reference_images.len(),
+                    context_scale: v.context_scale.unwrap_or(crate::vace::DEFAULT_CONTEXT_SCALE),
+                }
+            }),
         };
         Ok(Generated {
             settings,

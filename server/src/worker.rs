@@ -222,6 +222,7 @@ fn run_job(pipeline: &mut Pipeline, claim: &Claim, env: &WorkerEnv) -> Result<()
         timesteps: r.timesteps.clone(),
         cfg_zero_star: r.cfg_zero_star,
         zero_init_steps: r.zero_init_steps,
+        vace: None,
     };
     let key = r.profile.key();
     let interrupt = AtomicBool::new(false);

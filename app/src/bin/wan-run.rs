@@ -39,6 +39,24 @@ struct GenerateArgs {
     /// Conditioning image (image-to-video engines).
     #[arg(long)]
     image: Option<PathBuf>,
+    /// VACE: the control video, a directory of numbered PNG frames of the
+    /// engines' frame count and size (pose, depth, a video to edit...).
+    /// Without it, VACE engines generate from the reference images alone.
+    #[arg(long)]
+    control_video: Option<PathBuf>,
+    /// VACE: the mask of the control video, a directory of numbered PNG
+    /// frames (grayscale; white = generate, black = keep; grey levels are
+    /// kept fractional). Default: generate everywhere.
+    #[arg(long, requires = "control_video")]
+    control_mask: Option<PathBuf>,
+    /// VACE: a reference image (subject, background), letterboxed onto a
+    /// white canvas of the video size; repeatable, in order (as many as
+    /// the engines were compiled for, wan-compile --reference-images).
+    #[arg(long)]
+    reference_image: Vec<PathBuf>,
+    /// VACE: scale of the hints added to the main blocks (default 1.0).
+    #[arg(long)]
+    context_scale: Option<f32>,
     /// Sampling steps (default: 50, 40 for I2V).
     #[arg(long, conflicts_with = "timesteps")]
     steps: Option<usize>,
@@ -52,7 +70,7 @@ struct GenerateArgs {
     /// unconditional pass).
     #[arg(long)]
     guidance_scale: Option<f32>,
-    /// Sampling shift (default 5.0; 3.0 for I2V at 480P).
+    /// Sampling shift (default 5.0; 3.0 for I2V at 480P; 16.0 for VACE).
     #[arg(long)]
     shift: Option<f64>,
     /// unipc (default), dpm++, euler (deterministic flow Euler) or lcm
@@ -389,6 +407,7 @@ fn generate(g: GenerateArgs) -> Result<()> {
         ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
             .context("installing the Ctrl-C/SIGTERM/SIGHUP handler")?;
     }
+    let vace = vace_inputs(&g)?;
     let artifacts = Artifacts::open(&engines)?;
     let resolved = choose_backend(g.backend, &artifacts, None)?;
     let backend = resolved.backend;
@@ -422,6 +441,7 @@ fn generate(g: GenerateArgs) -> Result<()> {
         timesteps: g.timesteps.clone(),
         cfg_zero_star: g.cfg_zero_star,
         zero_init_steps: g.zero_init_steps,
+        vace,
     };
     let pb = indicatif::ProgressBar::new(0);
     pb.set_style(
@@ -484,6 +504,30 @@ fn generate(g: GenerateArgs) -> Result<()> {
         sidecar.display()
     );
     Ok(())
+}
+
+/// The VACE inputs of the flags, decoded (`None` when no VACE flag is given).
+fn vace_inputs(g: &GenerateArgs) -> Result<Option<wanrt_runtime::vace::VaceInputs>> {
+    if g.control_video.is_none() && g.reference_image.is_empty() && g.context_scale.is_none() {
+        return Ok(None);
+    }
+    let frames = |dir: &Option<PathBuf>, flag: &str| -> Result<_> {
+        Ok(match dir {
+            Some(d) => Some(wanrt_runtime::frames::read_frames(d, flag)?),
+            None => None,
+        })
+    };
+    let reference_images = g
+        .reference_image
+        .iter()
+        .map(|p| wanrt_runtime::image::load_image(p))
+        .collect::<wanrt_runtime::Result<Vec<_>>>()?;
+    Ok(Some(wanrt_runtime::vace::VaceInputs {
+        video: frames(&g.control_video, "--control-video")?,
+        mask: frames(&g.control_mask, "--control-mask")?,
+        reference_images,
+        context_scale: g.context_scale,
+    }))
 }
 
 fn run() -> Result<()> {

@@ -25,7 +25,7 @@ struct Args {
     )]
     model: Option<PathBuf>,
     /// Random weights at a real config instead of a checkpoint:
-    /// t2v-1.3B, t2v-14B or i2v-14B.
+    /// t2v-1.3B, t2v-14B, i2v-14B, vace-1.3B or vace-14B.
     #[arg(long)]
     synthetic: Option<String>,
     /// Output artifact directory.
@@ -47,6 +47,10 @@ struct Args {
     /// Text length in tokens (default 512).
     #[arg(long)]
     text_len: Option<u32>,
+    /// VACE: the number of reference images the engines take (each is one
+    /// latent frame in front of the video; static shapes, default 0).
+    #[arg(long, default_value_t = 0)]
+    reference_images: u32,
     /// Batch of the graphs: a number (static shapes; the runtime loops) or
     /// `dynamic`.
     #[arg(long, default_value = "1")]
@@ -113,7 +117,8 @@ fn profile(args: &Args, default: &str) -> Result<Profile> {
                 .with_context(|| format!("--batch: '{n}' is neither a number nor 'dynamic'"))?,
         ),
     };
-    Ok(p.with_batch(batch)?)
+    Ok(p.with_batch(batch)?
+        .with_reference_images(args.reference_images)?)
 }
 
 fn run() -> Result<()> {
@@ -124,7 +129,7 @@ fn run() -> Result<()> {
         (None, None) => unreachable!("clap requires one"),
     };
     let default_profile = match &args.synthetic {
-        Some(p) if p == "t2v-1.3B" => "480p",
+        Some(p) if p == "t2v-1.3B" || p == "vace-1.3B" => "480p",
         _ => "720p",
     };
     let interrupt = Arc::new(AtomicBool::new(false));

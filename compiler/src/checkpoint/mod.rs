@@ -135,12 +135,13 @@ pub fn check_model_index_text(text: &str) -> std::result::Result<(), String> {
     let v: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
     let class = v.get("_class_name").and_then(|c| c.as_str());
-    let i2v = match class {
-        Some("WanPipeline") => false,
-        Some("WanImageToVideoPipeline") => true,
+    let (i2v, vace) = match class {
+        Some("WanPipeline") => (false, false),
+        Some("WanImageToVideoPipeline") => (true, false),
+        Some("WanVACEPipeline") => (false, true),
         other => {
             return Err(format!(
-                "_class_name {other:?}: expected \"WanPipeline\" or \"WanImageToVideoPipeline\""
+                "_class_name {other:?}: expected \"WanPipeline\", \"WanImageToVideoPipeline\" or \"WanVACEPipeline\""
             ));
         }
     };
@@ -148,6 +149,10 @@ pub fn check_model_index_text(text: &str) -> std::result::Result<(), String> {
         .iter()
         .chain(if i2v { I2V_COMPONENTS } else { &[] });
     for (name, classes) in needed {
+        let classes: &[&str] = match *name {
+            "transformer" if vace => &["WanVACETransformer3DModel"],
+            _ => classes,
+        };
         let entry = v.get(*name).and_then(|e| e.as_array());
         let cls = match entry.map(Vec::as_slice) {
             Some([lib, cls]) if lib.is_string() => cls.as_str(),
@@ -185,18 +190,22 @@ impl ModelDir {
             check_model_index(root)?;
             let t = root.join("transformer");
             return match class_name(&t.join("config.json"))?.as_deref() {
-                Some("WanTransformer3DModel") => Ok(found(Layout::Diffusers, t)),
+                Some("WanTransformer3DModel" | "WanVACETransformer3DModel") => {
+                    Ok(found(Layout::Diffusers, t))
+                }
                 other => Err(Error::UnknownLayout {
                     dir: root.to_path_buf(),
                     reason: format!(
-                        "model_index.json present but transformer/config.json has _class_name {other:?}, expected \"WanTransformer3DModel\""
+                        "model_index.json present but transformer/config.json has _class_name {other:?}, expected \"WanTransformer3DModel\" or \"WanVACETransformer3DModel\""
                     ),
                 }),
             };
         }
         match class_name(&root.join("config.json"))?.as_deref() {
-            Some("WanModel") => Ok(found(Layout::Original, root.to_path_buf())),
-            Some("WanTransformer3DModel") => Ok(found(Layout::Diffusers, root.to_path_buf())),
+            Some("WanModel" | "VaceWanModel") => Ok(found(Layout::Original, root.to_path_buf())),
+            Some("WanTransformer3DModel" | "WanVACETransformer3DModel") => {
+                Ok(found(Layout::Diffusers, root.to_path_buf()))
+            }
             Some(other) => Err(Error::UnknownLayout {
                 dir: root.to_path_buf(),
                 reason: format!("config.json has _class_name \"{other}\", which is not a Wan2.1 DiT"),

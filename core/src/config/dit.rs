@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 pub enum Task {
     T2v,
     I2v,
+    /// Video creation and editing (VACE-1.3B/14B): a T2V DiT with VACE
+    /// blocks fed by a 96-channel context (`docs/WAN.md` §14).
+    Vace,
 }
 
 impl Task {
@@ -24,6 +27,7 @@ impl Task {
         match self {
             Task::T2v => "t2v",
             Task::I2v => "i2v",
+            Task::Vace => "vace",
         }
     }
 }
@@ -59,6 +63,14 @@ pub struct WanModelConfig {
     /// accepted when present.
     #[serde(default)]
     pub image_dim: Option<u32>,
+    /// VACE (`VaceWanModel`): the main blocks followed by a VACE hint;
+    /// absent = the official rule `range(0, num_layers, 2)`.
+    #[serde(default)]
+    pub vace_layers: Option<Vec<u32>>,
+    /// VACE: channels of the context (96); absent = `in_dim`, as the
+    /// official constructor.
+    #[serde(default)]
+    pub vace_in_dim: Option<u32>,
 }
 
 /// `transformer/config.json` of a diffusers checkpoint (`WanTransformer3DModel`).
@@ -84,6 +96,11 @@ pub struct WanTransformer3DModelConfig {
     pub rope_max_seq_len: u32,
     #[serde(default)]
     pub pos_embed_seq_len: Option<u32>,
+    /// `WanVACETransformer3DModel` only.
+    #[serde(default)]
+    pub vace_layers: Option<Vec<u32>>,
+    #[serde(default)]
+    pub vace_in_channels: Option<u32>,
 }
 
 fn default_patch() -> [u32; 3] {
@@ -124,6 +141,26 @@ pub struct DitConfig {
     pub rope_max_seq_len: u32,
     /// The text length the checkpoint was trained with (ORIG `text_len`).
     pub text_len: u32,
+    /// VACE: indices of the main blocks each followed by a hint, in hint
+    /// order (empty for the other tasks; older manifests have none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vace_layers: Vec<u32>,
+    /// VACE: channels of the context (`control_hidden_states`), 96.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub vace_in_dim: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The VACE fields of a config: `vace_layers` (default: every second block,
+/// the official rule) and the context channels (default: `in_dim`).
+fn vace_fields(layers: &Option<Vec<u32>>, in_dim: Option<u32>, num_layers: u32, default_in: u32) -> (Vec<u32>, u32) {
+    let layers = layers
+        .clone()
+        .unwrap_or_else(|| (0..num_layers).step_by(2).collect());
+    (layers, in_dim.unwrap_or(default_in))
 }
 
 impl DitConfig {
@@ -140,12 +177,30 @@ impl DitConfig {
         Self::preset(Task::I2v, 5120, 13824, 40, 40)
     }
 
+    /// VACE-1.3B: the T2V-1.3B DiT with a hint after every second block
+    /// (`vace_layers` 0, 2, …, 28) from a 96-channel context.
+    pub fn vace_1_3b() -> Self {
+        let mut c = Self::preset(Task::Vace, 1536, 8960, 12, 30);
+        c.vace_layers = (0..30).step_by(2).collect();
+        c.vace_in_dim = 96;
+        c
+    }
+    /// VACE-14B: the T2V-14B DiT with hints after blocks 0, 5, …, 35.
+    pub fn vace_14b() -> Self {
+        let mut c = Self::preset(Task::Vace, 5120, 13824, 40, 40);
+        c.vace_layers = (0..40).step_by(5).collect();
+        c.vace_in_dim = 96;
+        c
+    }
+
     /// Preset by the task key users know from `generate.py --task`.
     pub fn from_preset_name(name: &str) -> Option<Self> {
         Some(match name {
             "t2v-1.3B" => Self::t2v_1_3b(),
             "t2v-14B" => Self::t2v_14b(),
             "i2v-14B" => Self::i2v_14b(),
+            "vace-1.3B" => Self::vace_1_3b(),
+            "vace-14B" => Self::vace_14b(),
             _ => return None,
         })
     }
@@ -167,6 +222,8 @@ impl DitConfig {
             image_tokens: 257,
             rope_max_seq_len: 1024,
             text_len: 512,
+            vace_layers: Vec::new(),
+            vace_in_dim: 0,
         }
     }
 
@@ -187,13 +244,16 @@ impl DitConfig {
             file: file.to_path_buf(),
             reason,
         };
-        if c.class_name != "WanModel" {
+        let vace = c.class_name == "VaceWanModel";
+        if c.class_name != "WanModel" && !vace {
             return Err(bad(format!(
-                "_class_name is '{}', expected 'WanModel'",
+                "_class_name is '{}', expected 'WanModel' or 'VaceWanModel'",
                 c.class_name
             )));
         }
         let task = match c.model_type.as_str() {
+            // The VACE release's config says "vace" (some copies "t2v").
+            _ if vace => Task::Vace,
             "t2v" | "t2i" => Task::T2v,
             "i2v" => Task::I2v,
             other => {
@@ -229,7 +289,14 @@ impl DitConfig {
             image_tokens: 257,
             rope_max_seq_len: 1024,
             text_len: c.text_len,
+            vace_layers: Vec::new(),
+            vace_in_dim: 0,
         };
+        let mut cfg = cfg;
+        if vace {
+            (cfg.vace_layers, cfg.vace_in_dim) =
+                vace_fields(&c.vace_layers, c.vace_in_dim, c.num_layers, c.in_dim);
+        }
         cfg.validate().map_err(bad)?;
         Ok(cfg)
     }
@@ -240,9 +307,10 @@ impl DitConfig {
             file: file.to_path_buf(),
             reason,
         };
-        if c.class_name != "WanTransformer3DModel" {
+        let vace = c.class_name == "WanVACETransformer3DModel";
+        if c.class_name != "WanTransformer3DModel" && !vace {
             return Err(bad(format!(
-                "_class_name is '{}', expected 'WanTransformer3DModel'",
+                "_class_name is '{}', expected 'WanTransformer3DModel' or 'WanVACETransformer3DModel'",
                 c.class_name
             )));
         }
@@ -258,7 +326,9 @@ impl DitConfig {
             ));
         }
         let task = match (c.image_dim, c.added_kv_proj_dim) {
+            (None, None) if vace => Task::Vace,
             (None, None) => Task::T2v,
+            _ if vace => return Err(bad("a VACE DiT has no image branch: image_dim and added_kv_proj_dim must be null".into())),
             (Some(_), Some(_)) => Task::I2v,
             _ => {
                 return Err(bad(
@@ -295,7 +365,18 @@ impl DitConfig {
             rope_max_seq_len: c.rope_max_seq_len,
             // diffusers has no trained text length; Wan2.1 uses 512.
             text_len: 512,
+            vace_layers: Vec::new(),
+            vace_in_dim: 0,
         };
+        let mut cfg = cfg;
+        if vace {
+            (cfg.vace_layers, cfg.vace_in_dim) = vace_fields(
+                &c.vace_layers,
+                c.vace_in_channels,
+                c.num_layers,
+                c.in_channels,
+            );
+        }
         cfg.validate().map_err(bad)?;
         Ok(cfg)
     }
@@ -335,8 +416,31 @@ impl DitConfig {
         if !self.freq_dim.is_multiple_of(2) || self.freq_dim == 0 {
             return Err(format!("freq_dim {} must be even", self.freq_dim));
         }
+        if self.task == Task::Vace {
+            in_range("vace_in_dim", self.vace_in_dim, 1, 4096)?;
+            if self.vace_layers.is_empty() {
+                return Err("vace_layers is empty".into());
+            }
+            if !self.vace_layers.windows(2).all(|w| w[0] < w[1]) {
+                return Err(format!(
+                    "vace_layers {:?} must be strictly increasing",
+                    self.vace_layers
+                ));
+            }
+            if let Some(&l) = self.vace_layers.iter().find(|&&l| l >= self.num_layers) {
+                return Err(format!(
+                    "vace_layers names block {l}, the model has {} blocks",
+                    self.num_layers
+                ));
+            }
+        } else if !self.vace_layers.is_empty() || self.vace_in_dim != 0 {
+            return Err(format!(
+                "vace_layers / vace_in_dim are set on a {} model",
+                self.task.name()
+            ));
+        }
         let want_in = match self.task {
-            Task::T2v => self.out_dim,
+            Task::T2v | Task::Vace => self.out_dim,
             Task::I2v => self.out_dim * 2 + 4,
         };
         if self.in_dim != want_in {
@@ -369,7 +473,7 @@ mod tests {
 
     #[test]
     fn presets_are_consistent() {
-        for name in ["t2v-1.3B", "t2v-14B", "i2v-14B"] {
+        for name in ["t2v-1.3B", "t2v-14B", "i2v-14B", "vace-1.3B", "vace-14B"] {
             let c = DitConfig::from_preset_name(name).unwrap();
             c.validate().unwrap();
             assert_eq!(c.head_dim(), 128);
@@ -385,6 +489,35 @@ mod tests {
         let c: WanModelConfig = serde_json::from_str(text).unwrap();
         let d = DitConfig::from_original(&c, Path::new("config.json")).unwrap();
         assert_eq!(d, DitConfig::t2v_1_3b());
+    }
+
+    #[test]
+    fn vace_configs_of_both_layouts_agree() {
+        let orig = r#"{"_class_name":"VaceWanModel","model_type":"vace","dim":24,"eps":1e-06,
+            "ffn_dim":64,"freq_dim":32,"in_dim":16,"num_heads":2,"num_layers":4,"out_dim":16,
+            "text_len":64,"text_dim":32,"vace_layers":[0,2],"vace_in_dim":96}"#;
+        let c: WanModelConfig = serde_json::from_str(orig).unwrap();
+        let a = DitConfig::from_original(&c, Path::new("config.json")).unwrap();
+        assert_eq!(a.task, Task::Vace);
+        assert_eq!((a.vace_layers.clone(), a.vace_in_dim), (vec![0, 2], 96));
+        let diff = r#"{"_class_name":"WanVACETransformer3DModel","patch_size":[1,2,2],
+            "num_attention_heads":2,"attention_head_dim":12,"in_channels":16,"out_channels":16,
+            "text_dim":32,"freq_dim":32,"ffn_dim":64,"num_layers":4,"cross_attn_norm":true,
+            "qk_norm":"rms_norm_across_heads","eps":1e-06,"image_dim":null,
+            "added_kv_proj_dim":null,"vace_in_channels":96,"vace_layers":[0,2]}"#;
+        let c: WanTransformer3DModelConfig = serde_json::from_str(diff).unwrap();
+        let b = DitConfig::from_diffusers(&c, Path::new("config.json")).unwrap();
+        assert_eq!((b.task, b.vace_layers.clone(), b.vace_in_dim), (Task::Vace, vec![0, 2], 96));
+        // Without vace_layers: the official rule, every second block.
+        let c: WanModelConfig =
+            serde_json::from_str(&orig.replace(r#""vace_layers":[0,2],"#, "")).unwrap();
+        let d = DitConfig::from_original(&c, Path::new("config.json")).unwrap();
+        assert_eq!(d.vace_layers, vec![0, 2]);
+        // A hint after a block the model does not have is refused.
+        let c: WanModelConfig =
+            serde_json::from_str(&orig.replace("[0,2]", "[0,4]")).unwrap();
+        let e = DitConfig::from_original(&c, Path::new("config.json")).unwrap_err();
+        assert!(e.to_string().contains("vace_layers"), "{e}");
     }
 
     #[test]

@@ -45,7 +45,8 @@ pub const NEGATIVE_PROMPT_FLF2V: &str = concat!("镜头切换，", "镜头晃动
 /// not yet cleaned).
 pub fn default_negative_prompt(task: Task) -> &'static str {
     match task {
-        Task::T2v => NEGATIVE_PROMPT_T2V,
+        // The official VACE configuration uses the shared T2V prompt.
+        Task::T2v | Task::Vace => NEGATIVE_PROMPT_T2V,
         Task::I2v => NEGATIVE_PROMPT_I2V,
     }
 }
