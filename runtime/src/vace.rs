@@ -130,16 +130,26 @@ fn mask_unit(frames: &[RgbImage]) -> Vec<f32> {
 }
 
 /// `F.interpolate(x[None], size=(h, w), mode='bilinear',
-/// align_corners=False)` of `[C, H, W]` planes as PyTorch's CPU kernel
-/// computes it (no antialias): source `max(scale·(dst + 0.5) − 0.5, 0)` with
-/// `scale = in/out` in f32, two taps per axis, the width pass inside the
-/// height pass.
+/// align_corners=False)` of `[C, H, W]` planes, bit for bit as PyTorch's
+/// x86-64 CPU kernel computes it for three channels on one thread (the
+/// channels-last kernel, which the official code's references go
+/// through): per axis `scale = in/out` in f32, source `max(fma(scale, dst
+/// + 0.5, −0.5), 0)`, `i0 = min(⌊src⌋, in − 1)`, `λ1 = clamp(src − i0, 0,
+/// 1)`, `λ0 = 1 − λ1` (an axis of equal size is copied: `λ = (1, 0)`);
+/// the four weights `w_ab = λh_a·λw_b`, and the sum contracted as the
+/// compiled kernel contracts it: `fma(v11, w11, fma(v10, w10, fma(v00,
+/// w00, v01·w01)))`. (Checked against the reference's letterboxed images:
+/// the separable form or other contractions differ in up to 810 of 2016
+/// values by an ulp.)
 pub fn resize_bilinear(x: &ImageTensor, height: usize, width: usize) -> Result<ImageTensor> {
     let taps = |inp: usize, out: usize| -> Vec<(usize, usize, f32, f32)> {
         let scale = inp as f32 / out as f32;
         (0..out)
             .map(|d| {
-                let real = (scale * (d as f32 + 0.5) - 0.5).max(0.0);
+                if inp == out {
+                    return (d, d, 1.0, 0.0);
+                }
+                let real = scale.mul_add(d as f32 + 0.5, -0.5).max(0.0);
                 let i0 = (real.floor() as usize).min(inp - 1);
                 let l1 = (real - i0 as f32).clamp(0.0, 1.0);
                 let i1 = if i0 < inp - 1 { i0 + 1 } else { i0 };
@@ -151,12 +161,15 @@ pub fn resize_bilinear(x: &ImageTensor, height: usize, width: usize) -> Result<I
     let (th, tw) = (taps(ih, height), taps(iw, width));
     let mut out = Vec::with_capacity(c * height * width);
     for plane in x.data().chunks_exact(ih * iw) {
-        for &(h0, h1, wh0, wh1) in &th {
-            for &(w0, w1, ww0, ww1) in &tw {
+        for &(h0, h1, a0, a1) in &th {
+            for &(w0, w1, b0, b1) in &tw {
                 let at = |h: usize, w: usize| plane[h * iw + w];
-                let r0 = at(h0, w0) * ww0 + at(h0, w1) * ww1;
-                let r1 = at(h1, w0) * ww0 + at(h1, w1) * ww1;
-                out.push(r0 * wh0 + r1 * wh1);
+                let (w00, w01, w10, w11) = (a0 * b0, a0 * b1, a1 * b0, a1 * b1);
+                let v = at(h1, w1).mul_add(
+                    w11,
+                    at(h1, w0).mul_add(w10, at(h0, w0).mul_add(w00, at(h0, w1) * w01)),
+                );
+                out.push(v);
             }
         }
     }

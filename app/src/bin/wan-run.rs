@@ -335,6 +335,8 @@ fn generate(g: GenerateArgs) -> Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use wanrt_runtime::pipeline::{GenerateOptions, InputImage, Pipeline};
 
+    // The VACE frames and images first: a bad file fails before any work.
+    let vace = vace_inputs(&g)?;
     let engines = g.engines.context("--engines is required")?;
     let prompt = g.prompt.context("--prompt is required")?;
     let solver: wanrt_runtime::schedule::Solver = g.solver.parse()?;
@@ -407,7 +409,6 @@ fn generate(g: GenerateArgs) -> Result<()> {
         ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
             .context("installing the Ctrl-C/SIGTERM/SIGHUP handler")?;
     }
-    let vace = vace_inputs(&g)?;
     let artifacts = Artifacts::open(&engines)?;
     let resolved = choose_backend(g.backend, &artifacts, None)?;
     let backend = resolved.backend;
