@@ -85,7 +85,9 @@ fn assert_exact(what: &str, got: &[f32], want: &[f32]) {
         .filter(|&i| got[i].to_bits() != want[i].to_bits() && got[i] != want[i])
         .collect();
     if let Some(&worst) = bad.iter().max_by(|&&a, &&b| {
-        (got[a] - want[a]).abs().total_cmp(&(got[b] - want[b]).abs())
+        (got[a] - want[a])
+            .abs()
+            .total_cmp(&(got[b] - want[b]).abs())
     }) {
         panic!(
             "{what}: {} of {} elements differ; worst at {worst}: {} vs {}",
@@ -105,7 +107,13 @@ fn dit_matches_reference_from_both_layouts_whole_and_staged() {
     let want = f32s(&golden["noise_pred"]);
     for original in [false, true] {
         let layout = if original { "original" } else { "diffusers" };
-        let out = compile(&case, original, BatchMode::Fixed(1), &[NetworkKind::Dit], false);
+        let out = compile(
+            &case,
+            original,
+            BatchMode::Fixed(1),
+            &[NetworkKind::Dit],
+            false,
+        );
         let artifacts = Artifacts::open(out.path()).unwrap();
         let entry = artifacts.entry(NetworkKind::Dit).unwrap();
         assert!(entry.stages.iter().any(|s| s.role == "vace"), "{layout}");
@@ -121,7 +129,9 @@ fn dit_matches_reference_from_both_layouts_whole_and_staged() {
             TIGHT_DIT,
         );
         // The whole graph.
-        let mut whole = artifacts.load_whole(NetworkKind::Dit, Backend::OrtCpu).unwrap();
+        let mut whole = artifacts
+            .load_whole(NetworkKind::Dit, Backend::OrtCpu)
+            .unwrap();
         let got = whole.run(&inputs).unwrap();
         assert_fp32(
             &format!("vace/{layout}/whole noise_pred"),
@@ -167,7 +177,11 @@ fn case_inputs(case: &Case) -> (Vec<RgbImage>, Vec<RgbImage>, Vec<RgbImage>, f32
     let ctx = case.golden("vace_context.safetensors");
     let video = &ctx["src_video_uint8"]; // [F, H, W, 3]
     let mask = &ctx["src_mask_uint8"]; // [F, H, W]
-    let (f, h, w) = (video.shape[0] as usize, video.shape[1] as u32, video.shape[2] as u32);
+    let (f, h, w) = (
+        video.shape[0] as usize,
+        video.shape[1] as u32,
+        video.shape[2] as u32,
+    );
     let n = (h * w) as usize;
     let frames: Vec<RgbImage> = (0..f)
         .map(|t| RgbImage::new(w, h, video.data[t * n * 3..(t + 1) * n * 3].to_vec()).unwrap())
@@ -204,9 +218,14 @@ fn context_matches_reference_stage_by_stage() {
     let mut vae = artifacts
         .load(NetworkKind::VaeEncoder, Backend::OrtCpu)
         .unwrap();
-    let cfg: wanrt::core::VaeConfig =
-        serde_json::from_value(artifacts.entry(NetworkKind::VaeEncoder).unwrap().config.clone())
-            .unwrap();
+    let cfg: wanrt::core::VaeConfig = serde_json::from_value(
+        artifacts
+            .entry(NetworkKind::VaeEncoder)
+            .unwrap()
+            .config
+            .clone(),
+    )
+    .unwrap();
     let (video, mask, refs, scale) = case_inputs(&case);
     let inputs = VaceInputs {
         video: Some(video),
@@ -234,7 +253,11 @@ fn context_matches_reference_stage_by_stage() {
         assert_fp32(name, &f32s(t), &f32s(&want[name]), TIGHT_CONTEXT);
     }
     // The 64 mask channels are exact too (no VAE involved).
-    assert_exact("vace_mask", &f32s(&got.mask_channels), &f32s(&want["vace_mask"]));
+    assert_exact(
+        "vace_mask",
+        &f32s(&got.mask_channels),
+        &f32s(&want["vace_mask"]),
+    );
 }
 
 /// A grayscale 8-bit PNG (colour type 0), zlib with stored blocks.
@@ -244,7 +267,11 @@ fn gray_png(w: u32, h: u32, pixels: &[u8]) -> Vec<u8> {
         for &b in bytes {
             c ^= b as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
         }
         !c
@@ -288,7 +315,11 @@ fn gray_png(w: u32, h: u32, pixels: &[u8]) -> Vec<u8> {
 
 /// Writes the case's control video (RGB) and mask (grayscale) as numbered
 /// PNG directories under `dir`.
-fn write_frame_dirs(case: &Case, dir: &Path, frames: usize) -> (std::path::PathBuf, std::path::PathBuf) {
+fn write_frame_dirs(
+    case: &Case,
+    dir: &Path,
+    frames: usize,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let ctx = case.golden("vace_context.safetensors");
     let (video, mask) = (&ctx["src_video_uint8"], &ctx["src_mask_uint8"]);
     let (h, w) = (video.shape[1] as usize, video.shape[2] as usize);
@@ -304,7 +335,11 @@ fn write_frame_dirs(case: &Case, dir: &Path, frames: usize) -> (std::path::PathB
     std::fs::create_dir_all(&mdir).unwrap();
     for t in 0..frames {
         let px = &mask.data[t * h * w..(t + 1) * h * w];
-        std::fs::write(mdir.join(format!("{t:03}.png")), gray_png(w as u32, h as u32, px)).unwrap();
+        std::fs::write(
+            mdir.join(format!("{t:03}.png")),
+            gray_png(w as u32, h as u32, px),
+        )
+        .unwrap();
     }
     (vdir, mdir)
 }
@@ -358,7 +393,10 @@ fn wan_run_reproduces_the_reference_run() {
 
     let got = wanrt::runtime::tensorfile::read(&saved).unwrap();
     let latents = &got["latents"];
-    assert_eq!(latents.shape, golden["latents_out"].shape, "reference frames kept");
+    assert_eq!(
+        latents.shape, golden["latents_out"].shape,
+        "reference frames kept"
+    );
     assert_fp32(
         "vace/latents_out",
         &f32s(latents),
@@ -385,10 +423,9 @@ fn wan_run_reproduces_the_reference_run() {
     }
     eprintln!("vace: frames max |u8 - 255·ref| = {worst:.3}");
     assert!(worst <= 1.0, "a frame value is {worst} levels off");
-    let side: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(work.path().join("frames.json")).unwrap(),
-    )
-    .unwrap();
+    let side: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(work.path().join("frames.json")).unwrap())
+            .unwrap();
     assert_eq!(side["settings"]["vace"]["reference_images"], 2, "{side}");
 }
 

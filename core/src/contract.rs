@@ -626,7 +626,10 @@ mod tests {
             );
             if vace {
                 assert_eq!(stages[3].0, DitStage::Vace);
-                assert_eq!(stages[3].1.outputs[0].concrete_shape(1), vec![1, 15, tokens, 1536]);
+                assert_eq!(
+                    stages[3].1.outputs[0].concrete_shape(1),
+                    vec![1, 15, tokens, 1536]
+                );
                 let scale = whole.input("control_hidden_states_scale").unwrap();
                 assert_eq!(scale.concrete_shape(1), vec![15]);
                 assert!(!scale.is_batched());

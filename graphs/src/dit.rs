@@ -216,7 +216,12 @@ impl Dit<'_, '_, '_> {
 
     /// A patch embedding `prefix` of `in_dim` channels (the latent's, or
     /// VACE's context) → `[b, n, d]` float32.
-    pub(crate) fn patch_embed(&mut self, prefix: &str, hidden: &Value, in_dim: u32) -> Result<Value> {
+    pub(crate) fn patch_embed(
+        &mut self,
+        prefix: &str,
+        hidden: &Value,
+        in_dim: u32,
+    ) -> Result<Value> {
         let (d, c) = (self.cfg.dim, self.c);
         let [pt, ph, pw] = self.cfg.patch_size.map(|v| v as i64);
         let (wn, wt) = self.w.get(
@@ -436,7 +441,11 @@ pub(crate) fn declare_inputs(b: &mut GraphBuilder<'_>, contract: &NetworkContrac
         .collect()
 }
 
-pub(crate) fn declare_outputs(b: &mut GraphBuilder<'_>, contract: &NetworkContract, values: &[Value]) {
+pub(crate) fn declare_outputs(
+    b: &mut GraphBuilder<'_>,
+    contract: &NetworkContract,
+    values: &[Value],
+) {
     for (spec, v) in contract.outputs.iter().zip(values) {
         let v = b.cast(v, F32);
         b.output(&v, &spec.name, Some(&io_dims(&spec.shape)));

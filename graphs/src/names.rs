@@ -156,17 +156,20 @@ mod tests {
                 "vace_blocks.0.before_proj.weight",
                 "vace_blocks.0.proj_in.weight",
             ),
-            ("vace_blocks.1.after_proj.bias", "vace_blocks.1.proj_out.bias"),
+            (
+                "vace_blocks.1.after_proj.bias",
+                "vace_blocks.1.proj_out.bias",
+            ),
             ("vace_blocks.1.norm3.weight", "vace_blocks.1.norm2.weight"),
-            ("vace_blocks.1.modulation", "vace_blocks.1.scale_shift_table"),
+            (
+                "vace_blocks.1.modulation",
+                "vace_blocks.1.scale_shift_table",
+            ),
             (
                 "vace_blocks.0.cross_attn.o.bias",
                 "vace_blocks.0.attn2.to_out.0.bias",
             ),
-            (
-                "vace_patch_embedding.weight",
-                "vace_patch_embedding.weight",
-            ),
+            ("vace_patch_embedding.weight", "vace_patch_embedding.weight"),
         ];
         for (o, d) in cases {
             assert_eq!(dit_to_diffusers(o).as_deref(), Some(d), "{o}");

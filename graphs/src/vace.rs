@@ -26,8 +26,8 @@
 use wanrt_core::{DitConfig, DitStage, NetworkContract, Precision, Profile};
 
 use crate::builder::{GraphBuilder, Value};
-use crate::dit::{DitOptions, F32};
 use crate::dit::{Debug, Dit, Rope, declare_inputs, declare_outputs, emit_outputs};
+use crate::dit::{DitOptions, F32};
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 
@@ -35,6 +35,7 @@ impl Dit<'_, '_, '_> {
     /// The VACE branch: the context's patch embedding and every VACE block,
     /// returning the hints (`[b, n, d]` float32 each, in `vace_layers`
     /// order).
+    #[allow(clippy::too_many_arguments)]
     fn vace_hints(
         &mut self,
         control: &Value,

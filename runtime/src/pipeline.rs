@@ -299,7 +299,7 @@ enum StepPath<'p> {
     Bound(BoundDit<'p>),
     Whole {
         dit: &'p mut Network,
-        inputs: DenoiseInputs,
+        inputs: Box<DenoiseInputs>,
     },
 }
 
@@ -727,10 +727,7 @@ impl Pipeline {
             .as_mut()
             .expect("VACE pipelines load the VAE encoder");
         let ctx = crate::vace::build_context(inputs, &p, vae, &self.vae)?;
-        Ok((
-            ctx.context,
-            HostTensor::from_f32(vec![n_hints], &scales),
-        ))
+        Ok((ctx.context, HostTensor::from_f32(vec![n_hints], &scales)))
     }
 
     /// The sampling settings `opts` asks for, with the task's defaults.
@@ -883,7 +880,7 @@ impl Pipeline {
         } else {
             StepPath::Whole {
                 dit: &mut self.dit,
-                inputs,
+                inputs: Box::new(inputs),
             }
         };
         let zeros = vec![0.0; if inputs_zero > 0 { n } else { 0 }];
@@ -995,7 +992,9 @@ impl Pipeline {
                     control_video: v.video.is_some(),
                     control_mask: v.mask.is_some(),
                     reference_images: v.reference_images.len(),
-                    context_scale: v.context_scale.unwrap_or(crate::vace::DEFAULT_CONTEXT_SCALE),
+                    context_scale: v
+                        .context_scale
+                        .unwrap_or(crate::vace::DEFAULT_CONTEXT_SCALE),
                 }
             }),
         };

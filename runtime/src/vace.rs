@@ -133,14 +133,14 @@ fn mask_unit(frames: &[RgbImage]) -> Vec<f32> {
 /// align_corners=False)` of `[C, H, W]` planes, bit for bit as PyTorch's
 /// x86-64 CPU kernel computes it for three channels on one thread (the
 /// channels-last kernel, which the official code's references go
-/// through): per axis `scale = in/out` in f32, source `max(fma(scale, dst
-/// + 0.5, −0.5), 0)`, `i0 = min(⌊src⌋, in − 1)`, `λ1 = clamp(src − i0, 0,
-/// 1)`, `λ0 = 1 − λ1` (an axis of equal size is copied: `λ = (1, 0)`);
-/// the four weights `w_ab = λh_a·λw_b`, and the sum contracted as the
-/// compiled kernel contracts it: `fma(v11, w11, fma(v10, w10, fma(v00,
-/// w00, v01·w01)))`. (Checked against the reference's letterboxed images:
-/// the separable form or other contractions differ in up to 810 of 2016
-/// values by an ulp.)
+/// through). Per axis: `scale = in/out` in f32, the source
+/// `max(fma(scale, dst + 0.5, −0.5), 0)`, `i0 = min(⌊src⌋, in − 1)`,
+/// `λ1 = clamp(src − i0, 0, 1)` and `λ0 = 1 − λ1`; an axis of equal size
+/// is copied. The four weights are `w_ab = λh_a·λw_b` and the sum is
+/// contracted as the compiled kernel contracts it, `fma(v11, w11,
+/// fma(v10, w10, fma(v00, w00, v01·w01)))`. Checked against the
+/// reference's letterboxed images: the separable form, or other
+/// contractions, differ by an ulp in up to 810 of their 2016 values.
 pub fn resize_bilinear(x: &ImageTensor, height: usize, width: usize) -> Result<ImageTensor> {
     let taps = |inp: usize, out: usize| -> Vec<(usize, usize, f32, f32)> {
         let scale = inp as f32 / out as f32;
@@ -213,7 +213,13 @@ pub fn letterbox_reference(img: &RgbImage, height: u32, width: u32) -> Result<Im
 /// W/8]`, channel `8·p + q` of latent pixel `(y, x)` holding pixel `(8y +
 /// p, 8x + q)`, nearest-exact in time (`src = min(⌊(t + 0.5)·F/F'⌋, F −
 /// 1)`, as torch computes it in f32).
-pub fn mask_channels(mask: &[f32], frames: usize, height: usize, width: usize, latent_frames: usize) -> Vec<f32> {
+pub fn mask_channels(
+    mask: &[f32],
+    frames: usize,
+    height: usize,
+    width: usize,
+    latent_frames: usize,
+) -> Vec<f32> {
     let (h, w) = (height / 8, width / 8);
     let scale = frames as f32 / latent_frames as f32;
     let mut out = vec![0f32; 64 * latent_frames * h * w];
@@ -296,7 +302,8 @@ pub fn build_context(
         }
         (None, None) => (vec![0.0; 3 * f * plane], vec![1.0; f * plane]),
     };
-    let shape = |c: usize, t: usize, h: usize, w: usize| vec![1, c as u64, t as u64, h as u64, w as u64];
+    let shape =
+        |c: usize, t: usize, h: usize, w: usize| vec![1, c as u64, t as u64, h as u64, w as u64];
 
     // inactive / reactive through the VAE encoder (mask > 0.5 only here).
     let mut inactive = video.clone();
@@ -309,8 +316,16 @@ pub fn build_context(
             reactive[c * f * plane + i] = v * m + 0.0 * (1.0 - m);
         }
     }
-    let z_in = encode(vae, cfg, &HostTensor::from_f32(shape(3, f, hh, ww), &inactive))?;
-    let z_re = encode(vae, cfg, &HostTensor::from_f32(shape(3, f, hh, ww), &reactive))?;
+    let z_in = encode(
+        vae,
+        cfg,
+        &HostTensor::from_f32(shape(3, f, hh, ww), &inactive),
+    )?;
+    let z_re = encode(
+        vae,
+        cfg,
+        &HostTensor::from_f32(shape(3, f, hh, ww), &reactive),
+    )?;
 
     // Reference images, each encoded alone.
     let mut ref_pixels = Vec::with_capacity(refs * 3 * plane);
@@ -330,7 +345,8 @@ pub fn build_context(
             z0[(c * tt + j) * lp..(c * tt + j + 1) * lp].copy_from_slice(&r[c * lp..(c + 1) * lp]);
         }
         let video_at = |ch: usize| (ch * tt + refs) * lp;
-        z0[video_at(c)..video_at(c) + lf * lp].copy_from_slice(&z_in[c * lf * lp..(c + 1) * lf * lp]);
+        z0[video_at(c)..video_at(c) + lf * lp]
+            .copy_from_slice(&z_in[c * lf * lp..(c + 1) * lf * lp]);
         z0[video_at(16 + c)..video_at(16 + c) + lf * lp]
             .copy_from_slice(&z_re[c * lf * lp..(c + 1) * lf * lp]);
     }
@@ -360,7 +376,10 @@ pub fn build_context(
 pub fn hint_scales(context_scale: Option<f32>, n_vace_layers: usize) -> Result<Vec<f32>> {
     let s = context_scale.unwrap_or(DEFAULT_CONTEXT_SCALE);
     if !s.is_finite() {
-        return Err(bad("--context-scale", format!("{s} is not a finite number")));
+        return Err(bad(
+            "--context-scale",
+            format!("{s} is not a finite number"),
+        ));
     }
     Ok(vec![s; n_vace_layers])
 }
@@ -412,7 +431,13 @@ mod tests {
         assert_eq!(y.data()[15], 3.0);
         assert_eq!(y.data()[5], 0.75);
         let c = ImageTensor::new(1, 3, 5, vec![0.5; 15]).unwrap();
-        assert!(resize_bilinear(&c, 7, 2).unwrap().data().iter().all(|&v| v == 0.5));
+        assert!(
+            resize_bilinear(&c, 7, 2)
+                .unwrap()
+                .data()
+                .iter()
+                .all(|&v| v == 0.5)
+        );
     }
 
     #[test]

@@ -156,7 +156,12 @@ fn is_zero(n: &u32) -> bool {
 
 /// The VACE fields of a config: `vace_layers` (default: every second block,
 /// the official rule) and the context channels (default: `in_dim`).
-fn vace_fields(layers: &Option<Vec<u32>>, in_dim: Option<u32>, num_layers: u32, default_in: u32) -> (Vec<u32>, u32) {
+fn vace_fields(
+    layers: &Option<Vec<u32>>,
+    in_dim: Option<u32>,
+    num_layers: u32,
+    default_in: u32,
+) -> (Vec<u32>, u32) {
     let layers = layers
         .clone()
         .unwrap_or_else(|| (0..num_layers).step_by(2).collect());
@@ -325,18 +330,22 @@ impl DitConfig {
                 "pos_embed_seq_len is set: FLF2V checkpoints are not supported".into(),
             ));
         }
-        let task = match (c.image_dim, c.added_kv_proj_dim) {
-            (None, None) if vace => Task::Vace,
-            (None, None) => Task::T2v,
-            _ if vace => return Err(bad("a VACE DiT has no image branch: image_dim and added_kv_proj_dim must be null".into())),
-            (Some(_), Some(_)) => Task::I2v,
-            _ => {
-                return Err(bad(
-                    "image_dim and added_kv_proj_dim must be both set (I2V) or both null (T2V)"
+        let task =
+            match (c.image_dim, c.added_kv_proj_dim) {
+                (None, None) if vace => Task::Vace,
+                (None, None) => Task::T2v,
+                _ if vace => return Err(bad(
+                    "a VACE DiT has no image branch: image_dim and added_kv_proj_dim must be null"
                         .into(),
-                ));
-            }
-        };
+                )),
+                (Some(_), Some(_)) => Task::I2v,
+                _ => {
+                    return Err(bad(
+                        "image_dim and added_kv_proj_dim must be both set (I2V) or both null (T2V)"
+                            .into(),
+                    ));
+                }
+            };
         let dim = c
             .num_attention_heads
             .checked_mul(c.attention_head_dim)
@@ -507,15 +516,17 @@ mod tests {
             "added_kv_proj_dim":null,"vace_in_channels":96,"vace_layers":[0,2]}"#;
         let c: WanTransformer3DModelConfig = serde_json::from_str(diff).unwrap();
         let b = DitConfig::from_diffusers(&c, Path::new("config.json")).unwrap();
-        assert_eq!((b.task, b.vace_layers.clone(), b.vace_in_dim), (Task::Vace, vec![0, 2], 96));
+        assert_eq!(
+            (b.task, b.vace_layers.clone(), b.vace_in_dim),
+            (Task::Vace, vec![0, 2], 96)
+        );
         // Without vace_layers: the official rule, every second block.
         let c: WanModelConfig =
             serde_json::from_str(&orig.replace(r#""vace_layers":[0,2],"#, "")).unwrap();
         let d = DitConfig::from_original(&c, Path::new("config.json")).unwrap();
         assert_eq!(d.vace_layers, vec![0, 2]);
         // A hint after a block the model does not have is refused.
-        let c: WanModelConfig =
-            serde_json::from_str(&orig.replace("[0,2]", "[0,4]")).unwrap();
+        let c: WanModelConfig = serde_json::from_str(&orig.replace("[0,2]", "[0,4]")).unwrap();
         let e = DitConfig::from_original(&c, Path::new("config.json")).unwrap_err();
         assert!(e.to_string().contains("vace_layers"), "{e}");
     }
