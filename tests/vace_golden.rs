@@ -423,6 +423,27 @@ fn wan_run_reproduces_the_reference_run() {
     }
     eprintln!("vace: frames max |u8 - 255·ref| = {worst:.3}");
     assert!(worst <= 1.0, "a frame value is {worst} levels off");
+    // `wan-run component dit` on the reference's DiT inputs (the
+    // contract's VACE inputs, the unbatched scale included).
+    let dit_out = work.path().join("dit_out.safetensors");
+    let (ok, log) = run_cmd(
+        std::process::Command::new(bin("wan-run"))
+            .args(["component", "dit", "--engines"])
+            .arg(out.path())
+            .arg("--input")
+            .arg(case.dir.join("golden/dit.safetensors"))
+            .arg("--output")
+            .arg(&dit_out)
+            .args(["--backend", "ort-cpu"]),
+    );
+    assert!(ok, "wan-run component dit failed:\n{log}");
+    let got = wanrt::runtime::tensorfile::read(&dit_out).unwrap();
+    assert_fp32(
+        "vace/component dit noise_pred",
+        &f32s(&got["noise_pred"]),
+        &f32s(&case.golden("dit.safetensors")["noise_pred"]),
+        TIGHT_DIT,
+    );
     let side: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(work.path().join("frames.json")).unwrap())
             .unwrap();
