@@ -143,6 +143,31 @@ fn dit_matches_reference_from_both_layouts_whole_and_staged() {
 }
 
 #[test]
+fn dit_fp16_within_the_fp16_tier() {
+    // The fp16 tier of tests/dit_golden.rs (docs/PRECISION.md): rel L2 ≤
+    // 2e-3, max ≤ 5e-3 of max |b|; the VACE stream and the hints keep the
+    // T2V precision map.
+    let case = case();
+    let golden = case.golden("dit.safetensors");
+    let out = tempfile::tempdir().unwrap();
+    let mut opts = case.options(false, Precision::Fp16, BatchMode::Fixed(1), out.path());
+    opts.profile = profile(&case, BatchMode::Fixed(1));
+    opts.networks = vec![NetworkKind::Dit];
+    wanrt::compiler::compile(&opts).unwrap();
+    let mut dit = Artifacts::open(out.path())
+        .unwrap()
+        .load(NetworkKind::Dit, Backend::OrtCpu)
+        .unwrap();
+    let got = dit.run(&dit_inputs(&golden)).unwrap();
+    let (l2, max) = common::rel_errors(&f32s(&got["noise_pred"]), &f32s(&golden["noise_pred"]));
+    eprintln!("vace/fp16: rel L2 {l2:.3e}, max {max:.3e}");
+    assert!(
+        l2 <= 2e-3 && max <= 5e-3,
+        "vace/fp16: rel L2 {l2:.3e}, max {max:.3e}"
+    );
+}
+
+#[test]
 fn dit_intermediates_match_reference() {
     // --debug-outputs: the hints, the blocks before and after their hint.
     let case = case();
