@@ -270,7 +270,8 @@ pub fn build_context(
         return Err(bad(
             "--reference-image",
             format!(
-                "{refs} reference image(s); these engines were compiled for {} (wan-compile --reference-images {refs})",
+                "{refs} reference image(s); these engines were compiled for {} (give that many, \
+                 or compile engines for {refs} with wan-compile --reference-images {refs})",
                 p.reference_images
             ),
         ));
