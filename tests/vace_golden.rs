@@ -21,7 +21,8 @@ use std::path::Path;
 
 use common::{Case, assert_fp32, bin, run_cmd};
 use wanrt::core::{BatchMode, NetworkKind, Precision, Profile};
-use wanrt::runtime::image::{RgbImage, load_image};
+use wanrt::media::image::load_image;
+use wanrt::runtime::image::RgbImage;
 use wanrt::runtime::pipeline::{GenerateOptions, Pipeline};
 use wanrt::runtime::vace::VaceInputs;
 use wanrt::runtime::{Artifacts, Backend, ErrorKind, HostTensor};
@@ -349,14 +350,14 @@ fn write_frame_dirs(
     let (video, mask) = (&ctx["src_video_uint8"], &ctx["src_mask_uint8"]);
     let (h, w) = (video.shape[1] as usize, video.shape[2] as usize);
     let (vdir, mdir) = (dir.join("control"), dir.join("mask"));
-    let rgb = wanrt::runtime::video::RgbFrames::new(
+    let rgb = wanrt::media::video::RgbFrames::new(
         w,
         h,
         frames,
         video.data[..frames * h * w * 3].to_vec(),
     )
     .unwrap();
-    wanrt::runtime::video::png::write_png_frames(&vdir, &rgb, false, None).unwrap();
+    wanrt::media::video::png::write_png_frames(&vdir, &rgb, false, None).unwrap();
     std::fs::create_dir_all(&mdir).unwrap();
     for t in 0..frames {
         let px = &mask.data[t * h * w..(t + 1) * h * w];
@@ -558,8 +559,12 @@ fn bad_vace_inputs_are_typed_errors() {
     );
     assert!(ok.is_none(), "reference-only generation: {ok:?}");
     // An image is not a VACE input.
+    let refs_for_image = refs[1].clone();
     let opts = GenerateOptions {
-        image: Some(case.dir.join("golden/ref_image_1.png")),
+        image: Some(wanrt::runtime::pipeline::InputImage::new(
+            refs_for_image,
+            "ref_image_1.png",
+        )),
         ..base.clone()
     };
     let e = pipeline.generate(&opts, None, |_, _, _| {}).err().unwrap();
@@ -580,6 +585,7 @@ fn bad_vace_inputs_are_typed_errors() {
     };
     let e = p.generate(&opts, None, |_, _, _| {}).err().unwrap();
     assert!(e.to_string().contains("VACE"), "{e}");
+    assert!(e.to_string().contains("--control-video"), "{e}");
     // Reference images on a T2V compile are refused by the compiler.
     let out = tempfile::tempdir().unwrap();
     let mut o = t2v.options(false, Precision::Fp32, BatchMode::Fixed(1), out.path());

@@ -31,7 +31,6 @@ pub mod engine;
 pub mod engines;
 pub mod error;
 pub mod exec;
-pub mod frames;
 pub mod image;
 pub mod ortlib;
 pub mod pipeline;

@@ -96,6 +96,22 @@ pub fn check_task_image(task: Task, has_image: bool) -> Result<()> {
     }
 }
 
+/// Whether VACE inputs (control video, mask, reference images, context
+/// scale) are given only to VACE engines.
+pub fn check_task_vace(task: Task, has_vace: bool) -> Result<()> {
+    if has_vace && task != Task::Vace {
+        return Err(Error::arg(
+            "--control-video",
+            format!(
+                "control videos, masks, reference images and --context-scale are VACE inputs; \
+                 these engines are {} (compile a VACE model)",
+                task.name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The settings a run actually used (for the sidecar).
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
@@ -772,12 +788,7 @@ impl Pipeline {
             None => Schedule::for_solver(opts.solver, steps, shift)?,
         };
         check_task_image(self.task, opts.image.is_some())?;
-        if self.task != Task::Vace && opts.vace.is_some() {
-            return Err(Error::arg(
-                "--control-video",
-                "control videos, masks and reference images are VACE inputs; these engines are not VACE (compile a VACE model)",
-            ));
-        }
+        check_task_vace(self.task, opts.vace.is_some())?;
         // Noise first (the official I2V draws it before encoding the text).
         let shape = self.latent_shape();
         let n: usize = shape.iter().product::<u64>() as usize;

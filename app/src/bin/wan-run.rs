@@ -415,6 +415,7 @@ fn generate(g: GenerateArgs) -> Result<()> {
     // Checked and decoded before the engines load, so that a missing,
     // unwanted or bad image fails at once.
     wanrt_runtime::pipeline::check_task_image(artifacts.manifest.model.task, g.image.is_some())?;
+    wanrt_runtime::pipeline::check_task_vace(artifacts.manifest.model.task, vace.is_some())?;
     let image = match &g.image {
         Some(path) => Some(InputImage::new(
             wanrt_media::image::load_image(path)?,
@@ -514,14 +515,14 @@ fn vace_inputs(g: &GenerateArgs) -> Result<Option<wanrt_runtime::vace::VaceInput
     }
     let frames = |dir: &Option<PathBuf>, flag: &str| -> Result<_> {
         Ok(match dir {
-            Some(d) => Some(wanrt_runtime::frames::read_frames(d, flag)?),
+            Some(d) => Some(wanrt_media::frames::read_frames(d, flag)?),
             None => None,
         })
     };
     let reference_images = g
         .reference_image
         .iter()
-        .map(|p| wanrt_runtime::image::load_image(p))
+        .map(|p| wanrt_media::image::load_image(p))
         .collect::<wanrt_runtime::Result<Vec<_>>>()?;
     Ok(Some(wanrt_runtime::vace::VaceInputs {
         video: frames(&g.control_video, "--control-video")?,

@@ -9,8 +9,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
-use crate::image::{RgbImage, load_image};
+use wanrt_runtime::error::{Error, Result};
+use wanrt_runtime::image::RgbImage;
+
+use crate::image::load_image;
 
 /// Most frames a directory may hold (the largest profile has 1025).
 pub const MAX_FRAME_FILES: usize = 1025;
