@@ -11,6 +11,8 @@
 //!   mask, reference images), `--latents-in` and its settings writes
 //!   `--save-latents` equal to `latents_out` (reference frames included)
 //!   and PNG frames within one level of `frames`·255;
+//! * the fp16 DiT stays in the fp16 tier, and LoRAs merge into the VACE
+//!   blocks;
 //! * wrong frame counts and sizes, references the engines were not
 //!   compiled for and VACE inputs on other engines are typed errors.
 
@@ -592,4 +594,74 @@ fn bad_vace_inputs_are_typed_errors() {
     o.profile = o.profile.with_reference_images(1).unwrap();
     let e = wanrt::compiler::compile(&o).err().unwrap();
     assert!(e.to_string().contains("--reference-images"), "{e}");
+}
+
+#[test]
+fn loras_merge_into_the_vace_blocks() {
+    // A rank-4 pair on a VACE projection, in the kohya layout (original
+    // module names) and the PEFT layout (diffusers names: proj_in /
+    // proj_out): both resolve, modify exactly that tensor, and move the
+    // output (the hints reach noise_pred).
+    let case = case();
+    let golden = case.golden("dit.safetensors");
+    let want = f32s(&golden["noise_pred"]);
+    let work = tempfile::tempdir().unwrap();
+    let pair = |down: &str, up: &str| {
+        let v =
+            |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * k).sin() * 0.2).collect() };
+        BTreeMap::from([
+            (
+                down.to_string(),
+                HostTensor::from_f32(vec![4, 24], &v(96, 0.37)),
+            ),
+            (
+                up.to_string(),
+                HostTensor::from_f32(vec![24, 4], &v(96, 0.53)),
+            ),
+        ])
+    };
+    for (layout, tensors) in [
+        (
+            "kohya",
+            pair(
+                "lora_unet_vace_blocks_0_before_proj.lora_down.weight",
+                "lora_unet_vace_blocks_0_before_proj.lora_up.weight",
+            ),
+        ),
+        (
+            "peft",
+            pair(
+                "transformer.vace_blocks.1.proj_out.lora_A.weight",
+                "transformer.vace_blocks.1.proj_out.lora_B.weight",
+            ),
+        ),
+    ] {
+        let file = work.path().join(format!("{layout}.safetensors"));
+        wanrt::runtime::tensorfile::write(&file, &tensors, false).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let mut opts = case
+            .options(false, Precision::Fp32, BatchMode::Fixed(1), out.path())
+            .with_lora(wanrt::compiler::lora::LoraSpec::new(&file, 1.0));
+        opts.profile = profile(&case, BatchMode::Fixed(1));
+        opts.networks = vec![NetworkKind::Dit];
+        wanrt::compiler::compile(&opts).unwrap_or_else(|e| panic!("{layout}: {e}"));
+        let artifacts = Artifacts::open(out.path()).unwrap();
+        let rec = &artifacts.entry(NetworkKind::Dit).unwrap().loras[0];
+        assert_eq!(
+            (rec.layout.as_str(), rec.keys_applied, rec.tensors_modified),
+            (layout, 2, 1)
+        );
+        let mut dit = artifacts.load(NetworkKind::Dit, Backend::OrtCpu).unwrap();
+        let got = f32s(&dit.run(&dit_inputs(&golden)).unwrap()["noise_pred"]);
+        let moved = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!("vace/{layout} LoRA: noise_pred moved by up to {moved:.3e}");
+        assert!(
+            moved > 1e-3,
+            "{layout}: the LoRA did not reach the output ({moved:.3e})"
+        );
+    }
 }
