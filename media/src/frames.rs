@@ -121,5 +121,25 @@ mod tests {
         assert!(e.to_string().contains("same frame number"), "{e}");
         let e = frame_files(&dir.path().join("clip.mp4"), "--control-video").unwrap_err();
         assert!(e.to_string().contains("--control-video"), "{e}");
+        // An MP4 file is refused with the way to extract its frames.
+        let mp4 = dir.path().join("clip.mp4");
+        std::fs::write(&mp4, b"x").unwrap();
+        let e = frame_files(&mp4, "--control-video").unwrap_err();
+        assert!(e.to_string().contains("ffmpeg"), "{e}");
+    }
+
+    #[test]
+    fn too_many_frames_are_refused_before_decoding() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in 0..=MAX_FRAME_FILES {
+            std::fs::write(dir.path().join(format!("{n:05}.png")), b"").unwrap();
+        }
+        let e = frame_files(dir.path(), "--control-mask").unwrap_err();
+        assert!(e.to_string().contains("more than 1025"), "{e}");
+        // Files that are not images fail by name when decoded.
+        let small = tempfile::tempdir().unwrap();
+        std::fs::write(small.path().join("0.png"), b"not a png").unwrap();
+        let e = read_frames(small.path(), "--control-mask").unwrap_err();
+        assert!(e.to_string().contains("0.png"), "{e}");
     }
 }
