@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
 use safetensors::tensor::{Dtype, TensorView};
-use wanrt_core::{DitConfig, Task};
+use wanrt_core::DitConfig;
 
 /// SplitMix64 uniforms in [-1, 1).
 struct Rng(u64);
@@ -54,7 +54,7 @@ fn main() -> Result<()> {
         ("ffn.0", f, d),
         ("ffn.2", d, f),
     ];
-    if cfg.task == Task::I2v {
+    if cfg.task.has_image() {
         linears.push(("cross_attn.k_img", d, d));
         linears.push(("cross_attn.v_img", d, d));
     }

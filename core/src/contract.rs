@@ -296,7 +296,10 @@ fn batch_dim(profile: &Profile) -> Dim {
 impl NetworkContract {
     /// DiT: `hidden_states [B, C_in, F', H', W']`, `timestep [B]`,
     /// `encoder_hidden_states [B, text_len, text_dim]`, for I2V
-    /// `encoder_hidden_states_image [B, 257, image_dim]`, for VACE
+    /// `encoder_hidden_states_image [B, 257, image_dim]` (FLF2V: `[B, 514,
+    /// image_dim]`, each row the first frame's 257 tokens then the last
+    /// frame's — the bytes of the reference `[2B, 257, image_dim]`, which
+    /// the runtime also accepts), for VACE
     /// `control_hidden_states [B, 96, F', H', W']` and
     /// `control_hidden_states_scale [n_vace_layers]` (no batch axis; F'
     /// counts the profile's reference frames); output
@@ -334,13 +337,13 @@ impl NetworkContract {
                 &[profile.text_len as u64, cfg.text_dim as u64],
             ),
         ];
-        if cfg.task == Task::I2v {
+        if cfg.task.has_image() {
             let image_dim = cfg.image_dim.unwrap_or(1280) as u64;
             inputs.push(TensorSpec::new(
                 "encoder_hidden_states_image",
                 f32_,
                 b,
-                &[cfg.image_tokens as u64, image_dim],
+                &[cfg.image_context_tokens() as u64, image_dim],
             ));
         }
         if cfg.task == Task::Vace {
@@ -394,7 +397,7 @@ impl NetworkContract {
         let n = (fp * hp * wp) as u64;
         let d = cfg.dim as u64;
         let f32_ = DType::Float32;
-        let i2v = cfg.task == Task::I2v;
+        let i2v = cfg.task.has_image();
         let vace = cfg.task == Task::Vace;
         let spec = |name: &str, rest: &[u64]| TensorSpec::new(name, f32_, b, rest);
         let by_name = |name: &str| whole.input(name).cloned();
@@ -404,7 +407,10 @@ impl NetworkContract {
         let mut context_out = vec![spec("context", &[profile.text_len as u64, d])];
         if i2v {
             context_in.push(by_name("encoder_hidden_states_image"));
-            context_out.push(spec("context_image", &[cfg.image_tokens as u64, d]));
+            context_out.push(spec(
+                "context_image",
+                &[cfg.image_context_tokens() as u64, d],
+            ));
         }
         let context_in: Vec<TensorSpec> = context_in.into_iter().flatten().collect();
         let steps = |name: &str, rest: &[u64]| TensorSpec::new(name, f32_, Dim::Batch, rest);
@@ -581,6 +587,9 @@ mod tests {
         let c = NetworkContract::dit(&DitConfig::i2v_14b(), &p).unwrap();
         assert_eq!(c.inputs[0].concrete_shape(1), vec![1, 36, 21, 60, 104]);
         assert_eq!(c.inputs[3].concrete_shape(1), vec![1, 257, 1280]);
+        let c = NetworkContract::dit(&DitConfig::flf2v_14b(), &p).unwrap();
+        assert_eq!(c.inputs[0].concrete_shape(1), vec![1, 36, 21, 60, 104]);
+        assert_eq!(c.inputs[3].concrete_shape(1), vec![1, 514, 1280]);
     }
 
     #[test]
@@ -590,6 +599,7 @@ mod tests {
         for cfg in [
             DitConfig::t2v_1_3b(),
             DitConfig::i2v_14b(),
+            DitConfig::flf2v_14b(),
             DitConfig::vace_1_3b(),
         ] {
             let vace = cfg.task == Task::Vace;
@@ -597,7 +607,7 @@ mod tests {
             let whole = NetworkContract::dit(&cfg, &p).unwrap();
             let stages = NetworkContract::dit_stages(&cfg, &p).unwrap();
             let mut known: Vec<TensorSpec> = whole.inputs.clone();
-            if cfg.task == Task::I2v {
+            if cfg.task.has_image() {
                 // hidden_states of the whole graph is noise (16) ‖ y (20):
                 // the stages take them apart.
                 let part = |name: &str, c: u64| {

@@ -1,14 +1,16 @@
 //! The Wan2.1 diffusion transformer (DiT) as a typed ONNX graph.
 //!
 //! Mirrors `wan/modules/model.py::WanModel` of the official repository
-//! (`docs/WAN.md` §3), for T2V (16 input channels) and I2V (36 channels, CLIP
+//! (`docs/WAN.md` §3), for T2V (16 input channels), I2V (36 channels, CLIP
 //! tokens through `img_emb`, separate `k_img`/`v_img` attention summed with
-//! the text attention before the output projection).
+//! the text attention before the output projection) and FLF2V (I2V with two
+//! images' tokens and the learned `img_emb.emb_pos` added to them, §13).
 //!
 //! Contract ([`NetworkContract::dit`]): inputs `hidden_states [B, C_in, F', H',
 //! W']`, `timestep [B]`, `encoder_hidden_states [B, L, text_dim]`, for I2V
-//! `encoder_hidden_states_image [B, 257, image_dim]`; output `noise_pred [B,
-//! 16, F', H', W']`; float32 at the boundary for every precision.
+//! `encoder_hidden_states_image [B, 257, image_dim]` (FLF2V `[B, 514,
+//! image_dim]`); output `noise_pred [B, 16, F', H', W']`; float32 at the
+//! boundary for every precision.
 //!
 //! Precision map (§3.8): with `bf16`/`fp16` the patch embedding, text and
 //! image MLPs, q/k/v/o projections, attention and FFN run in the half type;
@@ -283,10 +285,26 @@ impl Dit<'_, '_, '_> {
     }
 
     /// Image embedding (I2V): LN → Linear → GELU(erf) → Linear → LN (§3.3);
-    /// `[b, 257, d]` float32.
-    fn image_context(&mut self, image: &Value) -> Result<Value> {
+    /// `[b, 257, d]` float32. FLF2V first adds the learned position
+    /// embedding `img_emb.emb_pos [1, 514, image_dim]` to the two images'
+    /// tokens (§13), giving `[b, 514, d]`.
+    fn image_context(&mut self, image: &Value, debug: &mut Debug) -> Result<Value> {
         let (d, c) = (self.cfg.dim, self.c);
         let id = self.cfg.image_dim.unwrap_or(1280);
+        let image = if self.cfg.task == Task::Flf2v {
+            let tokens = self.cfg.image_context_tokens();
+            let pos = self.param("img_emb.emb_pos", &[1, tokens as usize, id as usize])?;
+            let y = self.b.scoped("img_emb", |b| Ok(b.add(image, &pos)))?;
+            debug.push((
+                "image_tokens_with_pos".into(),
+                y.clone(),
+                vec![tokens as i64, id as i64],
+            ));
+            y
+        } else {
+            image.clone()
+        };
+        let image = &image;
         let g0 = self.param("img_emb.proj.0.weight", &[id as usize])?;
         let b0 = self.param("img_emb.proj.0.bias", &[id as usize])?;
         let y = self.b.scoped("img_emb.proj.0", |b| {
@@ -479,13 +497,13 @@ pub fn build(
     let (e, e0) = dit.time(timestep, &mut debug)?;
     let ctx = dit.text_context(text)?;
     debug.push(("text_context".into(), ctx.clone(), vec![l, dd]));
-    let img_ctx = match (cfg.task, image) {
-        (Task::I2v, Some(image)) => {
-            let y = dit.image_context(image)?;
+    let img_ctx = match image {
+        Some(image) if cfg.task.has_image() => {
+            let y = dit.image_context(image, &mut debug)?;
             debug.push((
                 "image_context".into(),
                 y.clone(),
-                vec![cfg.image_tokens as i64, dd],
+                vec![cfg.image_context_tokens() as i64, dd],
             ));
             let c = dit.c;
             Some(dit.b.scoped("img_emb", |b| Ok(b.cast(&y, c)))?)
@@ -555,12 +573,12 @@ pub fn build_stage(
     let inputs = declare_inputs(b, &contract);
     let mut debug: Debug = Vec::new();
     let mut dit = Dit::new(b, w, cfg, precision.compute_dtype())?;
-    let i2v = cfg.task == Task::I2v;
+    let i2v = cfg.task.has_image();
     let outputs = match stage {
         DitStage::Context => {
             let mut out = vec![dit.text_context(&inputs[0])?];
             if i2v {
-                out.push(dit.image_context(&inputs[1])?);
+                out.push(dit.image_context(&inputs[1], &mut debug)?);
             }
             out
         }

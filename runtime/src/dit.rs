@@ -224,7 +224,8 @@ pub struct Conditioning<'a> {
     pub cond: &'a HostTensor,
     /// Negative prompt embedding, when CFG runs the unconditional branch.
     pub uncond: Option<&'a HostTensor>,
-    /// I2V: CLIP tokens `[1, 257, image_dim]`.
+    /// I2V: CLIP tokens `[1, 257, image_dim]` (FLF2V: both frames' tokens
+    /// in one row, `[1, 514, image_dim]`).
     pub image: Option<&'a HostTensor>,
     /// I2V: the condition `[1, 20, F', H', W']` (mask ‖ latent).
     pub y: Option<&'a HostTensor>,

@@ -254,6 +254,9 @@ impl Network {
     ) -> Result<BTreeMap<String, HostTensor>> {
         let net = self.kind.name();
         let fixed = self.fixed_batch();
+        // FLF2V image tokens in the reference [2B, 257, W] layout.
+        let viewed = crate::flf2v::with_image_rows_viewed(&self.entry.inputs, inputs);
+        let inputs = &*viewed;
         match &mut self.inner {
             Inner::Plain(session) => run_batched(session, net, &self.entry.inputs, fixed, inputs),
             Inner::Staged(dit) => {

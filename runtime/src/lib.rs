@@ -31,6 +31,7 @@ pub mod engine;
 pub mod engines;
 pub mod error;
 pub mod exec;
+pub mod flf2v;
 pub mod image;
 pub mod ortlib;
 pub mod pipeline;

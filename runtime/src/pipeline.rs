@@ -1,12 +1,15 @@
-//! Text-to-video and image-to-video, end to end, with compiled engines.
+//! Text-to-video, image-to-video and first-last-frame-to-video, end to end,
+//! with compiled engines.
 //!
-//! Mirrors `wan/text2video.py::WanT2V.generate` and
-//! `wan/image2video.py::WanI2V.generate` of the official repository
-//! (`docs/WAN.md` §9.1): prompt encoding (the default negative prompt
-//! from the artifact cache), initial noise, the step-scheduled sampler with
-//! classifier-free guidance in fp32, the I2V conditioning (CLIP tokens, the
-//! 4 mask channels and the VAE latent of `[image, zeros…]`), and a streaming
-//! VAE decode. The resolution is the profile's: engines are static.
+//! Mirrors `wan/text2video.py::WanT2V.generate`,
+//! `wan/image2video.py::WanI2V.generate` and
+//! `wan/first_last_frame2video.py::WanFLF2V.generate` of the official
+//! repository (`docs/WAN.md` §9.1, §13): prompt encoding (the default
+//! negative prompt from the artifact cache), initial noise, the
+//! step-scheduled sampler with classifier-free guidance in fp32, the image
+//! conditioning (CLIP tokens, the 4 mask channels and the VAE latent of
+//! `[image, zeros…]`, FLF2V `[first, zeros…, last]`), and a streaming VAE
+//! decode. The resolution is the profile's: engines are static.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,9 +36,11 @@ pub struct GenerateOptions {
     pub prompt: String,
     /// `None` or empty: the official default negative prompt of the task.
     pub negative_prompt: Option<String>,
-    /// The conditioning image (I2V), decoded (the application layer reads
-    /// files: `wanrt_media::image::load_image`).
+    /// The conditioning image (I2V) or the first frame (FLF2V), decoded
+    /// (the application layer reads files: `wanrt_media::image::load_image`).
     pub image: Option<InputImage>,
+    /// The last frame (FLF2V, `--last-image`), decoded.
+    pub last_image: Option<InputImage>,
     pub steps: Option<usize>,
     pub guidance_scale: Option<f32>,
     pub shift: Option<f64>,
@@ -83,6 +88,10 @@ pub fn check_task_image(task: Task, has_image: bool) -> Result<()> {
             "--image",
             "these engines are image-to-video: pass --image",
         )),
+        (Task::Flf2v, false) => Err(Error::arg(
+            "--image",
+            "these engines are first-last-frame-to-video: pass the first frame with --image",
+        )),
         (Task::T2v, true) => Err(Error::arg(
             "--image",
             "these engines are text-to-video and take no image (compile an I2V model)",
@@ -112,6 +121,25 @@ pub fn check_task_vace(task: Task, has_vace: bool) -> Result<()> {
     Ok(())
 }
 
+/// Whether a last frame is given exactly when the engines' task takes one
+/// (FLF2V, `--last-image`): checked before anything is decoded or loaded.
+pub fn check_task_last_image(task: Task, has_last_image: bool) -> Result<()> {
+    match (task, has_last_image) {
+        (Task::Flf2v, false) => Err(Error::arg(
+            "--last-image",
+            "these engines are first-last-frame-to-video: pass the last frame with --last-image",
+        )),
+        (task, true) if task != Task::Flf2v => Err(Error::arg(
+            "--last-image",
+            format!(
+                "these engines are {} and take no last frame (compile an FLF2V model)",
+                task.name()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The settings a run actually used (for the sidecar).
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
@@ -119,6 +147,9 @@ pub struct Settings {
     pub prompt: String,
     pub negative_prompt: String,
     pub image: Option<String>,
+    /// The last frame (FLF2V).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_image: Option<String>,
     pub steps: usize,
     pub guidance_scale: f32,
     pub shift: f64,
@@ -194,11 +225,12 @@ pub struct Generated {
 }
 
 /// Default sampling settings of the official code (`docs/WAN.md` §9.2,
-/// §14): 50 steps (40 for I2V), guidance 5, shift 5 (3 for I2V at 480P
-/// areas, 16 for VACE).
+/// §13, §14): 50 steps (40 for I2V), guidance 5, shift 5 (3 for I2V at
+/// 480P areas, 16 for FLF2V and VACE).
 pub fn defaults(task: Task, width: u32, height: u32) -> (usize, f32, f64) {
     match task {
         Task::T2v => (50, 5.0, 5.0),
+        Task::Flf2v => (50, 5.0, 16.0),
         Task::Vace => (50, 5.0, 16.0),
         Task::I2v if (width as u64) * (height as u64) <= 832 * 480 => (40, 5.0, 3.0),
         Task::I2v => (40, 5.0, 5.0),
@@ -292,7 +324,8 @@ pub struct DenoiseInputs {
     pub cond: HostTensor,
     /// Negative prompt embedding when the guidance needs it.
     pub uncond: Option<HostTensor>,
-    /// I2V: CLIP tokens `[1, 257, W]` and the condition `y [1, 20, F', H', W']`.
+    /// I2V: CLIP tokens `[1, 257, W]` (FLF2V `[1, 514, W]`) and the
+    /// condition `y [1, 20, F', H', W']`.
     pub image: Option<(HostTensor, HostTensor)>,
     /// VACE: `control_hidden_states [1, 96, refs + F', H', W']` and
     /// `control_hidden_states_scale [n_vace_layers]`.
@@ -553,16 +586,16 @@ impl Pipeline {
                 "encodes the control video and reference images for VACE",
             )?;
         }
-        if task == Task::I2v {
+        if task.has_image() {
             need(
                 &artifacts,
                 NetworkKind::ImageEncoder,
-                "encodes the image for I2V",
+                "encodes the conditioning images",
             )?;
             need(
                 &artifacts,
                 NetworkKind::VaeEncoder,
-                "encodes the conditioning video for I2V",
+                "encodes the conditioning video",
             )?;
         }
         // Every network must be compiled for the same profile.
@@ -612,7 +645,7 @@ impl Pipeline {
         };
         let text = PromptEncoder::load(&artifacts, backend)?;
         let vae_decoder = artifacts.load_with(NetworkKind::VaeDecoder, backend, settings)?;
-        let (vae_encoder, image_encoder) = if task == Task::I2v {
+        let (vae_encoder, image_encoder) = if task.has_image() {
             (
                 Some(artifacts.load_with(NetworkKind::VaeEncoder, backend, settings)?),
                 Some(artifacts.load_with(NetworkKind::ImageEncoder, backend, settings)?),
@@ -657,20 +690,46 @@ impl Pipeline {
         vec![1, c as u64, f as u64, h as u64, w as u64]
     }
 
-    /// I2V conditioning: CLIP tokens `[1, 257, W]` and `y = [mask(4) ;
-    /// normalised latent of [image, zeros…](16)]` `[1, 20, F', H', W']`.
+    /// Image conditioning: CLIP tokens `[1, 257, W]` and `y = [mask(4) ;
+    /// normalised latent of [image, zeros…](16)]` `[1, 20, F', H', W']`;
+    /// with a `last` frame (FLF2V) the tokens of both images `[1, 514, W]`
+    /// and the latent of `[first, zeros…, last]` with frames 0 and F−1 known.
     fn image_conditioning(
         &mut self,
-        img: &crate::image::RgbImage,
+        first: &crate::image::RgbImage,
+        last: Option<&InputImage>,
     ) -> Result<(HostTensor, HostTensor)> {
         let p = self.profile().clone();
-        let pm1 = crate::image::to_tensor_pm1(img);
+        let mut frames = vec![crate::image::to_tensor_pm1(first)];
+        if let Some(last) = last {
+            let l = &last.pixels;
+            if (l.width(), l.height()) != (first.width(), first.height()) {
+                // The official code centre-crops a last frame of another
+                // size; that path is not implemented here.
+                return Err(Error::arg(
+                    "--last-image",
+                    format!(
+                        "{} is {}x{}, the first frame {}x{}: give both frames the same size",
+                        last.source,
+                        l.width(),
+                        l.height(),
+                        first.width(),
+                        first.height()
+                    ),
+                ));
+            }
+            frames.push(crate::image::to_tensor_pm1(l));
+        }
         let clip = self
             .image_encoder
             .as_mut()
-            .expect("I2V pipelines load the image encoder");
+            .expect("image-conditioned pipelines load the image encoder");
         let size = clip.entry.inputs[0].concrete_shape(1)[2] as usize;
-        let pixels = crate::image::clip_preprocess(&pm1, size)?;
+        let pixels: Vec<HostTensor> = frames
+            .iter()
+            .map(|f| crate::image::clip_preprocess(f, size))
+            .collect::<Result<_>>()?;
+        let pixels = HostTensor::concat_batch(&pixels).expect("CLIP inputs of one size");
         let clip_out = clip.run(&BTreeMap::from([(
             clip.entry.inputs[0].name.clone(),
             pixels,
@@ -682,20 +741,27 @@ impl Pipeline {
                 network: "image_encoder".into(),
                 reason: "no output".into(),
             })?;
+        let tokens = crate::flf2v::tokens_of_one_sample(tokens)?;
 
-        // [image, zeros…] through the VAE encoder, then normalised.
-        let frame = crate::image::conditioning_frame(&pm1, p.height, p.width)?;
+        // [first, zeros…(, last)] through the VAE encoder, then normalised.
         let (h, w, f) = (p.height as usize, p.width as usize, p.frames as usize);
         let mut video = vec![0f32; 3 * f * h * w];
-        for c in 0..3 {
-            video[c * f * h * w..c * f * h * w + h * w]
-                .copy_from_slice(&frame.data()[c * h * w..(c + 1) * h * w]);
+        let mut known = Vec::new();
+        for (i, img) in frames.iter().enumerate() {
+            let at = if i == 0 { 0 } else { f - 1 };
+            let frame = crate::image::conditioning_frame(img, p.height, p.width)?;
+            for c in 0..3 {
+                let start = (c * f + at) * h * w;
+                video[start..start + h * w]
+                    .copy_from_slice(&frame.data()[c * h * w..(c + 1) * h * w]);
+            }
+            known.push(at);
         }
         let video = HostTensor::from_f32(vec![1, 3, f as u64, h as u64, w as u64], &video);
         let enc = self
             .vae_encoder
             .as_mut()
-            .expect("I2V pipelines load the VAE encoder");
+            .expect("image-conditioned pipelines load the VAE encoder");
         let mut mu = TimeAssembler::new(enc.entry.outputs[0].concrete_shape(1));
         enc.run_streaming(&video, |c| mu.append(c))?;
         let mu = mu.finish()?;
@@ -703,17 +769,8 @@ impl Pipeline {
         let plane = (mu.shape[2] * mu.shape[3] * mu.shape[4]) as usize;
         self.vae.normalize_latents(&mut z, plane);
         let latent = HostTensor::from_f32(mu.shape.clone(), &z);
-        // Mask: latent frame 0 known (all 4 channels), the rest unknown.
-        let (lt, lh, lw) = (
-            mu.shape[2] as usize,
-            mu.shape[3] as usize,
-            mu.shape[4] as usize,
-        );
-        let mut mask = vec![0f32; 4 * lt * lh * lw];
-        for c in 0..4 {
-            mask[c * lt * lh * lw..c * lt * lh * lw + lh * lw].fill(1.0);
-        }
-        let mask = HostTensor::from_f32(vec![1, 4, lt as u64, lh as u64, lw as u64], &mask);
+        let mask =
+            crate::flf2v::condition_mask(f, &known, mu.shape[3] as usize, mu.shape[4] as usize)?;
         Ok((tokens, concat_channels(&[&mask, &latent])))
     }
 
@@ -789,6 +846,7 @@ impl Pipeline {
         };
         check_task_image(self.task, opts.image.is_some())?;
         check_task_vace(self.task, opts.vace.is_some())?;
+        check_task_last_image(self.task, opts.last_image.is_some())?;
         // Noise first (the official I2V draws it before encoding the text).
         let shape = self.latent_shape();
         let n: usize = shape.iter().product::<u64>() as usize;
@@ -827,7 +885,7 @@ impl Pipeline {
 
         let t0 = Instant::now();
         let image = match &opts.image {
-            Some(input) => Some(self.image_conditioning(&input.pixels)?),
+            Some(input) => Some(self.image_conditioning(&input.pixels, opts.last_image.as_ref())?),
             None => None,
         };
         let vace = if self.task == Task::Vace {
@@ -980,6 +1038,7 @@ impl Pipeline {
             prompt: opts.prompt.clone(),
             negative_prompt: negative_used,
             image: opts.image.as_ref().map(|i| i.source.clone()),
+            last_image: opts.last_image.as_ref().map(|i| i.source.clone()),
             steps,
             guidance_scale: guidance,
             shift,
@@ -1042,5 +1101,6 @@ mod tests {
         assert_eq!(defaults(Task::I2v, 832, 480), (40, 5.0, 3.0));
         assert_eq!(defaults(Task::I2v, 480, 832), (40, 5.0, 3.0));
         assert_eq!(defaults(Task::I2v, 1280, 720), (40, 5.0, 5.0));
+        assert_eq!(defaults(Task::Flf2v, 1280, 720), (50, 5.0, 16.0));
     }
 }

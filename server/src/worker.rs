@@ -213,6 +213,9 @@ fn run_job(pipeline: &mut Pipeline, claim: &Claim, env: &WorkerEnv) -> Result<()
         prompt: r.prompt.clone(),
         negative_prompt: r.negative_prompt.clone(),
         image,
+        // The job API has no FLF2V jobs yet (profiles are matched as T2V or
+        // I2V by the presence of an image).
+        last_image: None,
         steps: r.steps,
         guidance_scale: r.guidance_scale,
         shift: r.shift,

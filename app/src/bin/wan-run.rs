@@ -36,9 +36,14 @@ struct GenerateArgs {
     /// Negative prompt (default: the official one for the task).
     #[arg(long)]
     negative_prompt: Option<String>,
-    /// Conditioning image (image-to-video engines).
+    /// Conditioning image (image-to-video engines; the first frame for
+    /// first-last-frame-to-video engines).
     #[arg(long)]
     image: Option<PathBuf>,
+    /// The last frame (first-last-frame-to-video engines), the same size as
+    /// --image.
+    #[arg(long)]
+    last_image: Option<PathBuf>,
     /// VACE: the control video, a directory of numbered PNG frames of the
     /// engines' frame count and size (pose, depth, a video to edit...).
     /// Without it, VACE engines generate from the reference images alone.
@@ -70,7 +75,7 @@ struct GenerateArgs {
     /// unconditional pass).
     #[arg(long)]
     guidance_scale: Option<f32>,
-    /// Sampling shift (default 5.0; 3.0 for I2V at 480P; 16.0 for VACE).
+    /// Sampling shift (default 5.0; 3.0 for I2V at 480P; 16.0 for FLF2V and VACE).
     #[arg(long)]
     shift: Option<f64>,
     /// unipc (default), dpm++, euler (deterministic flow Euler) or lcm
@@ -414,15 +419,20 @@ fn generate(g: GenerateArgs) -> Result<()> {
     let backend = resolved.backend;
     // Checked and decoded before the engines load, so that a missing,
     // unwanted or bad image fails at once.
-    wanrt_runtime::pipeline::check_task_image(artifacts.manifest.model.task, g.image.is_some())?;
-    wanrt_runtime::pipeline::check_task_vace(artifacts.manifest.model.task, vace.is_some())?;
-    let image = match &g.image {
-        Some(path) => Some(InputImage::new(
-            wanrt_media::image::load_image(path)?,
-            path.display().to_string(),
-        )),
-        None => None,
+    let task = artifacts.manifest.model.task;
+    wanrt_runtime::pipeline::check_task_image(task, g.image.is_some())?;
+    wanrt_runtime::pipeline::check_task_last_image(task, g.last_image.is_some())?;
+    wanrt_runtime::pipeline::check_task_vace(task, vace.is_some())?;
+    let decode = |p: &Option<PathBuf>| -> Result<Option<InputImage>> {
+        Ok(match p {
+            Some(path) => Some(InputImage::new(
+                wanrt_media::image::load_image(path)?,
+                path.display().to_string(),
+            )),
+            None => None,
+        })
     };
+    let (image, last_image) = (decode(&g.image)?, decode(&g.last_image)?);
     eprintln!("loading engines from {} on {backend}", engines.display());
     let mut pipeline = Pipeline::load_with(
         artifacts,
@@ -434,6 +444,7 @@ fn generate(g: GenerateArgs) -> Result<()> {
         prompt,
         negative_prompt: g.negative_prompt.clone(),
         image,
+        last_image,
         steps: g.steps,
         guidance_scale: g.guidance_scale,
         shift: g.shift,

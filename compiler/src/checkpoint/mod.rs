@@ -290,7 +290,7 @@ impl ModelDir {
                 NetworkKind::VaeEncoder,
                 NetworkKind::VaeDecoder,
             ]);
-            if task == Task::I2v {
+            if task.has_image() {
                 v.push(NetworkKind::ImageEncoder);
             }
         }

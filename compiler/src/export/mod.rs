@@ -603,7 +603,7 @@ pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> 
                 DitConfig::from_preset_name(preset).ok_or_else(|| Error::InvalidArgument {
                     flag: "--synthetic".into(),
                     reason: format!(
-                        "unknown preset '{preset}' (t2v-1.3B, t2v-14B, i2v-14B, vace-1.3B, vace-14B)"
+                        "unknown preset '{preset}' (t2v-1.3B, t2v-14B, i2v-14B, flf2v-14B, vace-1.3B, vace-14B)"
                     ),
                 })?;
             let info = ModelInfo {

@@ -20,6 +20,9 @@ pub enum Task {
     /// Video creation and editing (VACE-1.3B/14B): a T2V DiT with VACE
     /// blocks fed by a 96-channel context (`docs/WAN.md` §14).
     Vace,
+    /// First-last-frame-to-video (FLF2V-14B, `docs/WAN.md` §13): the I2V
+    /// network with a learned position embedding over two images' tokens.
+    Flf2v,
 }
 
 impl Task {
@@ -28,7 +31,24 @@ impl Task {
             Task::T2v => "t2v",
             Task::I2v => "i2v",
             Task::Vace => "vace",
+            Task::Flf2v => "flf2v",
         }
+    }
+
+    /// Conditioning images per sample: 0 (T2V, VACE), 1 (I2V), 2 (FLF2V).
+    pub fn images(self) -> u32 {
+        match self {
+            Task::T2v => 0,
+            Task::I2v => 1,
+            Task::Flf2v => 2,
+            Task::Vace => 0,
+        }
+    }
+
+    /// Whether the DiT takes CLIP tokens and the 20-channel condition `y`
+    /// (I2V and FLF2V).
+    pub fn has_image(self) -> bool {
+        self.images() > 0
     }
 }
 
@@ -133,9 +153,9 @@ pub struct DitConfig {
     pub num_layers: u32,
     pub eps: f64,
     pub patch_size: [u32; 3],
-    /// CLIP width for I2V (`None` for T2V).
+    /// CLIP width for I2V and FLF2V (`None` for T2V).
     pub image_dim: Option<u32>,
-    /// Number of CLIP image tokens for I2V (257 for ViT-H/14 at 224).
+    /// Number of CLIP tokens of one image (257 for ViT-H/14 at 224).
     pub image_tokens: u32,
     /// RoPE table length per axis.
     pub rope_max_seq_len: u32,
@@ -181,6 +201,10 @@ impl DitConfig {
     pub fn i2v_14b() -> Self {
         Self::preset(Task::I2v, 5120, 13824, 40, 40)
     }
+    /// FLF2V-14B (720P): the I2V-14B sizes plus `img_emb.emb_pos`.
+    pub fn flf2v_14b() -> Self {
+        Self::preset(Task::Flf2v, 5120, 13824, 40, 40)
+    }
 
     /// VACE-1.3B: the T2V-1.3B DiT with a hint after every second block
     /// (`vace_layers` 0, 2, …, 28) from a 96-channel context.
@@ -206,6 +230,7 @@ impl DitConfig {
             "i2v-14B" => Self::i2v_14b(),
             "vace-1.3B" => Self::vace_1_3b(),
             "vace-14B" => Self::vace_14b(),
+            "flf2v-14B" => Self::flf2v_14b(),
             _ => return None,
         })
     }
@@ -217,19 +242,25 @@ impl DitConfig {
             ffn_dim,
             freq_dim: 256,
             text_dim: 4096,
-            in_dim: if task == Task::I2v { 36 } else { 16 },
+            in_dim: if task.has_image() { 36 } else { 16 },
             out_dim: 16,
             num_heads,
             num_layers,
             eps: 1e-6,
             patch_size: [1, 2, 2],
-            image_dim: (task == Task::I2v).then_some(1280),
+            image_dim: task.has_image().then_some(1280),
             image_tokens: 257,
             rope_max_seq_len: 1024,
             text_len: 512,
             vace_layers: Vec::new(),
             vace_in_dim: 0,
         }
+    }
+
+    /// Image tokens of one sample's image context: 257 (I2V), 2 × 257
+    /// (FLF2V, the first frame's then the last frame's), 0 (T2V).
+    pub fn image_context_tokens(&self) -> u32 {
+        self.image_tokens * self.task.images()
     }
 
     pub fn head_dim(&self) -> u32 {
@@ -261,9 +292,10 @@ impl DitConfig {
             _ if vace => Task::Vace,
             "t2v" | "t2i" => Task::T2v,
             "i2v" => Task::I2v,
+            "flf2v" => Task::Flf2v,
             other => {
                 return Err(bad(format!(
-                    "model_type '{other}' is not supported (t2v, i2v)"
+                    "model_type '{other}' is not supported (t2v, i2v, flf2v)"
                 )));
             }
         };
@@ -290,7 +322,7 @@ impl DitConfig {
             num_layers: c.num_layers,
             eps: c.eps,
             patch_size: c.patch_size,
-            image_dim: (task == Task::I2v).then(|| c.image_dim.unwrap_or(1280)),
+            image_dim: task.has_image().then(|| c.image_dim.unwrap_or(1280)),
             image_tokens: 257,
             rope_max_seq_len: 1024,
             text_len: c.text_len,
@@ -325,27 +357,31 @@ impl DitConfig {
                 c.qk_norm, c.cross_attn_norm
             )));
         }
-        if c.pos_embed_seq_len.is_some() {
-            return Err(bad(
-                "pos_embed_seq_len is set: FLF2V checkpoints are not supported".into(),
-            ));
-        }
-        let task =
-            match (c.image_dim, c.added_kv_proj_dim) {
-                (None, None) if vace => Task::Vace,
-                (None, None) => Task::T2v,
-                _ if vace => return Err(bad(
+        let task = match (c.image_dim, c.added_kv_proj_dim, c.pos_embed_seq_len) {
+            (None, None, None) if vace => Task::Vace,
+            (None, None, None) => Task::T2v,
+            _ if vace => {
+                return Err(bad(
                     "a VACE DiT has no image branch: image_dim and added_kv_proj_dim must be null"
                         .into(),
-                )),
-                (Some(_), Some(_)) => Task::I2v,
-                _ => {
-                    return Err(bad(
-                        "image_dim and added_kv_proj_dim must be both set (I2V) or both null (T2V)"
-                            .into(),
-                    ));
-                }
-            };
+                ));
+            }
+            (Some(_), Some(_), None) => Task::I2v,
+            // FLF2V: the position embedding spans both images' tokens.
+            (Some(_), Some(_), Some(n)) if n == 2 * 257 => Task::Flf2v,
+            (_, _, Some(n)) => {
+                return Err(bad(format!(
+                    "pos_embed_seq_len {n}: FLF2V takes two images of 257 CLIP tokens (514), \
+                     with image_dim and added_kv_proj_dim set"
+                )));
+            }
+            _ => {
+                return Err(bad(
+                    "image_dim and added_kv_proj_dim must be both set (I2V) or both null (T2V)"
+                        .into(),
+                ));
+            }
+        };
         let dim = c
             .num_attention_heads
             .checked_mul(c.attention_head_dim)
@@ -448,9 +484,10 @@ impl DitConfig {
                 self.task.name()
             ));
         }
-        let want_in = match self.task {
-            Task::T2v | Task::Vace => self.out_dim,
-            Task::I2v => self.out_dim * 2 + 4,
+        let want_in = if self.task.has_image() {
+            self.out_dim * 2 + 4
+        } else {
+            self.out_dim
         };
         if self.in_dim != want_in {
             return Err(format!(
@@ -482,7 +519,14 @@ mod tests {
 
     #[test]
     fn presets_are_consistent() {
-        for name in ["t2v-1.3B", "t2v-14B", "i2v-14B", "vace-1.3B", "vace-14B"] {
+        for name in [
+            "t2v-1.3B",
+            "t2v-14B",
+            "i2v-14B",
+            "flf2v-14B",
+            "vace-1.3B",
+            "vace-14B",
+        ] {
             let c = DitConfig::from_preset_name(name).unwrap();
             c.validate().unwrap();
             assert_eq!(c.head_dim(), 128);
@@ -529,6 +573,29 @@ mod tests {
         let c: WanModelConfig = serde_json::from_str(&orig.replace("[0,2]", "[0,4]")).unwrap();
         let e = DitConfig::from_original(&c, Path::new("config.json")).unwrap_err();
         assert!(e.to_string().contains("vace_layers"), "{e}");
+    }
+
+    #[test]
+    fn flf2v_is_recognised_in_both_layouts() {
+        let text = r#"{"_class_name":"WanModel","_diffusers_version":"0.30.0","dim":5120,
+            "eps":1e-06,"ffn_dim":13824,"freq_dim":256,"in_dim":36,"model_type":"flf2v",
+            "num_heads":40,"num_layers":40,"out_dim":16,"text_len":512}"#;
+        let c: WanModelConfig = serde_json::from_str(text).unwrap();
+        let d = DitConfig::from_original(&c, Path::new("config.json")).unwrap();
+        assert_eq!(d, DitConfig::flf2v_14b());
+        assert_eq!(d.image_context_tokens(), 514);
+        let text = r#"{"_class_name":"WanTransformer3DModel","patch_size":[1,2,2],
+            "num_attention_heads":40,"attention_head_dim":128,"in_channels":36,
+            "out_channels":16,"text_dim":4096,"freq_dim":256,"ffn_dim":13824,"num_layers":40,
+            "cross_attn_norm":true,"qk_norm":"rms_norm_across_heads","eps":1e-06,
+            "image_dim":1280,"added_kv_proj_dim":5120,"pos_embed_seq_len":514}"#;
+        let c: WanTransformer3DModelConfig = serde_json::from_str(text).unwrap();
+        let d = DitConfig::from_diffusers(&c, Path::new("config.json")).unwrap();
+        assert_eq!(d, DitConfig::flf2v_14b());
+        let bad = text.replace("514", "257");
+        let c: WanTransformer3DModelConfig = serde_json::from_str(&bad).unwrap();
+        let e = DitConfig::from_diffusers(&c, Path::new("config.json")).unwrap_err();
+        assert!(e.to_string().contains("pos_embed_seq_len 257"), "{e}");
     }
 
     #[test]

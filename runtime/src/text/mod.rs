@@ -48,6 +48,7 @@ pub fn default_negative_prompt(task: Task) -> &'static str {
         // The official VACE configuration uses the shared T2V prompt.
         Task::T2v | Task::Vace => NEGATIVE_PROMPT_T2V,
         Task::I2v => NEGATIVE_PROMPT_I2V,
+        Task::Flf2v => NEGATIVE_PROMPT_FLF2V,
     }
 }
 
