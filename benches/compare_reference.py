@@ -1,23 +1,37 @@
 #!/usr/bin/env python3
 """Times the reference (diffusers `WanTransformer3DModel`, PyTorch eager) and
 wanrt (wan-compile + wan-run on ONNX Runtime) on the same synthetic DiT config,
-on the same machine, in one run, and prints the ratio.
+on the same machine, in one run, at several sizes, and prints the ratios.
 
 It is a bench, not a CI test: it needs PyTorch and diffusers
-(`pip install torch diffusers==0.42.1`) and the release binaries
-(`cargo build --release`), and ONNX Runtime via ORT_DYLIB_PATH
-(`source scripts/env.sh`). Both sides run float32 on the CPU with the same
-thread count; the reference's weights are saved in the diffusers layout and
-compiled by wan-compile, so both run the very same weights and inputs, and
-the outputs are compared as a sanity check.
+(`pip install torch diffusers==0.42.1` into a virtual environment), the
+release binaries (`cargo build --release -p wanrt-compiler -p wanrt-app`, or
+wherever wan-compile and wan-run are built; `--bin`), and ONNX Runtime via
+ORT_DYLIB_PATH. Both sides run float32 on the CPU with the same thread count
+(torch: `torch.set_num_threads`; ONNX Runtime: one intra-op thread per
+physical core, its default, so `--threads` must equal the core count for a
+fair run: the script says so when it does not). The reference's weights are
+saved in the diffusers layout and compiled by wan-compile, so both run the
+very same weights and inputs, and the outputs are compared as a sanity check.
 
-    python3 benches/compare_reference.py [--dim 384 --heads 6 --layers 4 ...]
+Each timing is the minimum over `--iters` calls after one warm-up call (the
+box is shared: the minimum is the least disturbed run); the load average is
+printed before and after.
+
+`--precision P` adds a column: the same model compiled with `wan-compile
+--precision P` (e.g. int8) and timed the same way, with its error against
+the reference; a precision this wan-compile does not know prints why and
+leaves the column empty. `--attention` is passed to wan-compile for the fp32
+column (default auto).
+
+    python3 benches/compare_reference.py [--sizes 256x160x9,512x384x9,480x320x17]
+        [--dim 384 --heads 6 --layers 4 ...] [--precision int8]
 """
 
 import argparse
 import json
 import os
-import statistics
+import platform
 import subprocess
 import sys
 import tempfile
@@ -27,6 +41,48 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def tokens_of(w, h, f):
+    return ((f - 1) // 4 + 1) * (h // 16) * (w // 16)
+
+
+def wanrt_time(bin_dir, model_dir, inputs, work, w, h, f, text_len, precision, attention, iters):
+    """Compiles and times one wanrt DiT; returns (min seconds, output, compile line) or raises."""
+    engines = work / f"engines-{precision}-{w}x{h}x{f}"
+    cmd = [
+        f"{bin_dir}/wan-compile", "--model", str(model_dir), "--out", str(engines),
+        "--width", str(w), "--height", str(h), "--frames", str(f),
+        "--text-len", str(text_len), "--precision", precision, "--networks", "dit",
+    ]
+    if attention:
+        cmd += ["--attention", attention]
+    c = subprocess.run(cmd, capture_output=True, text=True)
+    if c.returncode != 0:
+        raise RuntimeError((c.stderr.strip().splitlines() or ["wan-compile failed"])[-1])
+    wrote = next((l for l in c.stderr.splitlines() if l.startswith("wrote ")), "")
+    out_file = work / f"out-{precision}-{w}x{h}x{f}.safetensors"
+    r = subprocess.run([
+        f"{bin_dir}/wan-run", "component", "dit", "--engines", str(engines),
+        "--input", str(inputs), "--output", str(out_file), "--overwrite",
+        "--repeat", str(iters + 1),
+    ], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError((r.stderr.strip().splitlines() or ["wan-run failed"])[-1])
+    line = next(l for l in r.stdout.splitlines() if "median" in l)
+    ours = float(line.split("min ")[1].split(" s")[0])
+    from safetensors.torch import load_file
+    return ours, load_file(str(out_file))["noise_pred"], wrote
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dim", type=int, default=384)
@@ -34,16 +90,18 @@ def main():
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--ffn", type=int, default=1536)
     ap.add_argument("--text-dim", type=int, default=512)
-    ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--height", type=int, default=160)
-    ap.add_argument("--frames", type=int, default=9)
+    ap.add_argument("--sizes", default="256x160x9,512x384x9,480x320x17",
+                    help="WxHxF, comma-separated (default: 480, 2,304 and 3,000 tokens)")
     ap.add_argument("--text-len", type=int, default=128)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--attention", default=None, help="wan-compile --attention for the fp32 column")
+    ap.add_argument("--precision", default=None, help="an extra wan-compile --precision to time (e.g. int8)")
     ap.add_argument("--bin", default=str(ROOT / "target" / "release"))
     a = ap.parse_args()
 
     import torch
+    import diffusers
     from diffusers import WanTransformer3DModel
     from safetensors.torch import save_file
 
@@ -55,50 +113,73 @@ def main():
         in_channels=16, out_channels=16, text_dim=a.text_dim, freq_dim=256, ffn_dim=a.ffn,
         num_layers=a.layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
     ).eval()
-    lf, lh, lw = (a.frames - 1) // 4 + 1, a.height // 8, a.width // 8
-    inputs = {
-        "hidden_states": torch.randn(1, 16, lf, lh, lw),
-        "timestep": torch.tensor([500.0]),
-        "encoder_hidden_states": torch.randn(1, a.text_len, a.text_dim),
-    }
-    tokens = lf * (lh // 2) * (lw // 2)
-    print(f"config: dim {a.dim}, heads {a.heads}, layers {a.layers}, ffn {a.ffn}, "
-          f"{a.width}x{a.height}x{a.frames} ({tokens} tokens), text {a.text_len}, threads {a.threads}")
+    sizes = [tuple(int(v) for v in s.split("x")) for s in a.sizes.split(",")]
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
+    print(f"reference: diffusers {diffusers.__version__}, torch {torch.__version__} eager, "
+          f"{torch.get_num_threads()} threads; wanrt: ONNX Runtime CPU ({a.bin})")
+    if a.threads != os.cpu_count():
+        print(f"note: torch runs {a.threads} threads, ONNX Runtime one per core ({os.cpu_count()} CPUs here)")
+    print(f"config: dim {a.dim}, heads {a.heads}, layers {a.layers}, ffn {a.ffn}, text {a.text_len}, "
+          f"min of {a.iters} timed calls after a warm-up")
 
-    with torch.no_grad():
-        ref = model(**inputs, return_dict=False)[0]
-        times = []
-        for _ in range(a.iters):
-            t = time.perf_counter()
-            model(**inputs, return_dict=False)
-            times.append(time.perf_counter() - t)
-    ref_median = statistics.median(times)
-    print(f"reference (diffusers {__import__('diffusers').__version__}, torch {torch.__version__} eager): "
-          f"median {ref_median:.4f} s, min {min(times):.4f} s over {a.iters}")
-
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model.save_pretrained(tmp / "transformer", safe_serialization=True)
-        save_file({k: v.contiguous() for k, v in inputs.items()}, str(tmp / "inputs.safetensors"))
-        subprocess.run([
-            f"{a.bin}/wan-compile", "--model", str(tmp / "transformer"), "--out", str(tmp / "engines"),
-            "--width", str(a.width), "--height", str(a.height), "--frames", str(a.frames),
-            "--text-len", str(a.text_len), "--precision", "fp32", "--networks", "dit",
-        ], check=True)
-        out = subprocess.run([
-            f"{a.bin}/wan-run", "component", "dit", "--engines", str(tmp / "engines"),
-            "--input", str(tmp / "inputs.safetensors"), "--output", str(tmp / "out.safetensors"),
-            "--repeat", str(a.iters + 1),
-        ], check=True, capture_output=True, text=True)
-        line = next(l for l in out.stdout.splitlines() if "median" in l)
-        ours = float(line.split("median ")[1].split(" s")[0])
-        print(f"wanrt (ONNX Runtime CPU): {line}")
-        from safetensors.torch import load_file
-        got = load_file(str(tmp / "out.safetensors"))["noise_pred"]
-        err = (got - ref).abs().max().item()
-        print(f"max |wanrt - reference| = {err:.3e}")
-    print(f"ratio reference / wanrt = {ref_median / ours:.2f}x")
-    print(json.dumps({"reference_s": ref_median, "wanrt_s": ours, "ratio": ref_median / ours, "max_abs": err}))
+        for (w, h, f) in sizes:
+            lf, lh, lw = (f - 1) // 4 + 1, h // 8, w // 8
+            g = torch.Generator().manual_seed(w * 100003 + h * 101 + f)
+            inputs = {
+                "hidden_states": torch.randn(1, 16, lf, lh, lw, generator=g),
+                "timestep": torch.tensor([500.0]),
+                "encoder_hidden_states": torch.randn(1, a.text_len, a.text_dim, generator=g),
+            }
+            inputs_file = tmp / f"inputs-{w}x{h}x{f}.safetensors"
+            save_file({k: v.contiguous() for k, v in inputs.items()}, str(inputs_file))
+            with torch.no_grad():
+                ref = model(**inputs, return_dict=False)[0]
+                times = []
+                for _ in range(a.iters):
+                    t = time.perf_counter()
+                    model(**inputs, return_dict=False)
+                    times.append(time.perf_counter() - t)
+            ref_s = min(times)
+            row = {"size": f"{w}x{h}x{f}", "tokens": tokens_of(w, h, f), "reference_s": ref_s}
+            ours, got, wrote = wanrt_time(a.bin, tmp / "transformer", inputs_file, tmp, w, h, f,
+                                          a.text_len, "fp32", a.attention, a.iters)
+            row.update(wanrt_fp32_s=ours, ratio_fp32=ref_s / ours,
+                       max_abs_fp32=(got - ref).abs().max().item(), compiled=wrote)
+            if a.precision:
+                try:
+                    q, got_q, _ = wanrt_time(a.bin, tmp / "transformer", inputs_file, tmp, w, h, f,
+                                             a.text_len, a.precision, None, a.iters)
+                    row.update({f"wanrt_{a.precision}_s": q, f"ratio_{a.precision}": ref_s / q,
+                                f"max_abs_{a.precision}": (got_q - ref).abs().max().item()})
+                except RuntimeError as e:
+                    row[f"{a.precision}_error"] = str(e)
+                    print(f"note: --precision {a.precision} not timed at {w}x{h}x{f}: {e}")
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    extra = a.precision
+    head = "| size (tokens) | reference | wanrt fp32 | reference / wanrt fp32 |"
+    rule = "|---|---|---|---|"
+    if extra:
+        head += f" wanrt {extra} | reference / wanrt {extra} |"
+        rule += "---|---|"
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}\n")
+    print(head)
+    print(rule)
+    for r in rows:
+        line = (f"| {r['size']} ({r['tokens']:,}) | {r['reference_s'] * 1e3:.1f} ms | "
+                f"{r['wanrt_fp32_s'] * 1e3:.1f} ms | **{r['ratio_fp32']:.2f}×** |")
+        if extra:
+            if f"wanrt_{extra}_s" in r:
+                line += f" {r[f'wanrt_{extra}_s'] * 1e3:.1f} ms | **{r[f'ratio_{extra}']:.2f}×** |"
+            else:
+                line += " — | — |"
+        print(line)
+    print("max |wanrt fp32 - reference|: " + ", ".join(f"{r['max_abs_fp32']:.1e}" for r in rows))
 
 
 if __name__ == "__main__":

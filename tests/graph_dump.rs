@@ -6,7 +6,7 @@
 mod common;
 
 use common::{CASES, Case};
-use wanrt::core::{BatchMode, Precision};
+use wanrt::core::{AttentionKind, BatchMode, Precision};
 use wanrt::graphs::dump::dump;
 use wanrt::graphs::onnx::ModelProto;
 
@@ -23,6 +23,27 @@ fn check(case: &'static str, precision: Precision) {
 fn dit_fp32_dumps_match() {
     for case in CASES {
         check(case, Precision::Fp32);
+    }
+}
+
+/// The default fp32 dumps above are the CPU formulation `auto` picks; the
+/// other two formulations of `wan-compile --attention` have their own.
+#[test]
+fn dit_fp32_dumps_of_the_other_attention_formulations_match() {
+    let c = Case::new("t2v-tiny");
+    for kind in [AttentionKind::Onnx, AttentionKind::Matmul] {
+        let out = tempfile::tempdir().unwrap();
+        let opts = c
+            .options(false, Precision::Fp32, BatchMode::Fixed(1), out.path())
+            .with_networks([wanrt::core::NetworkKind::Dit])
+            .with_attention(Some(kind));
+        wanrt::compiler::compile(&opts).unwrap();
+        let model =
+            ModelProto::from_bytes(&std::fs::read(out.path().join("dit.onnx")).unwrap()).unwrap();
+        check_text(
+            &format!("dit-t2v-tiny-fp32-attention-{kind}"),
+            &dump(&model),
+        );
     }
 }
 

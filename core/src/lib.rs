@@ -5,6 +5,7 @@
 //! crate is what lets `graphs`, `compiler` and `runtime` agree on shapes,
 //! names and dtypes without depending on each other.
 
+pub mod attention;
 pub mod config;
 pub mod contract;
 pub mod dtype;
@@ -15,6 +16,7 @@ pub mod manifest;
 pub mod profile;
 pub mod safetensors;
 
+pub use attention::AttentionKind;
 pub use config::{ClipVisionConfig, DitConfig, Task, Umt5Config, VaeConfig};
 pub use contract::{Dim, DitStage, NetworkContract, NetworkKind, TensorSpec};
 pub use dtype::{DType, Precision};

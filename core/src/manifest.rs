@@ -159,6 +159,10 @@ pub struct NetworkEntry {
     /// stay the contract of the whole call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<ChunkGraph>,
+    /// How the graphs write attention (`wan-compile --attention`; older
+    /// manifests: the opset-23 `Attention` op, all they could hold).
+    #[serde(default)]
+    pub attention: crate::AttentionKind,
 }
 
 impl NetworkEntry {
@@ -376,6 +380,7 @@ mod tests {
                 chunks: vec![],
                 loras: vec![],
                 stages: vec![],
+                attention: crate::AttentionKind::Onnx,
             },
         );
         m

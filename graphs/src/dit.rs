@@ -138,6 +138,7 @@ impl Dit<'_, '_, '_> {
 
     fn self_attn(&mut self, p: &str, h: &Value, rope: &(Value, Value, Value)) -> Result<Value> {
         let (d, heads, c) = (self.cfg.dim, self.cfg.num_heads, self.c);
+        let hd = self.cfg.head_dim();
         let q = self.linear_rms(&format!("{p}.q"), &format!("{p}.norm_q"), h, d)?;
         let k = self.linear_rms(&format!("{p}.k"), &format!("{p}.norm_k"), h, d)?;
         let v = self.linear(&format!("{p}.v"), h, d, d, c)?;
@@ -148,7 +149,7 @@ impl Dit<'_, '_, '_> {
             let k = b.rotary(&k, &rope.0, &rope.1, &rope.2, heads);
             let q = b.cast(&q, c);
             let k = b.cast(&k, c);
-            Ok(b.attention(&q, &k, &v, heads))
+            Ok(b.sdpa(&q, &k, &v, heads, hd))
         })?;
         self.linear(&format!("{p}.o"), &o, d, d, c)
     }
@@ -161,13 +162,14 @@ impl Dit<'_, '_, '_> {
         img: Option<&Value>,
     ) -> Result<Value> {
         let (d, heads, c) = (self.cfg.dim, self.cfg.num_heads, self.c);
+        let hd = self.cfg.head_dim();
         let q = self.linear_rms(&format!("{p}.q"), &format!("{p}.norm_q"), h, d)?;
         let k = self.linear_rms(&format!("{p}.k"), &format!("{p}.norm_k"), ctx, d)?;
         let v = self.linear(&format!("{p}.v"), ctx, d, d, c)?;
         let mut o = self.b.scoped(p, |b| {
             let q = b.cast(&q, c);
             let k = b.cast(&k, c);
-            Ok(b.attention(&q, &k, &v, heads))
+            Ok(b.sdpa(&q, &k, &v, heads, hd))
         })?;
         if let Some(img) = img {
             let ki = self.linear_rms(&format!("{p}.k_img"), &format!("{p}.norm_k_img"), img, d)?;
@@ -175,7 +177,7 @@ impl Dit<'_, '_, '_> {
             o = self.b.scoped(p, |b| {
                 let q = b.cast(&q, c);
                 let ki = b.cast(&ki, c);
-                let oi = b.attention(&q, &ki, &vi, heads);
+                let oi = b.sdpa(&q, &ki, &vi, heads, hd);
                 // The two results are summed before the shared projection.
                 Ok(b.add(&o, &oi))
             })?;

@@ -113,9 +113,14 @@ pub fn dump(model: &ModelProto) -> String {
         } else {
             format!(" {{{}}}", attrs.join(", "))
         };
+        let domain = if n.domain.is_empty() {
+            String::new()
+        } else {
+            format!("{}.", n.domain)
+        };
         writeln!(
             s,
-            "{} = {}({}){attrs}",
+            "{} = {domain}{}({}){attrs}",
             n.output.join(", "),
             n.op_type,
             n.input.join(", ")

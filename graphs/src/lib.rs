@@ -8,6 +8,7 @@
 //! * [`dump`] — a stable text dump of a graph for review and tests;
 //! * [`emulate`] — a test rewrite that runs bf16 graphs on CPUs without bf16 kernels.
 
+pub mod attention;
 pub mod builder;
 pub mod clip;
 pub mod dit;

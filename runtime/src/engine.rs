@@ -173,6 +173,14 @@ impl Artifacts {
             let machine = crate::engines::machine_target_lenient(0);
             crate::engines::check_record(&self.dir, &self.manifest, &machine)?;
         }
+        crate::attention::check_attention(
+            &self.manifest,
+            Some(kind),
+            &crate::backend::Resolved {
+                backend,
+                why: "--backend".into(),
+            },
+        )?;
         Ok(entry)
     }
 }

@@ -23,6 +23,7 @@
 //! # Ok::<(), wanrt_runtime::Error>(())
 //! ```
 
+pub mod attention;
 pub mod backend;
 pub mod buffer;
 pub mod chunked;

@@ -10,7 +10,7 @@ use clap::Parser;
 use wanrt_compiler::export::{CompileOptions, ModelSource, compile};
 use wanrt_compiler::lora::LoraSpec;
 use wanrt_core::profile::{DEFAULT_FRAMES, DEFAULT_TEXT_LEN};
-use wanrt_core::{BatchMode, NetworkKind, Precision, Profile};
+use wanrt_core::{AttentionKind, BatchMode, NetworkKind, Precision, Profile};
 
 /// Compile a Wan2.1 model (original or diffusers layout) into typed ONNX
 /// graphs for one resolution profile.
@@ -94,6 +94,24 @@ struct Args {
     /// instead of refusing the file.
     #[arg(long)]
     lora_ignore_unmatched: bool,
+    /// How the DiT writes attention: auto (default: `onnx` for bf16/fp16
+    /// graphs and --engine tensorrt, `mha` otherwise, the fastest exact one
+    /// on ONNX Runtime's CPU provider), onnx (opset-23 `Attention`, fused by
+    /// TensorRT/CUDA), mha (ONNX Runtime's `com.microsoft.MultiHeadAttention`)
+    /// or matmul (MatMul-Softmax-MatMul).
+    #[arg(long, default_value = "auto", value_parser = parse_attention)]
+    attention: AttentionChoice,
+}
+
+/// `--attention`: `None` is `auto` (an alias, so that clap does not read the
+/// field as an optional flag).
+type AttentionChoice = Option<AttentionKind>;
+
+fn parse_attention(s: &str) -> std::result::Result<AttentionChoice, String> {
+    match s {
+        "auto" => Ok(None),
+        other => other.parse().map(Some),
+    }
 }
 
 fn profile(args: &Args, default: &str) -> Result<Profile> {
@@ -153,6 +171,7 @@ fn run() -> Result<()> {
                 .map(|_| wanrt_core::engines::EngineKind::Tensorrt),
         )
         .with_lora_ignore_unmatched(args.lora_ignore_unmatched)
+        .with_attention(args.attention)
         .with_progress(true)
         .with_interrupt(interrupt);
     let opts = args
@@ -195,7 +214,10 @@ fn run() -> Result<()> {
     let precisions: Vec<String> = manifest
         .networks
         .iter()
-        .map(|(k, e)| format!("{k} {}", e.precision))
+        .map(|(k, e)| match k {
+            NetworkKind::Dit => format!("{k} {} attention {}", e.precision, e.attention),
+            _ => format!("{k} {}", e.precision),
+        })
         .collect();
     eprintln!(
         "wrote {} ({}; {} {}x{}x{}) in {:.1} s{peak}",

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use wanrt_core::manifest::{ModelInfo, NetworkEntry, Tools};
 use wanrt_core::{
-    DitConfig, Manifest, NetworkContract, NetworkKind, Precision, Profile, VaeConfig,
+    AttentionKind, DType, DitConfig, Manifest, NetworkContract, NetworkKind, Precision, Profile,
+    VaeConfig,
 };
 use wanrt_graphs::clip::{self, ClipOptions};
 use wanrt_graphs::dit::{self, DitOptions};
@@ -69,6 +70,9 @@ pub struct CompileOptions {
     /// Merge the keys that match and record the others instead of failing
     /// (`--lora-ignore-unmatched`).
     pub lora_ignore_unmatched: bool,
+    /// How the DiT writes attention (`--attention`); `None` is `auto`
+    /// ([`AttentionKind::auto`]).
+    pub attention: Option<AttentionKind>,
 }
 
 impl CompileOptions {
@@ -91,7 +95,48 @@ impl CompileOptions {
             engine: None,
             loras: Vec::new(),
             lora_ignore_unmatched: false,
+            attention: None,
         }
+    }
+
+    /// The DiT's attention formulation (`None`: chosen from the precision
+    /// and `--engine`, [`AttentionKind::auto`]).
+    pub fn with_attention(mut self, kind: Option<AttentionKind>) -> Self {
+        self.attention = kind;
+        self
+    }
+
+    /// The formulation the DiT is written with, or why `--attention` cannot
+    /// be honoured: the contrib op and the matmul form are fp32 CPU
+    /// formulations (ONNX Runtime's CPU `MultiHeadAttention` has no half
+    /// kernel; a TensorRT engine would run them outside its fused
+    /// attention).
+    pub fn dit_attention(&self) -> Result<AttentionKind> {
+        let Some(kind) = self.attention else {
+            return Ok(AttentionKind::auto(self.precision, self.engine.is_some()));
+        };
+        if kind != AttentionKind::Onnx {
+            if self.precision.compute_dtype() != DType::Float32 {
+                return Err(Error::InvalidArgument {
+                    flag: "--attention".into(),
+                    reason: format!(
+                        "{kind} is a formulation for float32 graphs on ONNX Runtime's CPU \
+                         provider; --precision {} graphs are for GPUs: use --attention onnx or auto",
+                        self.precision
+                    ),
+                });
+            }
+            if self.engine.is_some() {
+                return Err(Error::InvalidArgument {
+                    flag: "--attention".into(),
+                    reason: format!(
+                        "{kind} would run outside TensorRT's fused attention in the engines \
+                         --engine builds: use --attention onnx or auto"
+                    ),
+                });
+            }
+        }
+        Ok(kind)
     }
 
     pub fn with_engine(mut self, engine: Option<wanrt_core::engines::EngineKind>) -> Self {
@@ -424,6 +469,7 @@ pub fn export_graph(
         chunks: vec![],
         loras: vec![],
         stages: vec![],
+        attention: AttentionKind::Onnx,
     };
     let report = NetworkReport {
         network: job.kind,
@@ -479,12 +525,18 @@ fn export_dit(
     };
     let data_file = format!("{name}.onnx.data");
     let pb = progress_bar(opts.show_progress, name);
-    let mut builder =
-        GraphBuilder::new(name, Some(&staging.join(&data_file)))?.with_progress(|n| pb.inc(n));
+    let attention = opts.dit_attention()?;
+    let mut builder = GraphBuilder::new(name, Some(&staging.join(&data_file)))?
+        .with_progress(|n| pb.inc(n))
+        .with_attention(attention);
     if let Some(flag) = &opts.interrupt {
         builder = builder.with_interrupt(flag);
     }
-    let doc = format!("Wan2.1 DiT ({}), {}", cfg.task.name(), precision_doc(opts));
+    let doc = format!(
+        "Wan2.1 DiT ({}), {}, attention {attention}",
+        cfg.task.name(),
+        precision_doc(opts)
+    );
     let dopts = DitOptions {
         precision: opts.precision,
         debug_outputs: opts.debug_outputs,
@@ -551,6 +603,7 @@ fn export_dit(
         chunks: vec![],
         stages: stage_graphs,
         loras: vec![],
+        attention,
     };
     let report = NetworkReport {
         network: NetworkKind::Dit,

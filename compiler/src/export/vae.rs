@@ -160,6 +160,7 @@ fn vae_entry(
         chunks,
         loras: vec![],
         stages: vec![],
+        attention: AttentionKind::Onnx,
     };
     let report = NetworkReport {
         network: kind,

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use half::{bf16, f16};
 use sha2::{Digest, Sha256};
-use wanrt_core::DType;
+use wanrt_core::{AttentionKind, DType};
 
 use crate::error::{Error, Result};
 use crate::onnx::*;
@@ -126,6 +126,8 @@ pub struct GraphBuilder<'i> {
     written: HashMap<String, TensorProto>,
     interrupt: Option<&'i AtomicBool>,
     progress: Option<Box<dyn FnMut(u64) + 'i>>,
+    /// How [`GraphBuilder::sdpa`] writes attention (`crate::attention`).
+    attention: AttentionKind,
 }
 
 pub fn attr_int(name: &str, i: i64) -> AttributeProto {
@@ -267,7 +269,20 @@ impl<'i> GraphBuilder<'i> {
             written: HashMap::new(),
             interrupt: None,
             progress: None,
+            attention: AttentionKind::Onnx,
         })
+    }
+
+    /// [`GraphBuilder::sdpa`] writes attention as `kind` (default: the
+    /// opset-23 `Attention` op); it stays for every graph of this builder.
+    pub fn with_attention(mut self, kind: AttentionKind) -> Self {
+        self.attention = kind;
+        self
+    }
+
+    /// The formulation [`GraphBuilder::sdpa`] writes.
+    pub fn attention_kind(&self) -> AttentionKind {
+        self.attention
     }
 
     /// Export stops with [`Error::Interrupted`] once `flag` is set.
@@ -635,6 +650,13 @@ impl<'i> GraphBuilder<'i> {
         outputs
     }
 
+    /// Puts the node added last into operator domain `domain` (a contrib op).
+    pub(crate) fn set_last_domain(&mut self, domain: &str) {
+        if let Some(n) = self.nodes.last_mut() {
+            n.domain = domain.to_string();
+        }
+    }
+
     /// Takes the graph built so far as a model, leaving the builder ready
     /// for another graph that shares the external-data file.
     pub fn take_graph(&mut self, name: &str, doc: &str) -> ModelProto {
@@ -649,12 +671,24 @@ impl<'i> GraphBuilder<'i> {
         };
         self.consts.clear();
         self.counters.clear();
+        let mut opset_import = vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }];
+        // Contrib-op domains the nodes use (`com.microsoft`, version 1).
+        let domains: std::collections::BTreeSet<&str> = graph
+            .node
+            .iter()
+            .map(|n| n.domain.as_str())
+            .filter(|d| !d.is_empty())
+            .collect();
+        opset_import.extend(domains.into_iter().map(|d| OperatorSetIdProto {
+            domain: d.to_string(),
+            version: 1,
+        }));
         ModelProto {
             ir_version: IR_VERSION,
-            opset_import: vec![OperatorSetIdProto {
-                domain: String::new(),
-                version: OPSET,
-            }],
+            opset_import,
             producer_name: "wanrt".into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),
             graph: Some(graph),
