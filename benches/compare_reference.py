@@ -22,7 +22,8 @@ printed before and after.
 --precision P` (e.g. int8) and timed the same way, with its error against
 the reference; a precision this wan-compile does not know prints why and
 leaves the column empty. `--attention` is passed to wan-compile for the fp32
-column (default auto).
+column (default auto); a comma-separated list (`onnx,mha,matmul`) times one
+fp32 column per formulation, the first one giving the ratio.
 
     python3 benches/compare_reference.py [--sizes 256x160x9,512x384x9,480x320x17]
         [--dim 384 --heads 6 --layers 4 ...] [--precision int8]
@@ -57,19 +58,20 @@ def tokens_of(w, h, f):
 
 def wanrt_time(bin_dir, model_dir, inputs, work, w, h, f, text_len, precision, attention, iters):
     """Compiles and times one wanrt DiT; returns (min seconds, output, compile line) or raises."""
-    engines = work / f"engines-{precision}-{w}x{h}x{f}"
+    engines = work / f"engines-{precision}-{attention}-{w}x{h}x{f}"
     cmd = [
         f"{bin_dir}/wan-compile", "--model", str(model_dir), "--out", str(engines),
         "--width", str(w), "--height", str(h), "--frames", str(f),
         "--text-len", str(text_len), "--precision", precision, "--networks", "dit",
     ]
-    if attention:
+    if attention and attention != "auto":
         cmd += ["--attention", attention]
     c = subprocess.run(cmd, capture_output=True, text=True)
     if c.returncode != 0:
-        raise RuntimeError((c.stderr.strip().splitlines() or ["wan-compile failed"])[-1])
+        lines = c.stderr.strip().splitlines()
+        raise RuntimeError(next((l for l in lines if "error" in l), lines[-1] if lines else "failed"))
     wrote = next((l for l in c.stderr.splitlines() if l.startswith("wrote ")), "")
-    out_file = work / f"out-{precision}-{w}x{h}x{f}.safetensors"
+    out_file = work / f"out-{precision}-{attention}-{w}x{h}x{f}.safetensors"
     r = subprocess.run([
         f"{bin_dir}/wan-run", "component", "dit", "--engines", str(engines),
         "--input", str(inputs), "--output", str(out_file), "--overwrite",
@@ -95,7 +97,8 @@ def main():
     ap.add_argument("--text-len", type=int, default=128)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--attention", default=None, help="wan-compile --attention for the fp32 column")
+    ap.add_argument("--attention", default="auto",
+                    help="wan-compile --attention for the fp32 column(s), comma-separated")
     ap.add_argument("--precision", default=None, help="an extra wan-compile --precision to time (e.g. int8)")
     ap.add_argument("--bin", default=str(ROOT / "target" / "release"))
     a = ap.parse_args()
@@ -114,6 +117,7 @@ def main():
         num_layers=a.layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
     ).eval()
     sizes = [tuple(int(v) for v in s.split("x")) for s in a.sizes.split(",")]
+    kinds = a.attention.split(",")
     print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
     print(f"reference: diffusers {diffusers.__version__}, torch {torch.__version__} eager, "
           f"{torch.get_num_threads()} threads; wanrt: ONNX Runtime CPU ({a.bin})")
@@ -145,10 +149,15 @@ def main():
                     times.append(time.perf_counter() - t)
             ref_s = min(times)
             row = {"size": f"{w}x{h}x{f}", "tokens": tokens_of(w, h, f), "reference_s": ref_s}
-            ours, got, wrote = wanrt_time(a.bin, tmp / "transformer", inputs_file, tmp, w, h, f,
-                                          a.text_len, "fp32", a.attention, a.iters)
-            row.update(wanrt_fp32_s=ours, ratio_fp32=ref_s / ours,
-                       max_abs_fp32=(got - ref).abs().max().item(), compiled=wrote)
+            for i, kind in enumerate(kinds):
+                ours, got, wrote = wanrt_time(a.bin, tmp / "transformer", inputs_file, tmp, w, h, f,
+                                              a.text_len, "fp32", kind, a.iters)
+                err = (got - ref).abs().max().item()
+                if i == 0:
+                    row.update(wanrt_fp32_s=ours, ratio_fp32=ref_s / ours, max_abs_fp32=err,
+                               compiled=wrote)
+                row[f"wanrt_fp32_{kind}_s"] = ours
+                row[f"max_abs_fp32_{kind}"] = err
             if a.precision:
                 try:
                     q, got_q, _ = wanrt_time(a.bin, tmp / "transformer", inputs_file, tmp, w, h, f,
@@ -162,8 +171,11 @@ def main():
             print(json.dumps(row), flush=True)
 
     extra = a.precision
-    head = "| size (tokens) | reference | wanrt fp32 | reference / wanrt fp32 |"
+    head = f"| size (tokens) | reference | wanrt fp32 ({kinds[0]}) | reference / wanrt fp32 |"
     rule = "|---|---|---|---|"
+    for kind in kinds[1:]:
+        head += f" fp32 {kind} | ratio |"
+        rule += "---|---|"
     if extra:
         head += f" wanrt {extra} | reference / wanrt {extra} |"
         rule += "---|---|"
@@ -173,6 +185,9 @@ def main():
     for r in rows:
         line = (f"| {r['size']} ({r['tokens']:,}) | {r['reference_s'] * 1e3:.1f} ms | "
                 f"{r['wanrt_fp32_s'] * 1e3:.1f} ms | **{r['ratio_fp32']:.2f}×** |")
+        for kind in kinds[1:]:
+            t = r[f"wanrt_fp32_{kind}_s"]
+            line += f" {t * 1e3:.1f} ms | {r['reference_s'] / t:.2f}× |"
         if extra:
             if f"wanrt_{extra}_s" in r:
                 line += f" {r[f'wanrt_{extra}_s'] * 1e3:.1f} ms | **{r[f'ratio_{extra}']:.2f}×** |"

@@ -1,4 +1,4 @@
-//! How a graph writes scaled dot-product attention (`docs/WAN.md` §9).
+//! How a graph writes scaled dot-product attention (`docs/WAN.md` §11).
 //!
 //! The three formulations compute the same `softmax(q·kᵀ/√d)·v` in the
 //! graph's compute type; they differ in which kernels ONNX Runtime picks:

@@ -1,5 +1,5 @@
 //! Scaled dot-product attention in the formulation the builder was set to
-//! ([`AttentionKind`], `docs/WAN.md` §9): the opset-23 `Attention` op for
+//! ([`AttentionKind`], `docs/WAN.md` §11): the opset-23 `Attention` op for
 //! GPU providers, ONNX Runtime's `com.microsoft.MultiHeadAttention` or
 //! `MatMul → Softmax → MatMul` for its CPU provider. All three take and give
 //! `[b, s, heads·d]` tensors and compute `softmax(q·kᵀ/√d)·v`.

@@ -1,5 +1,5 @@
 //! Which backends run a graph's attention formulation as compiled
-//! (`wan-compile --attention`, recorded in the manifest; `docs/WAN.md` §9).
+//! (`wan-compile --attention`, recorded in the manifest; `docs/WAN.md` §11).
 //!
 //! `onnx` (the opset-23 `Attention` op) and `matmul` (`MatMul → Softmax →
 //! MatMul`, which TensorRT fuses as well) run everywhere. `mha`, ONNX
