@@ -855,3 +855,52 @@ pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> 
     drop(staging);
     Ok((manifest, reports))
 }
+
+#[cfg(test)]
+mod attention_tests {
+    use super::*;
+
+    fn opts(precision: Precision) -> CompileOptions {
+        CompileOptions::new(
+            ModelSource::Synthetic("t2v-1.3B".into()),
+            "/nonexistent",
+            Profile::custom(32, 32, 9, 16).unwrap(),
+        )
+        .with_precision(precision)
+    }
+
+    #[test]
+    fn auto_and_explicit_attention_and_the_refusals() {
+        let tensorrt = Some(wanrt_core::engines::EngineKind::Tensorrt);
+        assert_eq!(
+            opts(Precision::Fp32).dit_attention().unwrap(),
+            AttentionKind::Mha
+        );
+        assert_eq!(
+            opts(Precision::Bf16).dit_attention().unwrap(),
+            AttentionKind::Onnx
+        );
+        let trt = opts(Precision::Fp32).with_engine(tensorrt);
+        assert_eq!(trt.dit_attention().unwrap(), AttentionKind::Onnx);
+        for kind in AttentionKind::ALL {
+            let o = opts(Precision::Fp32).with_attention(Some(kind));
+            assert_eq!(o.dit_attention().unwrap(), kind);
+        }
+        for kind in [AttentionKind::Mha, AttentionKind::Matmul] {
+            for o in [
+                opts(Precision::Fp16).with_attention(Some(kind)),
+                opts(Precision::Fp32)
+                    .with_engine(tensorrt)
+                    .with_attention(Some(kind)),
+            ] {
+                let e = o.dit_attention().unwrap_err();
+                assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{e}");
+                let msg = e.to_string();
+                assert!(msg.starts_with("--attention:"), "{msg}");
+                assert!(msg.contains("--attention onnx"), "{msg}");
+            }
+        }
+        let o = opts(Precision::Bf16).with_attention(Some(AttentionKind::Onnx));
+        assert_eq!(o.dit_attention().unwrap(), AttentionKind::Onnx);
+    }
+}
