@@ -51,19 +51,24 @@ impl AttentionKind {
         }
     }
 
-    /// The formulation `wan-compile --attention auto` writes: the standard
-    /// op for graphs meant for GPUs (half precision, which ONNX Runtime's CPU
-    /// provider cannot run, or a TensorRT engine built at compile time),
-    /// whose providers fuse it; otherwise the fastest exact one on ONNX
-    /// Runtime's CPU provider (measured, docs/MEASUREMENTS.md).
-    pub fn auto(precision: Precision, gpu_engine: bool) -> AttentionKind {
+    /// The formulation `wan-compile --attention auto` writes for a DiT of
+    /// `tokens` tokens: the standard op for graphs meant for GPUs (half
+    /// precision, which ONNX Runtime's CPU provider cannot run, or a TensorRT
+    /// engine built at compile time), whose providers fuse it; otherwise the
+    /// fastest exact one on ONNX Runtime's CPU provider, measured
+    /// (docs/MEASUREMENTS.md): `mha` from [`Self::MHA_MIN_TOKENS`] tokens on,
+    /// the op below (its kernel is as fast or faster on short sequences).
+    pub fn auto(precision: Precision, gpu_engine: bool, tokens: u32) -> AttentionKind {
         let gpu_precision = matches!(precision, Precision::Bf16 | Precision::Fp16);
-        if gpu_precision || gpu_engine {
+        if gpu_precision || gpu_engine || tokens < Self::MHA_MIN_TOKENS {
             AttentionKind::Onnx
         } else {
             AttentionKind::Mha
         }
     }
+
+    /// Sequence length from which `auto` writes `mha` for the CPU provider.
+    pub const MHA_MIN_TOKENS: u32 = 1024;
 }
 
 impl fmt::Display for AttentionKind {
@@ -98,22 +103,16 @@ mod tests {
     }
 
     #[test]
-    fn auto_keeps_the_standard_op_for_gpu_graphs() {
-        assert_eq!(
-            AttentionKind::auto(Precision::Bf16, false),
-            AttentionKind::Onnx
-        );
-        assert_eq!(
-            AttentionKind::auto(Precision::Fp16, false),
-            AttentionKind::Onnx
-        );
-        assert_eq!(
-            AttentionKind::auto(Precision::Fp32, true),
-            AttentionKind::Onnx
-        );
-        assert_ne!(
-            AttentionKind::auto(Precision::Fp32, false),
-            AttentionKind::Onnx
-        );
+    fn auto_keeps_the_standard_op_for_gpu_graphs_and_short_sequences() {
+        let long = 32_760; // the 1.3B model at 480p
+        for p in [Precision::Bf16, Precision::Fp16] {
+            assert_eq!(AttentionKind::auto(p, false, long), AttentionKind::Onnx);
+        }
+        let auto = AttentionKind::auto;
+        assert_eq!(auto(Precision::Fp32, true, long), AttentionKind::Onnx);
+        assert_eq!(auto(Precision::Fp32, false, long), AttentionKind::Mha);
+        assert_eq!(auto(Precision::Fp32, false, 1024), AttentionKind::Mha);
+        assert_eq!(auto(Precision::Fp32, false, 1023), AttentionKind::Onnx);
+        assert_eq!(auto(Precision::Fp32, false, 12), AttentionKind::Onnx);
     }
 }

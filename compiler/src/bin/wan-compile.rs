@@ -95,10 +95,10 @@ struct Args {
     #[arg(long)]
     lora_ignore_unmatched: bool,
     /// How the DiT writes attention: auto (default: `onnx` for bf16/fp16
-    /// graphs and --engine tensorrt, `mha` otherwise, the fastest exact one
-    /// on ONNX Runtime's CPU provider), onnx (opset-23 `Attention`, fused by
-    /// TensorRT/CUDA), mha (ONNX Runtime's `com.microsoft.MultiHeadAttention`)
-    /// or matmul (MatMul-Softmax-MatMul).
+    /// graphs, --engine tensorrt and profiles under 1,024 tokens, `mha`
+    /// otherwise, the fastest exact one on ONNX Runtime's CPU provider), onnx
+    /// (opset-23 `Attention`, fused by TensorRT/CUDA), mha (ONNX Runtime's
+    /// `com.microsoft.MultiHeadAttention`) or matmul (MatMul-Softmax-MatMul).
     #[arg(long, default_value = "auto", value_parser = parse_attention)]
     attention: AttentionChoice,
 }

@@ -106,14 +106,20 @@ impl CompileOptions {
         self
     }
 
-    /// The formulation the DiT is written with, or why `--attention` cannot
+    /// The formulation the DiT is written with (`auto`: from the precision,
+    /// `--engine` and the profile's token count), or why `--attention` cannot
     /// be honoured: the contrib op and the matmul form are fp32 CPU
     /// formulations (ONNX Runtime's CPU `MultiHeadAttention` has no half
     /// kernel; a TensorRT engine would run them outside its fused
     /// attention).
     pub fn dit_attention(&self) -> Result<AttentionKind> {
         let Some(kind) = self.attention else {
-            return Ok(AttentionKind::auto(self.precision, self.engine.is_some()));
+            let tokens = self.profile.tokens();
+            return Ok(AttentionKind::auto(
+                self.precision,
+                self.engine.is_some(),
+                tokens,
+            ));
         };
         if kind != AttentionKind::Onnx {
             if self.precision.compute_dtype() != DType::Float32 {
@@ -860,11 +866,12 @@ pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> 
 mod attention_tests {
     use super::*;
 
+    /// Options at 480p (32,760 tokens: `auto` picks the CPU formulation).
     fn opts(precision: Precision) -> CompileOptions {
         CompileOptions::new(
             ModelSource::Synthetic("t2v-1.3B".into()),
             "/nonexistent",
-            Profile::custom(32, 32, 9, 16).unwrap(),
+            Profile::builtin("480p").unwrap(),
         )
         .with_precision(precision)
     }
@@ -882,6 +889,9 @@ mod attention_tests {
         );
         let trt = opts(Precision::Fp32).with_engine(tensorrt);
         assert_eq!(trt.dit_attention().unwrap(), AttentionKind::Onnx);
+        let mut short = opts(Precision::Fp32);
+        short.profile = Profile::custom(32, 32, 9, 16).unwrap();
+        assert_eq!(short.dit_attention().unwrap(), AttentionKind::Onnx);
         for kind in AttentionKind::ALL {
             let o = opts(Precision::Fp32).with_attention(Some(kind));
             assert_eq!(o.dit_attention().unwrap(), kind);
