@@ -56,6 +56,55 @@ def tokens_of(w, h, f):
     return ((f - 1) // 4 + 1) * (h // 16) * (w // 16)
 
 
+def dit_flops(a, n):
+    """Multiply-add FLOPs (2 per MAC) of one T2V forward at `n` tokens."""
+    d, L = a.dim, a.text_len
+    per_layer = (
+        4 * 2 * n * d * d          # self-attention q, k, v, o
+        + 4 * n * n * d            # self-attention q·kᵀ and p·v (all heads)
+        + 2 * 2 * n * d * d        # cross-attention q, o
+        + 2 * 2 * L * d * d        # cross-attention k, v
+        + 4 * n * L * d            # cross-attention scores and p·v
+        + 2 * 2 * n * d * a.ffn    # FFN
+    )
+    embed = 2 * n * 64 * d + 2 * n * d * 64 + 2 * L * (a.text_dim * d + d * d)
+    return a.layers * per_layer + embed
+
+
+def gemm_rates(threads, m, k, n, iters=10):
+    """GFLOPS of one fp32 [m,k]·[k,n] MatMul in torch and in ONNX Runtime (best of `iters`)."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper
+    x = torch.randn(m, k)
+    w = torch.randn(k, n)
+    best = float("inf")
+    for _ in range(iters):
+        t = time.perf_counter()
+        x @ w
+        best = min(best, time.perf_counter() - t)
+    torch_rate = 2 * m * k * n / best / 1e9
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [k, n], w.numpy().ravel())])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)])
+    model.ir_version = 10
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    feed = {"x": x.numpy()}
+    sess.run(None, feed)
+    best = float("inf")
+    for _ in range(iters):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        best = min(best, time.perf_counter() - t)
+    return torch_rate, 2 * m * k * n / best / 1e9
+
+
 def wanrt_time(bin_dir, model_dir, inputs, work, w, h, f, text_len, precision, attention, iters):
     """Compiles and times one wanrt DiT; returns (min seconds, output, compile line) or raises."""
     engines = work / f"engines-{precision}-{attention}-{w}x{h}x{f}"
@@ -195,6 +244,17 @@ def main():
                 line += " — | — |"
         print(line)
     print("max |wanrt fp32 - reference|: " + ", ".join(f"{r['max_abs_fp32']:.1e}" for r in rows))
+    # How close each side runs to the machine's fp32 matrix rate: the DiT's
+    # multiply-adds over its time, against one large FFN-shaped GEMM.
+    n_max = max(r["tokens"] for r in rows)
+    t_rate, o_rate = gemm_rates(a.threads, n_max, a.dim, a.ffn)
+    print(f"\nfp32 GEMM [{n_max}×{a.dim}]·[{a.dim}×{a.ffn}]: torch {t_rate:.0f} GFLOPS, "
+          f"ONNX Runtime {o_rate:.0f} GFLOPS")
+    for r in rows:
+        fl = dit_flops(a, r["tokens"])
+        print(f"{r['size']}: {fl / 1e9:.1f} GFLOP per forward; reference {fl / r['reference_s'] / 1e9:.0f} "
+              f"GFLOPS, wanrt fp32 {fl / r['wanrt_fp32_s'] / 1e9:.0f} GFLOPS")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
