@@ -251,3 +251,35 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attention_flag_takes_auto_and_the_three_formulations() {
+        let parse = |v: &str| {
+            Args::try_parse_from([
+                "wan-compile",
+                "--synthetic",
+                "t2v-1.3B",
+                "--out",
+                "x",
+                "--attention",
+                v,
+            ])
+        };
+        assert_eq!(parse("auto").unwrap().attention, None);
+        assert_eq!(parse("mha").unwrap().attention, Some(AttentionKind::Mha));
+        assert_eq!(
+            parse("matmul").unwrap().attention,
+            Some(AttentionKind::Matmul)
+        );
+        assert_eq!(parse("onnx").unwrap().attention, Some(AttentionKind::Onnx));
+        let e = parse("flash").unwrap_err().to_string();
+        assert!(e.contains("expected onnx, mha or matmul"), "{e}");
+        let default =
+            Args::try_parse_from(["wan-compile", "--synthetic", "t2v-1.3B", "--out", "x"]);
+        assert_eq!(default.unwrap().attention, None);
+    }
+}
