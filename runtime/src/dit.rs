@@ -31,6 +31,7 @@ use wanrt_core::{Dim, DitStage, NetworkKind};
 
 use crate::backend::Backend;
 use crate::buffer::{Buffer, BufferAllocator, HostAccess};
+use crate::cache::{CachePlan, CacheRecord, StepCache};
 use crate::engine::run_batched;
 use crate::error::{Error, OrtCall, Result};
 use crate::exec::{ExecutionSettings, SessionRole};
@@ -203,7 +204,7 @@ impl StagedDit {
 
     /// Binds one generation's buffers (see the module doc).
     pub fn bind(&mut self, c: &Conditioning<'_>) -> Result<BoundDit<'_>> {
-        BoundDit::new(self, c, &[])
+        BoundDit::new(self, c, &[], None)
     }
 
     /// [`StagedDit::bind`] with more constant stage inputs, by name, written
@@ -214,7 +215,19 @@ impl StagedDit {
         c: &Conditioning<'_>,
         constants: &[(&str, &HostTensor)],
     ) -> Result<BoundDit<'_>> {
-        BoundDit::new(self, c, constants)
+        BoundDit::new(self, c, constants, None)
+    }
+
+    /// [`StagedDit::bind_with_constants`] with a step cache (`docs/WAN.md`
+    /// §15): its residuals are allocated here, once, and TeaCache/MagCache
+    /// masks worked out from the time stage's tables before the first step.
+    pub fn bind_cached(
+        &mut self,
+        c: &Conditioning<'_>,
+        constants: &[(&str, &HostTensor)],
+        cache: Option<&CachePlan>,
+    ) -> Result<BoundDit<'_>> {
+        BoundDit::new(self, c, constants, cache)
     }
 }
 
@@ -258,9 +271,38 @@ pub struct BoundDit<'s> {
     pred: [usize; 2],
     temb_table: Vec<f32>,
     proj_table: Vec<f32>,
-    /// (stage index, binding) in execution order for one step.
-    calls: Vec<(usize, IoBinding)>,
+    /// The bindings in execution order for one step.
+    calls: Vec<Call>,
     steps: usize,
+    /// The step cache, with the buffers it reads and writes: the block
+    /// stack's input (`tokens`), block 0's output and the block stack's
+    /// output (what the head reads), each `m` values a row.
+    cache: Option<StepCache>,
+    tokens: usize,
+    first: usize,
+    last: usize,
+    m: usize,
+}
+
+struct Call {
+    stage: usize,
+    lane: usize,
+    role: DitStage,
+    binding: IoBinding,
+}
+
+/// Two distinct buffers of the pool, mutably.
+fn two(pool: &mut [Buffer], a: usize, b: usize) -> Result<(&mut Buffer, &mut Buffer)> {
+    if a == b || a >= pool.len() || b >= pool.len() {
+        return Err(fail(format!("buffers {a} and {b} of {}", pool.len())));
+    }
+    if a < b {
+        let (lo, hi) = pool.split_at_mut(b);
+        Ok((&mut lo[a], &mut hi[0]))
+    } else {
+        let (lo, hi) = pool.split_at_mut(a);
+        Ok((&mut hi[0], &mut lo[b]))
+    }
 }
 
 impl<'s> BoundDit<'s> {
@@ -268,6 +310,7 @@ impl<'s> BoundDit<'s> {
         dit: &'s mut StagedDit,
         c: &Conditioning<'_>,
         constants: &[(&str, &HostTensor)],
+        cache: Option<&CachePlan>,
     ) -> Result<Self> {
         let cfg = c.uncond.is_some();
         for (what, t) in [
@@ -435,10 +478,14 @@ impl<'s> BoundDit<'s> {
                     }
                     slots.insert(out.name.clone(), Slot::PerLane(pred));
                 } else {
-                    let i = add(
-                        &mut pool,
-                        placement.alloc(&out.name, &shape, HostAccess::None)?,
-                    );
+                    // The step cache reads and writes the block stack's
+                    // boundaries on the host (pinned mirrors on a GPU).
+                    let access = if cache.is_some() {
+                        HostAccess::ReadWrite
+                    } else {
+                        HostAccess::None
+                    };
+                    let i = add(&mut pool, placement.alloc(&out.name, &shape, access)?);
                     slots.insert(out.name.clone(), Slot::Shared(i));
                 }
             }
@@ -487,9 +534,41 @@ impl<'s> BoundDit<'s> {
                         .bind_output(&t.name, pool[i].tensor_mut())
                         .map_err(bind_err)?;
                 }
-                calls.push((si, binding));
+                calls.push(Call {
+                    stage: si,
+                    lane,
+                    role: stage.role,
+                    binding,
+                });
             }
         }
+        let shared = |name: &str| match slots.get(name) {
+            Some(Slot::Shared(i)) => Ok(*i),
+            _ => Err(fail(format!("no shared {name} buffer"))),
+        };
+        let head = dit
+            .stages
+            .iter()
+            .find(|s| s.role == DitStage::Head)
+            .ok_or_else(|| fail("no head stage"))?;
+        let last_name = head.spec.inputs[0].name.clone();
+        let (tokens, first, last) = (
+            shared("tokens")?,
+            shared("hidden_first")?,
+            shared(&last_name)?,
+        );
+        let m = pool[tokens].numel() / batch;
+        let cache = match cache {
+            Some(plan) => Some(StepCache::new(
+                plan,
+                steps,
+                if cfg { 2 } else { 1 },
+                m,
+                &temb_table,
+                &proj_table,
+            )?),
+            None => None,
+        };
         Ok(BoundDit {
             dit,
             batch,
@@ -506,6 +585,11 @@ impl<'s> BoundDit<'s> {
             proj_table,
             calls,
             steps,
+            cache,
+            tokens,
+            first,
+            last,
+            m,
         })
     }
 
@@ -546,14 +630,121 @@ impl<'s> BoundDit<'s> {
             dst.chunks_exact_mut(6 * d)
                 .for_each(|r| r.copy_from_slice(e0))
         })?;
-        for (si, binding) in &self.calls {
-            let stage = &mut self.dit.stages[*si];
-            let out = stage.session.run_binding(binding).map_err(|e| {
-                Error::ort(format!("dit.{}", stage.role), OrtCall::Run, "running", e)
-            })?;
-            drop(out);
+        if self.cache.is_some() {
+            return self.run_cached(index);
+        }
+        for ci in 0..self.calls.len() {
+            self.call(ci)?;
         }
         Ok(())
+    }
+
+    fn call(&mut self, ci: usize) -> Result<()> {
+        let call = &self.calls[ci];
+        let stage = &mut self.dit.stages[call.stage];
+        let out = stage
+            .session
+            .run_binding(&call.binding)
+            .map_err(|e| Error::ort(format!("dit.{}", stage.role), OrtCall::Run, "running", e))?;
+        drop(out);
+        Ok(())
+    }
+
+    /// One step with the step cache: per lane, block 0 and the rest run
+    /// only where a row's branch computes (block 0 always for fbcache,
+    /// which decides after it); then each row either stores its residual
+    /// or takes `base + residual` as the block stack's output, and the head
+    /// runs as usual.
+    fn run_cached(&mut self, index: usize) -> Result<()> {
+        let rows = if self.lanes == 2 { 1 } else { self.batch };
+        let (lanes, cfg, m) = (self.lanes, self.cfg, self.m);
+        let branch = |lane: usize, row: usize| {
+            if lanes == 2 {
+                lane
+            } else if cfg {
+                row.min(1)
+            } else {
+                0
+            }
+        };
+        let fb = self
+            .cache
+            .as_ref()
+            .is_some_and(StepCache::decides_after_first_block);
+        for lane in 0..lanes {
+            let mut computed = [true; 2];
+            if !fb {
+                let cache = self.cache.as_ref().ok_or_else(|| fail("no step cache"))?;
+                for (row, c) in computed.iter_mut().enumerate().take(rows) {
+                    *c = cache.planned(index, branch(lane, row)).ok_or_else(|| {
+                        fail(format!("the step cache has no decision for step {index}"))
+                    })?;
+                }
+            }
+            for ci in 0..self.calls.len() {
+                if self.calls[ci].lane != lane {
+                    continue;
+                }
+                let any = computed[..rows].iter().any(|&c| c);
+                match self.calls[ci].role {
+                    DitStage::BlockFirst => {
+                        if fb || any {
+                            self.call(ci)?;
+                        }
+                        if fb {
+                            let cache = self.cache.as_mut().ok_or_else(|| fail("no step cache"))?;
+                            let (t, f) = two(&mut self.pool, self.tokens, self.first)?;
+                            let (t, f) = (t.read()?, f.read()?);
+                            for (row, c) in computed.iter_mut().enumerate().take(rows) {
+                                let span = row * m..(row + 1) * m;
+                                *c = cache.decide_first_block(
+                                    index,
+                                    branch(lane, row),
+                                    &t[span.clone()],
+                                    &f[span],
+                                )?;
+                            }
+                        }
+                    }
+                    DitStage::BlockRest => {
+                        if any {
+                            self.call(ci)?;
+                        }
+                    }
+                    DitStage::Head => {
+                        let base = if fb { self.first } else { self.tokens };
+                        let cache = self.cache.as_mut().ok_or_else(|| fail("no step cache"))?;
+                        let (b, out) = two(&mut self.pool, base, self.last)?;
+                        let b = b.read()?;
+                        out.read()?;
+                        let mut result = Ok(());
+                        out.write(|o| {
+                            result = (0..rows).try_for_each(|row| {
+                                let span = row * m..(row + 1) * m;
+                                cache.apply(
+                                    branch(lane, row),
+                                    computed[row],
+                                    &b[span.clone()],
+                                    &mut o[span],
+                                )
+                            });
+                        })?;
+                        result?;
+                        self.call(ci)?;
+                    }
+                    _ => self.call(ci)?,
+                }
+            }
+        }
+        if let Some(c) = self.cache.as_mut() {
+            c.end_step();
+        }
+        Ok(())
+    }
+
+    /// What the step cache did so far (`None` without one).
+    pub fn cache_record(&self) -> Option<CacheRecord> {
+        self.cache.as_ref().map(StepCache::record)
     }
 
     /// Hands the step's prediction to `f` in place: the conditional

@@ -26,6 +26,7 @@
 pub mod attention;
 pub mod backend;
 pub mod buffer;
+pub mod cache;
 pub mod chunked;
 pub mod dit;
 pub mod engine;

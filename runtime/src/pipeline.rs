@@ -19,6 +19,7 @@ use serde::Serialize;
 use wanrt_core::{DType, NetworkKind, Task, VaeConfig};
 
 use crate::backend::Backend;
+use crate::cache::{CacheOptions, CachePlan, CacheRecord};
 use crate::chunked::TimeAssembler;
 use crate::dit::{BoundDit, Conditioning};
 use crate::engine::{Artifacts, Network};
@@ -58,6 +59,8 @@ pub struct GenerateOptions {
     pub zero_init_steps: usize,
     /// VACE: control video, mask, reference images and context scale.
     pub vace: Option<crate::vace::VaceInputs>,
+    /// Step caching (`--cache*`, `docs/WAN.md` §cache); none by default.
+    pub cache: CacheOptions,
 }
 
 /// Output frame rate of every Wan2.1 task (`docs/WAN.md` §9.2: `sample_fps = 16`).
@@ -175,6 +178,9 @@ pub struct Settings {
     /// `stages` (the step-scheduled stage graphs, bound buffers) or `whole`
     /// (the whole DiT graph, host tensors per step).
     pub dit_graphs: DitGraphs,
+    /// The step cache's policy, parameters and, per CFG branch, which steps
+    /// ran the block stack.
+    pub cache: CacheRecord,
     /// VACE: what the context was built from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vace: Option<VaceSettings>,
@@ -342,6 +348,8 @@ pub struct DenoiseInputs {
     pub cfg_zero_star: bool,
     /// CFG-Zero*'s zero-init: the first steps take v = 0.
     pub zero_init_steps: usize,
+    /// The step cache, settled for this schedule.
+    pub cache: Option<CachePlan>,
 }
 
 enum StepPath<'p> {
@@ -405,6 +413,14 @@ impl Denoiser<'_> {
 
     pub fn into_latents(self) -> Vec<f32> {
         self.latents
+    }
+
+    /// What the step cache did so far (policy `none` without one).
+    pub fn cache_record(&self) -> CacheRecord {
+        match &self.path {
+            StepPath::Bound(b) => b.cache_record().unwrap_or_default(),
+            StepPath::Whole { .. } => CacheRecord::default(),
+        }
     }
 
     /// One step: the DiT on the current latents (both CFG branches), the
@@ -844,6 +860,13 @@ impl Pipeline {
             Some(list) => Schedule::step_distill(list, shift)?,
             None => Schedule::for_solver(opts.solver, steps, shift)?,
         };
+        let cache = self.cache_plan(&opts.cache, steps)?;
+        if cache.is_some() && opts.zero_init_steps > 0 {
+            return Err(Error::arg(
+                "--cache",
+                "cannot be combined with --zero-init-steps (the zeroed steps run no DiT to cache)",
+            ));
+        }
         check_task_image(self.task, opts.image.is_some())?;
         check_task_vace(self.task, opts.vace.is_some())?;
         check_task_last_image(self.task, opts.last_image.is_some())?;
@@ -906,7 +929,35 @@ impl Pipeline {
             guidance,
             cfg_zero_star: opts.cfg_zero_star,
             zero_init_steps: opts.zero_init_steps,
+            cache,
         })
+    }
+
+    /// `opts` settled for `steps` steps of this DiT (`None`: no caching).
+    /// The cache needs the stage graphs.
+    fn cache_plan(&self, opts: &CacheOptions, steps: usize) -> Result<Option<CachePlan>> {
+        if opts.is_none() {
+            return opts.check_none().map(|()| None);
+        }
+        if self.task == Task::Vace {
+            return Err(Error::arg(
+                "--cache",
+                "step caching is not yet checked against a reference for VACE engines",
+            ));
+        }
+        if self.dit_graphs != DitGraphs::Stages {
+            return Err(Error::arg(
+                "--cache",
+                "step caching runs on the DiT's stage graphs; these engines run the whole graph (compile them with stages)",
+            ));
+        }
+        let entry = &self.dit.entry;
+        let cfg: wanrt_core::DitConfig =
+            serde_json::from_value(entry.config.clone()).map_err(|e| Error::Artifacts {
+                dir: self.artifacts.dir.clone(),
+                reason: format!("dit config in manifest.json: {e}"),
+            })?;
+        opts.resolve(&cfg, &entry.profile, steps)
     }
 
     /// Starts the denoising loop on `inputs`. With the stage graphs this
@@ -935,18 +986,22 @@ impl Pipeline {
                     y,
                     timesteps: &timesteps,
                 };
-                StepPath::Bound(match &inputs.vace {
-                    Some((ctl, scale)) => staged.bind_with_constants(
-                        &c,
-                        &[
-                            ("control_hidden_states", ctl),
-                            ("control_hidden_states_scale", scale),
-                        ],
-                    )?,
-                    None => staged.bind(&c)?,
-                })
+                let constants: Vec<(&str, &HostTensor)> = match &inputs.vace {
+                    Some((ctl, scale)) => vec![
+                        ("control_hidden_states", ctl),
+                        ("control_hidden_states_scale", scale),
+                    ],
+                    None => Vec::new(),
+                };
+                StepPath::Bound(staged.bind_cached(&c, &constants, inputs.cache.as_ref())?)
             }
         } else {
+            if inputs.cache.is_some() {
+                return Err(Error::arg(
+                    "--cache",
+                    "step caching runs on the DiT's stage graphs, which these engines lack",
+                ));
+            }
             StepPath::Whole {
                 dit: &mut self.dit,
                 inputs: Box::new(inputs),
@@ -1006,6 +1061,7 @@ impl Pipeline {
             timings.step_s.push(secs);
             on_step(denoiser.step_index(), steps, secs);
         }
+        let cache = denoiser.cache_record();
         let latents = denoiser.into_latents();
         timings.denoise_s = t_denoise.elapsed().as_secs_f64();
         let final_latents = HostTensor::from_f32(shape.clone(), &latents);
@@ -1067,6 +1123,7 @@ impl Pipeline {
                         .unwrap_or(crate::vace::DEFAULT_CONTEXT_SCALE),
                 }
             }),
+            cache,
         };
         Ok(Generated {
             settings,

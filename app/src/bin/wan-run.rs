@@ -90,6 +90,27 @@ struct GenerateArgs {
     /// (CFG-Zero*'s zero-init; its recipe uses 1).
     #[arg(long, default_value_t = 0)]
     zero_init_steps: usize,
+    /// Step caching: none (default), teacache, teacache-ret, magcache or
+    /// fbcache (docs/WAN.md §cache).
+    #[arg(long, default_value = "none")]
+    cache: String,
+    /// The cache's threshold: a number, or a preset of the recognised
+    /// official model (teacache/teacache-ret: slow, fast; magcache:
+    /// default). Default: the model's slow/default preset, else the
+    /// reference's default (teacache 0.2, magcache 0.12, fbcache 0.05).
+    #[arg(long)]
+    cache_threshold: Option<String>,
+    /// MagCache's maximum number of consecutive skips (K).
+    #[arg(long)]
+    cache_max_skip: Option<u32>,
+    /// MagCache's fraction of the initial calls always computed.
+    #[arg(long)]
+    cache_retention: Option<f64>,
+    /// The model's table as JSON: {"mag_ratios": [...]} (magcache, cond/
+    /// uncond interleaved) or {"modes": {"e": {"coefficients": [...]},
+    /// "e0": {...}}} (teacache: e, teacache-ret: e0).
+    #[arg(long)]
+    cache_table: Option<PathBuf>,
     /// Seed of the initial noise (default: random; recorded in the sidecar).
     #[arg(long)]
     seed: Option<u64>,
@@ -335,6 +356,44 @@ fn tolerance(flag: &str, v: f32) -> Result<f32> {
     Ok(v)
 }
 
+/// The `--cache*` flags as the library's options (the table file read).
+fn cache_options(g: &GenerateArgs) -> Result<wanrt_runtime::cache::CacheOptions> {
+    use wanrt_runtime::cache::{CacheOptions, CachePolicy, read_table};
+    let policy: CachePolicy = g.cache.parse()?;
+    let (threshold, preset) = match g.cache_threshold.as_deref() {
+        None => (None, None),
+        Some(t) => match t.parse::<f64>() {
+            Ok(v) => (Some(v), None),
+            Err(_) if t.chars().all(|c| c.is_ascii_alphabetic()) => (None, Some(t.to_string())),
+            Err(_) => {
+                return Err(wanrt_runtime::Error::arg(
+                    "--cache-threshold",
+                    format!("'{t}': expected a number or a preset name"),
+                )
+                .into());
+            }
+        },
+    };
+    let table = match (&g.cache_table, policy) {
+        (Some(_), CachePolicy::None) | (None, _) => None,
+        (Some(path), p) => Some(read_table(path, p)?),
+    };
+    let opts = CacheOptions {
+        policy,
+        threshold,
+        preset,
+        max_skip: g.cache_max_skip,
+        retention: g.cache_retention,
+        table,
+    };
+    if policy == CachePolicy::None && g.cache_table.is_some() {
+        return Err(wanrt_runtime::Error::arg("--cache-table", "given without --cache").into());
+    }
+    // Ranges and misplaced flags now, before the engines load.
+    opts.validate()?;
+    Ok(opts)
+}
+
 fn generate(g: GenerateArgs) -> Result<()> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -342,6 +401,9 @@ fn generate(g: GenerateArgs) -> Result<()> {
 
     // The VACE frames and images first: a bad file fails before any work.
     let vace = vace_inputs(&g)?;
+
+    // The --cache* flags are checked before anything is loaded.
+    let cache = cache_options(&g)?;
     let engines = g.engines.context("--engines is required")?;
     let prompt = g.prompt.context("--prompt is required")?;
     let solver: wanrt_runtime::schedule::Solver = g.solver.parse()?;
@@ -455,6 +517,7 @@ fn generate(g: GenerateArgs) -> Result<()> {
         cfg_zero_star: g.cfg_zero_star,
         zero_init_steps: g.zero_init_steps,
         vace,
+        cache,
     };
     let pb = indicatif::ProgressBar::new(0);
     pb.set_style(
@@ -516,6 +579,13 @@ fn generate(g: GenerateArgs) -> Result<()> {
         out.timings.denoise_s,
         sidecar.display()
     );
+    let c = &out.settings.cache;
+    if c.plan.is_some() {
+        eprintln!(
+            "cache {}: the block stack ran {} of {} calls",
+            c.policy, c.block_forwards, c.block_forwards_uncached
+        );
+    }
     Ok(())
 }
 

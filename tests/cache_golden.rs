@@ -1,0 +1,362 @@
+//! Step caching against the reference implementations' 12-step runs
+//! (`fixtures/<case>/golden/cache/`, `docs/WAN.md` §cache): for every run of
+//! `cache.json` (fbcache, magcache, teacache, teacache_ret) and both cases,
+//! the per-branch skip schedule equals the reference's exactly, the
+//! indicators agree, and the final latents (what `--save-latents` writes)
+//! match `<run>.latents_out`; `--cache none` is the uncached path bit for
+//! bit; bad tables and thresholds are errors naming the flag.
+
+mod common;
+
+use std::process::Command;
+
+use common::{CASES, Case, assert_fp32, bin, run_cmd};
+use serde_json::Value;
+use wanrt::core::{BatchMode, Precision};
+use wanrt::runtime::cache::{CacheOptions, CachePolicy, read_table};
+use wanrt::runtime::pipeline::{GenerateOptions, Pipeline};
+use wanrt::runtime::schedule::Solver;
+use wanrt::runtime::{Artifacts, Backend, tensorfile};
+
+const RUNS: [&str; 4] = ["fbcache", "magcache", "teacache", "teacache_ret"];
+
+/// The tight fp32 tier of each run's final latents (`common::assert_fp32`),
+/// ≤ 5× the max |Δ| measured on this box: t2v-tiny ≤ 2.0e-6, i2v-tiny ≤
+/// 7.6e-6 over the four runs.
+fn tight(case: &str) -> f32 {
+    if case == "i2v-tiny" { 3.5e-5 } else { 1e-5 }
+}
+
+fn cache_dir(case: &Case) -> std::path::PathBuf {
+    case.dir.join("golden/cache")
+}
+
+fn cache_json(case: &Case) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(cache_dir(case).join("cache.json")).unwrap())
+        .unwrap()
+}
+
+/// The case's inputs as `cache.json` gives them, 12 UniPC steps.
+fn options(case: &Case, json: &Value) -> GenerateOptions {
+    let inputs = &json["inputs"];
+    let golden = case.golden("pipeline.safetensors");
+    GenerateOptions {
+        prompt: inputs["prompt"].as_str().unwrap().into(),
+        negative_prompt: Some(inputs["negative_prompt"].as_str().unwrap().into()),
+        image: (case.name == "i2v-tiny").then(|| case.dir.join("golden/image.png")),
+        steps: Some(json["num_inference_steps"].as_u64().unwrap() as usize),
+        guidance_scale: Some(inputs["guidance_scale"].as_f64().unwrap() as f32),
+        shift: Some(inputs["flow_shift"].as_f64().unwrap()),
+        solver: Solver::UniPc,
+        latents: Some(golden["latents_init"].clone()),
+        ..Default::default()
+    }
+}
+
+/// A run's policy and parameters as the library's options.
+fn cache_options(case: &Case, run: &str, params: &Value) -> CacheOptions {
+    let f = |k: &str| params[k].as_f64().unwrap();
+    let dir = cache_dir(case);
+    match run {
+        "fbcache" => CacheOptions {
+            policy: CachePolicy::FbCache,
+            threshold: Some(f("threshold")),
+            ..Default::default()
+        },
+        "magcache" => CacheOptions {
+            policy: CachePolicy::MagCache,
+            threshold: Some(f("magcache_thresh")),
+            max_skip: Some(params["magcache_K"].as_u64().unwrap() as u32),
+            retention: Some(f("retention_ratio")),
+            table: Some(
+                read_table(&dir.join("magcache_table.json"), CachePolicy::MagCache).unwrap(),
+            ),
+            ..Default::default()
+        },
+        "teacache" | "teacache_ret" => {
+            let policy = if run == "teacache" {
+                CachePolicy::TeaCache
+            } else {
+                CachePolicy::TeaCacheRet
+            };
+            CacheOptions {
+                policy,
+                threshold: Some(f("teacache_thresh")),
+                table: Some(read_table(&dir.join("teacache_table.json"), policy).unwrap()),
+                ..Default::default()
+            }
+        }
+        _ => unreachable!("{run}"),
+    }
+}
+
+fn compile(case: &Case, batch: BatchMode) -> tempfile::TempDir {
+    let out = tempfile::tempdir().unwrap();
+    let opts = case.options(false, Precision::Fp32, batch, out.path());
+    wanrt::compiler::compile(&opts).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    out
+}
+
+/// One run against the reference: the schedule per branch exactly, the
+/// indicators within 1e-4 relative, the final latents in both tiers.
+fn check_run(pipeline: &mut Pipeline, case: &Case, json: &Value, run: &str, what: &str) {
+    let golden = tensorfile::read(&cache_dir(case).join("cache_latents.safetensors")).unwrap();
+    let r = &json["runs"][run];
+    let mut opts = options(case, json);
+    opts.cache = cache_options(case, run, &r["params"]);
+    let got = pipeline
+        .generate(&opts, None, |_, _, _| {})
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let rec = &got.settings.cache;
+    assert_eq!(rec.branches.len(), 2, "{what}: branches");
+    for b in &rec.branches {
+        let want = &r["branches"][b.branch];
+        let computed: Vec<bool> = want["computed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_bool().unwrap())
+            .collect();
+        assert_eq!(b.computed, computed, "{what}/{}: computed steps", b.branch);
+        for (i, (g, w)) in b
+            .indicator
+            .iter()
+            .zip(want["indicator"].as_array().unwrap())
+            .enumerate()
+        {
+            match (g, w.as_f64()) {
+                (None, None) => {}
+                (Some(g), Some(w)) => assert!(
+                    (g - w).abs() <= 1e-4 * w.abs(),
+                    "{what}/{} step {i}: indicator {g} vs {w}",
+                    b.branch
+                ),
+                _ => panic!("{what}/{} step {i}: indicator {g:?} vs {w}", b.branch),
+            }
+        }
+    }
+    let forwards: usize = rec.branches.iter().map(|b| b.num_computed()).sum();
+    assert_eq!(rec.block_forwards, forwards, "{what}: forwards");
+    assert_eq!(rec.block_forwards_uncached, 24, "{what}: calls");
+    eprintln!("{what}: the block stack ran {forwards} of 24 calls");
+    assert_fp32(
+        what,
+        &got.latents.to_f32().unwrap(),
+        &golden[&format!("{run}.latents_out")].to_f32().unwrap(),
+        tight(case.name),
+    );
+}
+
+#[test]
+fn every_policy_reproduces_the_reference_schedule_and_latents() {
+    for name in CASES {
+        let case = Case::new(name);
+        let json = cache_json(&case);
+        // Two batch-1 calls per step: each branch its own lane.
+        let out = compile(&case, BatchMode::Fixed(1));
+        let mut pipeline =
+            Pipeline::load(Artifacts::open(out.path()).unwrap(), Backend::OrtCpu).unwrap();
+        for run in RUNS {
+            check_run(&mut pipeline, &case, &json, run, &format!("{name}/{run}"));
+        }
+        // Without caching: the reference's 12-step baseline.
+        let golden = tensorfile::read(&cache_dir(&case).join("cache_latents.safetensors")).unwrap();
+        let got = pipeline
+            .generate(&options(&case, &json), None, |_, _, _| {})
+            .unwrap();
+        assert_eq!(got.settings.cache.policy, CachePolicy::None);
+        assert!(got.settings.cache.branches.is_empty());
+        assert_fp32(
+            &format!("{name}/nocache"),
+            &got.latents.to_f32().unwrap(),
+            &golden["nocache.latents_out"].to_f32().unwrap(),
+            tight(name),
+        );
+    }
+}
+
+#[test]
+fn one_batch_2_call_caches_each_row_by_its_branch() {
+    // Both branches in one call: the rows are decided and patched apart
+    // (fbcache decides per row after block 0; magcache's mask is per row).
+    let case = Case::new("t2v-tiny");
+    let json = cache_json(&case);
+    let out = compile(&case, BatchMode::Fixed(2));
+    let mut pipeline =
+        Pipeline::load(Artifacts::open(out.path()).unwrap(), Backend::OrtCpu).unwrap();
+    for run in ["fbcache", "magcache"] {
+        check_run(
+            &mut pipeline,
+            &case,
+            &json,
+            run,
+            &format!("t2v-tiny/batch-2/{run}"),
+        );
+    }
+}
+
+#[test]
+fn cache_none_is_the_uncached_path_bit_for_bit() {
+    // A cache that computes every step runs the same graphs on the same
+    // buffers as no cache: the latents are the same bits. And `none`
+    // records nothing.
+    let case = Case::new("t2v-tiny");
+    let json = cache_json(&case);
+    let out = compile(&case, BatchMode::Fixed(1));
+    let mut pipeline =
+        Pipeline::load(Artifacts::open(out.path()).unwrap(), Backend::OrtCpu).unwrap();
+    let mut opts = options(&case, &json);
+    opts.steps = Some(4);
+    let none = pipeline.generate(&opts, None, |_, _, _| {}).unwrap();
+    opts.cache = CacheOptions {
+        policy: CachePolicy::FbCache,
+        threshold: Some(1e-30),
+        ..Default::default()
+    };
+    let always = pipeline.generate(&opts, None, |_, _, _| {}).unwrap();
+    assert!(
+        always
+            .settings
+            .cache
+            .branches
+            .iter()
+            .all(|b| b.computed == [true; 4])
+    );
+    assert_eq!(
+        none.latents.data, always.latents.data,
+        "an all-compute cache changed the latents"
+    );
+    // The pipeline golden's 4-step run, default options: as before.
+    let golden = case.golden("pipeline.safetensors");
+    let mut opts = options(&case, &json);
+    let p: Value =
+        serde_json::from_str(&std::fs::read_to_string(case.dir.join("case.json")).unwrap())
+            .unwrap();
+    opts.steps = Some(p["pipeline"]["num_inference_steps"].as_u64().unwrap() as usize);
+    let got = pipeline.generate(&opts, None, |_, _, _| {}).unwrap();
+    assert_fp32(
+        "t2v-tiny/pipeline golden, --cache none",
+        &got.latents.to_f32().unwrap(),
+        &golden["latents_out"].to_f32().unwrap(),
+        8e-6,
+    );
+}
+
+#[test]
+fn bad_tables_and_thresholds_name_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let not_json = file("not.json", "{ mag_ratios: ");
+    let short = file("short.json", r#"{"mag_ratios": [1.0, 1.0, 0.99]}"#);
+    let missing = file(
+        "missing.json",
+        r#"{"modes": {"e0": {"coefficients": [1,2,3,4,5]}}}"#,
+    );
+    let four = file(
+        "four.json",
+        r#"{"modes": {"e": {"coefficients": [1,2,3,4]}}}"#,
+    );
+    let good_mag = file("mag.json", r#"{"mag_ratios": [1.0, 1.0, 0.99, 0.99]}"#);
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let cases: Vec<(Vec<String>, &str, &str)> = vec![
+        (
+            vec!["magcache".into(), "--cache-table".into(), s(&not_json)],
+            "--cache-table",
+            "not JSON",
+        ),
+        (
+            vec!["magcache".into(), "--cache-table".into(), s(&short)],
+            "--cache-table",
+            "3 entries",
+        ),
+        (
+            vec!["teacache".into(), "--cache-table".into(), s(&missing)],
+            "--cache-table",
+            "modes.e.coefficients",
+        ),
+        (
+            vec!["teacache".into(), "--cache-table".into(), s(&four)],
+            "--cache-table",
+            "4 entries",
+        ),
+        (
+            vec![
+                "magcache".into(),
+                "--cache-table".into(),
+                s(&tmp.path().join("absent.json")),
+            ],
+            "--cache-table",
+            "absent.json",
+        ),
+        (
+            vec!["fbcache".into(), "--cache-threshold".into(), "-0.1".into()],
+            "--cache-threshold",
+            "-0.1",
+        ),
+        (
+            vec!["fbcache".into(), "--cache-threshold".into(), "nan".into()],
+            "--cache-threshold",
+            "NaN",
+        ),
+        (
+            vec!["fbcache".into(), "--cache-threshold".into(), "0.1x".into()],
+            "--cache-threshold",
+            "0.1x",
+        ),
+        (
+            vec![
+                "magcache".into(),
+                "--cache-table".into(),
+                s(&good_mag),
+                "--cache-retention".into(),
+                "1.2".into(),
+            ],
+            "--cache-retention",
+            "1.2",
+        ),
+        (
+            vec!["teacache".into(), "--cache-max-skip".into(), "3".into()],
+            "--cache-max-skip",
+            "magcache",
+        ),
+        (vec!["lru".into()], "--cache", "lru"),
+    ];
+    for (args, flag, needle) in cases {
+        let (ok, log) = run_cmd(
+            Command::new(bin("wan-run"))
+                .args(["--engines"])
+                .arg(tmp.path().join("no-engines"))
+                .args(["--prompt", "x", "--output"])
+                .arg(tmp.path().join("o.mp4"))
+                .arg("--cache")
+                .args(&args),
+        );
+        assert!(!ok, "{args:?} succeeded");
+        assert!(
+            log.contains(&format!("{flag}:")) && log.contains(needle),
+            "{args:?}: {log}"
+        );
+    }
+    // A --cache-* flag without --cache is refused, not ignored.
+    let (ok, log) = run_cmd(
+        Command::new(bin("wan-run"))
+            .args([
+                "--engines",
+                "e",
+                "--prompt",
+                "x",
+                "--cache-threshold",
+                "0.1",
+            ])
+            .arg("--output")
+            .arg(tmp.path().join("o.mp4")),
+    );
+    assert!(
+        !ok && log.contains("--cache-threshold: given without --cache"),
+        "{log}"
+    );
+}
