@@ -98,7 +98,7 @@ struct GenerateArgs {
     /// official model (teacache/teacache-ret: slow, fast; magcache:
     /// default). Default: the model's slow/default preset, else the
     /// reference's default (teacache 0.2, magcache 0.12, fbcache 0.05).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     cache_threshold: Option<String>,
     /// MagCache's maximum number of consecutive skips (K).
     #[arg(long)]
