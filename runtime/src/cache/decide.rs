@@ -58,7 +58,9 @@ pub fn teacache_schedule(
                 let rel = mean_abs_diff(cur, p) / mean_abs(p);
                 acc += poly1d(coefficients, rel);
                 let ind = acc;
-                let computed = !(acc < threshold);
+                // Skip while under the threshold (a NaN computes).
+                let skip = acc < threshold;
+                let computed = !skip;
                 if computed {
                     acc = 0.0;
                 }

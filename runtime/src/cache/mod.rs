@@ -636,8 +636,10 @@ impl StepCache {
                 norm += f64::from(r.abs());
             }
             let ind = diff / norm;
-            // diffusers: compute when the change exceeds the threshold.
-            (!(ind <= threshold), Some(ind))
+            // diffusers: skip while the change is at most the threshold
+            // (a NaN computes).
+            let skip = ind <= threshold;
+            (!skip, Some(ind))
         };
         if computed {
             reference.clear();
