@@ -43,7 +43,7 @@ fn options(case: &Case, json: &Value) -> GenerateOptions {
     GenerateOptions {
         prompt: inputs["prompt"].as_str().unwrap().into(),
         negative_prompt: Some(inputs["negative_prompt"].as_str().unwrap().into()),
-        image: (case.name == "i2v-tiny").then(|| case.dir.join("golden/image.png")),
+        image: (case.name == "i2v-tiny").then(|| common::golden_image(&case.dir)),
         steps: Some(json["num_inference_steps"].as_u64().unwrap() as usize),
         guidance_scale: Some(inputs["guidance_scale"].as_f64().unwrap() as f32),
         shift: Some(inputs["flow_shift"].as_f64().unwrap()),
