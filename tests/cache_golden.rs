@@ -226,7 +226,10 @@ fn cache_none_is_the_uncached_path_bit_for_bit() {
             .iter()
             .all(|b| b.computed == [true; 4])
     );
-    let (a, b) = (none.latents.to_f32().unwrap(), always.latents.to_f32().unwrap());
+    let (a, b) = (
+        none.latents.to_f32().unwrap(),
+        always.latents.to_f32().unwrap(),
+    );
     assert_eq!(a.len(), b.len());
     if let Some(i) = (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits()) {
         panic!(
