@@ -407,3 +407,77 @@ fn measure_policies() {
         }
     }
 }
+
+#[test]
+fn wan_run_cache_flags_save_latents_and_sidecar() {
+    // The CLI end to end: --cache teacache with the golden table, the
+    // case's noise via --latents-in; --save-latents equals the reference's
+    // latents_out and the sidecar records the schedule per branch.
+    let case = Case::new("t2v-tiny");
+    let json = cache_json(&case);
+    let engines = compile(&case, BatchMode::Fixed(1));
+    let tmp = tempfile::tempdir().unwrap();
+    let noise = tmp.path().join("noise.safetensors");
+    let init = case.golden("pipeline.safetensors")["latents_init"].clone();
+    tensorfile::write(
+        &noise,
+        &std::collections::BTreeMap::from([("latents".to_string(), init)]),
+        false,
+    )
+    .unwrap();
+    let (video, saved) = (tmp.path().join("v.mp4"), tmp.path().join("out.safetensors"));
+    let inputs = &json["inputs"];
+    let r = &json["runs"]["teacache"];
+    let (ok, log) = run_cmd(
+        Command::new(bin("wan-run"))
+            .arg("--engines")
+            .arg(engines.path())
+            .args(["--prompt", inputs["prompt"].as_str().unwrap()])
+            .args([
+                "--negative-prompt",
+                inputs["negative_prompt"].as_str().unwrap(),
+            ])
+            .args(["--guidance-scale", &inputs["guidance_scale"].to_string()])
+            .args(["--shift", &inputs["flow_shift"].to_string()])
+            .args(["--steps", "12", "--solver", "unipc", "--cache", "teacache"])
+            .args([
+                "--cache-threshold",
+                &r["params"]["teacache_thresh"].to_string(),
+            ])
+            .arg("--cache-table")
+            .arg(cache_dir(&case).join("teacache_table.json"))
+            .arg("--latents-in")
+            .arg(&noise)
+            .arg("--save-latents")
+            .arg(&saved)
+            .arg("--output")
+            .arg(&video),
+    );
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("cache teacache: the block stack ran 10 of 24 calls"),
+        "{log}"
+    );
+    let golden = tensorfile::read(&cache_dir(&case).join("cache_latents.safetensors")).unwrap();
+    assert_fp32(
+        "wan-run --cache teacache --save-latents",
+        &tensorfile::read(&saved).unwrap()["latents"]
+            .to_f32()
+            .unwrap(),
+        &golden["teacache.latents_out"].to_f32().unwrap(),
+        tight(case.name),
+    );
+    let side: Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("v.mp4.json")).unwrap())
+            .unwrap();
+    let c = &side["settings"]["cache"];
+    assert_eq!(c["policy"], "teacache");
+    assert_eq!(c["plan"]["table"], "--cache-table");
+    for (i, b) in ["cond", "uncond"].into_iter().enumerate() {
+        assert_eq!(c["branches"][i]["branch"], b);
+        assert_eq!(
+            c["branches"][i]["computed"], r["branches"][b]["computed"],
+            "sidecar {b}"
+        );
+    }
+}

@@ -430,7 +430,7 @@ pub fn parse_table(text: &str, policy: CachePolicy) -> std::result::Result<Cache
     match policy {
         CachePolicy::MagCache => {
             let r = numbers("mag_ratios", v.get("mag_ratios"))?;
-            if r.len() < 4 || r.len() % 2 != 0 {
+            if r.len() < 4 || !r.len().is_multiple_of(2) {
                 return Err(format!(
                     "'mag_ratios' has {} entries; expected an even number ≥ 4 (cond/uncond interleaved, 2 per step)",
                     r.len()
@@ -539,7 +539,7 @@ impl StepCache {
             })
             .collect();
         fn rows(table: &[f32], steps: usize) -> Result<Vec<&[f32]>> {
-            if steps == 0 || table.len() % steps != 0 {
+            if steps == 0 || !table.len().is_multiple_of(steps) {
                 return Err(fail(format!(
                     "a time table of {} values for {steps} steps",
                     table.len()
