@@ -64,12 +64,18 @@ static GLOBAL: Counting = Counting;
 
 /// (allocations ≥ 64 KiB, all allocations, bytes allocated) per step over
 /// `measured` steps after `warm` steps.
-fn per_step(p: &mut Pipeline, warm: usize, measured: usize) -> (f64, f64, f64) {
+fn per_step(
+    p: &mut Pipeline,
+    warm: usize,
+    measured: usize,
+    cache: wanrt::runtime::cache::CacheOptions,
+) -> (f64, f64, f64) {
     let opts = GenerateOptions {
         prompt: "A cat and a dog baking a cake in a kitchen.".into(),
         steps: Some(warm + measured),
         solver: Solver::UniPc,
         seed: 1,
+        cache,
         ..Default::default()
     };
     let mut timings = Timings::default();
@@ -113,7 +119,8 @@ fn a_denoising_step_makes_no_large_host_allocation() {
             let mut p =
                 Pipeline::load_with(a, Backend::OrtCpu, &ExecutionSettings::default(), graphs)
                     .unwrap();
-            let (big, all, bytes) = per_step(&mut p, 2, 4);
+            let (big, all, bytes) = per_step(&mut p, 2, 4, Default::default());
+            let uncached = bytes;
             eprintln!(
                 "{batch:?} {graphs:?}: per step {big} allocations >= 64 KiB, {all} allocations, {:.1} KiB allocated",
                 bytes / 1024.0
@@ -127,6 +134,31 @@ fn a_denoising_step_makes_no_large_host_allocation() {
                     big >= 2.0,
                     "{batch:?}: the host-tensor path should allocate its inputs every step (counter broken?)"
                 ),
+            }
+            if graphs == DitGraphs::Stages {
+                // The first-block cache (a decision per call from block
+                // 0's output, residuals kept or applied): its buffers are
+                // allocated at bind time, none per step.
+                let fb = wanrt::runtime::cache::CacheOptions {
+                    policy: wanrt::runtime::cache::CachePolicy::FbCache,
+                    ..Default::default()
+                };
+                let (big, all, bytes) = per_step(&mut p, 2, 4, fb);
+                eprintln!(
+                    "{batch:?} {graphs:?} fbcache: per step {big} allocations >= 64 KiB, {all} allocations, {:.1} KiB allocated",
+                    bytes / 1024.0
+                );
+                assert_eq!(
+                    big, 0.0,
+                    "{batch:?}: a cached step allocated {big} blocks of >= 64 KiB"
+                );
+                // Nor anything smaller: a row of the block stack here is
+                // 30 KiB, and the uncached step's few bytes are ONNX
+                // Runtime's.
+                assert!(
+                    bytes <= uncached + 1024.0,
+                    "{batch:?}: a cached step allocated {bytes} bytes, an uncached one {uncached}"
+                );
             }
         }
     }
