@@ -277,7 +277,7 @@ pub struct BoundDit<'s> {
     /// The step cache, with the buffers it reads and writes: the block
     /// stack's input (`tokens`), block 0's output and the block stack's
     /// output (what the head reads), each `m` values a row.
-    cache: Option<StepCache>,
+    cache: Option<Box<StepCache>>,
     tokens: usize,
     first: usize,
     last: usize,
@@ -559,14 +559,14 @@ impl<'s> BoundDit<'s> {
         );
         let m = pool[tokens].numel() / batch;
         let cache = match cache {
-            Some(plan) => Some(StepCache::new(
+            Some(plan) => Some(Box::new(StepCache::new(
                 plan,
                 steps,
                 if cfg { 2 } else { 1 },
                 m,
                 &temb_table,
                 &proj_table,
-            )?),
+            )?)),
             None => None,
         };
         Ok(BoundDit {
@@ -670,7 +670,7 @@ impl<'s> BoundDit<'s> {
         let fb = self
             .cache
             .as_ref()
-            .is_some_and(StepCache::decides_after_first_block);
+            .is_some_and(|c| c.decides_after_first_block());
         for lane in 0..lanes {
             let mut computed = [true; 2];
             if !fb {
@@ -744,7 +744,7 @@ impl<'s> BoundDit<'s> {
 
     /// What the step cache did so far (`None` without one).
     pub fn cache_record(&self) -> Option<CacheRecord> {
-        self.cache.as_ref().map(StepCache::record)
+        self.cache.as_ref().map(|c| c.record())
     }
 
     /// Hands the step's prediction to `f` in place: the conditional

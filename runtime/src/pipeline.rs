@@ -353,7 +353,8 @@ pub struct DenoiseInputs {
 }
 
 enum StepPath<'p> {
-    Bound(BoundDit<'p>),
+    /// Boxed: the bound generation is large and the other path small.
+    Bound(Box<BoundDit<'p>>),
     Whole {
         dit: &'p mut Network,
         inputs: Box<DenoiseInputs>,
@@ -993,7 +994,11 @@ impl Pipeline {
                     ],
                     None => Vec::new(),
                 };
-                StepPath::Bound(staged.bind_cached(&c, &constants, inputs.cache.as_ref())?)
+                StepPath::Bound(Box::new(staged.bind_cached(
+                    &c,
+                    &constants,
+                    inputs.cache.as_ref(),
+                )?))
             }
         } else {
             if inputs.cache.is_some() {
