@@ -226,6 +226,8 @@ fn run_job(pipeline: &mut Pipeline, claim: &Claim, env: &WorkerEnv) -> Result<()
         cfg_zero_star: r.cfg_zero_star,
         zero_init_steps: r.zero_init_steps,
         vace: None,
+        // The job API takes no step cache (yet): every job runs uncached.
+        cache: Default::default(),
     };
     let key = r.profile.key();
     let interrupt = AtomicBool::new(false);
