@@ -174,3 +174,39 @@ fn text_encoder_fp32_dump_matches() {
         expected.display()
     );
 }
+
+/// The quantized DiT graphs (`--precision fp8` with an fp32 base and the
+/// default layer set, calibrated on one prompt for two steps; `--precision
+/// int8`). The dump lists dtypes and nodes, not values, so it does not move
+/// with the calibrated scales.
+#[test]
+fn dit_quantized_dumps_match() {
+    use wanrt::compiler::quant::{CalibrationOptions, QuantOptions};
+    use wanrt::core::{QuantLayers, QuantScheme};
+    for case in CASES {
+        let c = Case::new(case);
+        for scheme in [QuantScheme::Fp8, QuantScheme::Int8] {
+            let out = tempfile::tempdir().unwrap();
+            let q = QuantOptions {
+                scheme,
+                layers: match scheme {
+                    QuantScheme::Fp8 => QuantLayers::default(),
+                    QuantScheme::Int8 => QuantLayers::AllLinear,
+                },
+                calibration: (scheme == QuantScheme::Fp8).then(|| CalibrationOptions {
+                    steps: Some(2),
+                    ..CalibrationOptions::new(1)
+                }),
+            };
+            let mut opts = c
+                .options(false, Precision::Fp32, BatchMode::Fixed(1), out.path())
+                .with_quantization(Some(q));
+            opts.networks = vec![wanrt::core::NetworkKind::Dit];
+            wanrt::compiler::compile(&opts).unwrap();
+            let model =
+                ModelProto::from_bytes(&std::fs::read(out.path().join("dit.onnx")).unwrap())
+                    .unwrap();
+            check_text(&format!("dit-{case}-{scheme}"), &dump(&model));
+        }
+    }
+}

@@ -36,6 +36,13 @@ pub enum ErrorKind {
     Engine,
     /// A `--lora` file cannot be merged (which problem: the payload).
     Lora(crate::lora::LoraProblem),
+    /// `--precision fp8` without `--calibrate`: FP8 needs static activation
+    /// scales that only calibration chooses.
+    NeedsCalibration,
+    /// Calibration saw something it cannot make a scale of (a non-finite
+    /// activation, a missing tap); runtime failures during calibration are
+    /// `CompileTimeRun`.
+    Calibration,
     Io,
 }
 
@@ -82,6 +89,10 @@ pub enum Error {
         problem: crate::lora::LoraProblem,
         reason: String,
     },
+    #[error("--precision fp8 needs --calibrate: {reason}")]
+    NeedsCalibration { reason: String },
+    #[error("calibration: {reason}")]
+    Calibration { reason: String },
     #[error("{file}: {source}")]
     Io {
         file: PathBuf,
@@ -120,6 +131,8 @@ impl Error {
             Error::CompileTimeRun { .. } => ErrorKind::CompileTimeRun,
             Error::Engine { .. } => ErrorKind::Engine,
             Error::Lora { problem, .. } => ErrorKind::Lora(*problem),
+            Error::NeedsCalibration { .. } => ErrorKind::NeedsCalibration,
+            Error::Calibration { .. } => ErrorKind::Calibration,
             Error::Io { .. } => ErrorKind::Io,
         }
     }

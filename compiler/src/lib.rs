@@ -2,7 +2,8 @@
 //!
 //! [`checkpoint`] detects the layout and memory-maps the weights,
 //! [`synthetic`] generates random weights at a real configuration, and
-//! [`lora`] merges LoRA files into the DiT while it streams, and
+//! [`lora`] merges LoRA files into the DiT while it streams, [`quant`]
+//! quantizes the DiT's block linears (FP8 calibrated, INT8), and
 //! [`export`] drives the graph builders of `wanrt-graphs` and writes the
 //! self-describing artifact directory the runtime loads.
 
@@ -10,6 +11,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod export;
 pub mod lora;
+pub mod quant;
 pub mod synthetic;
 
 pub use error::{Error, ErrorKind, Result};

@@ -17,6 +17,12 @@ pub enum DType {
     Int32,
     Uint8,
     Bool,
+    /// Signed 8-bit integers (INT8 weights).
+    Int8,
+    /// FP8 E4M3 without infinities (`FLOAT8E4M3FN`: max 448, one NaN
+    /// pattern per sign), the FP8 format of the quantized DiT.
+    #[serde(rename = "float8_e4m3fn")]
+    Float8E4m3fn,
 }
 
 impl DType {
@@ -26,7 +32,7 @@ impl DType {
             DType::Float32 | DType::Int32 => 4,
             DType::Float16 | DType::Bfloat16 => 2,
             DType::Int64 => 8,
-            DType::Uint8 | DType::Bool => 1,
+            DType::Uint8 | DType::Bool | DType::Int8 | DType::Float8E4m3fn => 1,
         }
     }
 
@@ -35,11 +41,13 @@ impl DType {
         match self {
             DType::Float32 => 1,
             DType::Uint8 => 2,
+            DType::Int8 => 3,
             DType::Int32 => 6,
             DType::Int64 => 7,
             DType::Bool => 9,
             DType::Float16 => 10,
             DType::Bfloat16 => 16,
+            DType::Float8E4m3fn => 17,
         }
     }
 
@@ -47,11 +55,13 @@ impl DType {
         Some(match code {
             1 => DType::Float32,
             2 => DType::Uint8,
+            3 => DType::Int8,
             6 => DType::Int32,
             7 => DType::Int64,
             9 => DType::Bool,
             10 => DType::Float16,
             16 => DType::Bfloat16,
+            17 => DType::Float8E4m3fn,
             _ => return None,
         })
     }
@@ -66,6 +76,8 @@ impl DType {
             DType::Int32 => "I32",
             DType::Uint8 => "U8",
             DType::Bool => "BOOL",
+            DType::Int8 => "I8",
+            DType::Float8E4m3fn => "F8_E4M3",
         }
     }
 
@@ -78,6 +90,8 @@ impl DType {
             "I32" => DType::Int32,
             "U8" => DType::Uint8,
             "BOOL" => DType::Bool,
+            "I8" => DType::Int8,
+            "F8_E4M3" => DType::Float8E4m3fn,
             _ => return None,
         })
     }
@@ -91,6 +105,8 @@ impl DType {
             DType::Int32 => "int32",
             DType::Uint8 => "uint8",
             DType::Bool => "bool",
+            DType::Int8 => "int8",
+            DType::Float8E4m3fn => "float8_e4m3fn",
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod fsio;
 pub mod manifest;
 pub mod profile;
+pub mod quant;
 pub mod safetensors;
 
 pub use attention::AttentionKind;
@@ -23,3 +24,4 @@ pub use dtype::{DType, Precision};
 pub use error::{Error, ErrorKind};
 pub use manifest::Manifest;
 pub use profile::{BatchMode, Profile};
+pub use quant::{QuantLayers, QuantScheme, Quantization};

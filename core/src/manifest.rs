@@ -163,6 +163,10 @@ pub struct NetworkEntry {
     /// manifests: the opset-23 `Attention` op, all they could hold).
     #[serde(default)]
     pub attention: crate::AttentionKind,
+    /// For a quantized DiT (`--precision fp8|int8`): the scheme, the layer
+    /// set and the scales; `precision` above is then the base precision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<crate::quant::Quantization>,
 }
 
 impl NetworkEntry {
@@ -381,6 +385,7 @@ mod tests {
                 loras: vec![],
                 stages: vec![],
                 attention: crate::AttentionKind::Onnx,
+                quantization: None,
             },
         );
         m

@@ -20,11 +20,14 @@
 //! Weights are addressed by their original Wan2.1 names, which also name the
 //! ONNX initializers and nodes (`blocks.3.self_attn.q/MatMul`).
 
-use wanrt_core::{DType, DitConfig, DitStage, NetworkContract, Precision, Profile, Task};
+use wanrt_core::{
+    DType, DitConfig, DitStage, NetworkContract, Precision, Profile, QuantLayers, Task,
+};
 
 use crate::builder::{GraphBuilder, IoDim, Value};
 use crate::error::{Error, Result};
 use crate::layers::{self, io_dims};
+use crate::quant::{self, QuantPlan};
 use crate::weights::Weights;
 
 /// Options of a DiT export.
@@ -34,6 +37,12 @@ pub struct DitOptions {
     /// Adds the golden intermediates (`intermediate.temb`, `...block_0_out`,
     /// ...) as extra float32 outputs, for hunting numeric mismatches.
     pub debug_outputs: bool,
+    /// Quantized block linears (`--precision fp8|int8`); `precision` is
+    /// then the base precision of everything else.
+    pub quant: Option<QuantPlan>,
+    /// Adds `calibration.<linear>` outputs `[batch]`: the input amax of
+    /// every linear of this layer set (what `--calibrate` records).
+    pub calibration_taps: Option<QuantLayers>,
 }
 
 /// ORIG computes the sinusoid frequencies in float64.
@@ -85,6 +94,10 @@ pub(crate) struct Dit<'a, 'b, 'i> {
     eps: f32,
     ones_d: Value,
     one: Value,
+    quant: Option<QuantPlan>,
+    taps: Option<QuantLayers>,
+    /// Calibration taps built so far: (linear weight path, amax `[b]`).
+    tapped: Vec<(String, Value)>,
 }
 
 pub(crate) const F32: DType = DType::Float32;
@@ -107,10 +120,28 @@ impl Dit<'_, '_, '_> {
         layers::linear(self.b, &self.w, prefix, x, inf, outf, store, true)
     }
 
+    /// A linear of a transformer block: quantized when the plan covers it
+    /// (output in the base type or float32), else in the compute dtype;
+    /// tapped for calibration when asked.
+    fn block_linear(&mut self, prefix: &str, x: &Value, inf: u32, outf: u32) -> Result<Value> {
+        let full = self.w.path(prefix);
+        if self.taps.is_some_and(|t| t.covers(&full)) {
+            let amax = self.b.scoped(&full, |b| Ok(quant::amax_tap(b, x, 3)))?;
+            self.tapped.push((full.clone(), amax));
+        }
+        match QuantPlan::covering(self.quant.as_ref(), &full) {
+            Some(plan) => {
+                let base = self.c;
+                quant::linear(self.b, &self.w, prefix, x, (inf, outf), base, plan)
+            }
+            None => self.linear(prefix, x, inf, outf, self.c),
+        }
+    }
+
     /// Linear layer followed by the full-width RMSNorm `norm`, in float32.
     fn linear_rms(&mut self, lin: &str, norm: &str, x: &Value, inf: u32) -> Result<Value> {
         let d = self.cfg.dim;
-        let y = self.linear(lin, x, inf, d, self.c)?;
+        let y = self.block_linear(lin, x, inf, d)?;
         let scale = self.param(&format!("{norm}.weight"), &[d as usize])?;
         let eps = self.eps;
         self.b.scoped(norm, |b| {
@@ -141,7 +172,8 @@ impl Dit<'_, '_, '_> {
         let hd = self.cfg.head_dim();
         let q = self.linear_rms(&format!("{p}.q"), &format!("{p}.norm_q"), h, d)?;
         let k = self.linear_rms(&format!("{p}.k"), &format!("{p}.norm_k"), h, d)?;
-        let v = self.linear(&format!("{p}.v"), h, d, d, c)?;
+        let v = self.block_linear(&format!("{p}.v"), h, d, d)?;
+        let v = self.b.cast(&v, c);
         let b = &mut *self.b;
         let o = b.scoped(p, |b| {
             // [b, n, heads·d_h]: RoPE per head on the 3-D layout, in float32.
@@ -151,7 +183,7 @@ impl Dit<'_, '_, '_> {
             let k = b.cast(&k, c);
             Ok(b.sdpa(&q, &k, &v, heads, hd))
         })?;
-        self.linear(&format!("{p}.o"), &o, d, d, c)
+        self.block_linear(&format!("{p}.o"), &o, d, d)
     }
 
     fn cross_attn(
@@ -165,7 +197,8 @@ impl Dit<'_, '_, '_> {
         let hd = self.cfg.head_dim();
         let q = self.linear_rms(&format!("{p}.q"), &format!("{p}.norm_q"), h, d)?;
         let k = self.linear_rms(&format!("{p}.k"), &format!("{p}.norm_k"), ctx, d)?;
-        let v = self.linear(&format!("{p}.v"), ctx, d, d, c)?;
+        let v = self.block_linear(&format!("{p}.v"), ctx, d, d)?;
+        let v = self.b.cast(&v, c);
         let mut o = self.b.scoped(p, |b| {
             let q = b.cast(&q, c);
             let k = b.cast(&k, c);
@@ -173,7 +206,8 @@ impl Dit<'_, '_, '_> {
         })?;
         if let Some(img) = img {
             let ki = self.linear_rms(&format!("{p}.k_img"), &format!("{p}.norm_k_img"), img, d)?;
-            let vi = self.linear(&format!("{p}.v_img"), img, d, d, c)?;
+            let vi = self.block_linear(&format!("{p}.v_img"), img, d, d)?;
+            let vi = self.b.cast(&vi, c);
             o = self.b.scoped(p, |b| {
                 let q = b.cast(&q, c);
                 let ki = b.cast(&ki, c);
@@ -182,7 +216,7 @@ impl Dit<'_, '_, '_> {
                 Ok(b.add(&o, &oi))
             })?;
         }
-        self.linear(&format!("{p}.o"), &o, d, d, c)
+        self.block_linear(&format!("{p}.o"), &o, d, d)
     }
 }
 
@@ -197,6 +231,8 @@ impl Dit<'_, '_, '_> {
         w: Weights<'b>,
         cfg: &'a DitConfig,
         c: DType,
+        quant: Option<QuantPlan>,
+        taps: Option<QuantLayers>,
     ) -> Result<Dit<'a, 'b, 'i>> {
         let d = cfg.dim;
         let ones_d = b.const_f32("norm_ones", &[d as i64], &vec![1.0; d as usize], F32)?;
@@ -209,6 +245,9 @@ impl Dit<'_, '_, '_> {
             eps: cfg.eps as f32,
             ones_d,
             one,
+            quant,
+            taps,
+            tapped: Vec::new(),
         })
     }
 
@@ -398,11 +437,12 @@ impl Dit<'_, '_, '_> {
 
         // FFN with modulation and gate.
         let h = self.modulated_norm(&format!("{p}.norm2"), &x, &s2, &c2)?;
-        let y = self.linear(&format!("{p}.ffn.0"), &h, d, self.cfg.ffn_dim, self.c)?;
+        let y = self.block_linear(&format!("{p}.ffn.0"), &h, d, self.cfg.ffn_dim)?;
+        let y = self.b.cast(&y, self.c);
         let y = self
             .b
             .scoped(&format!("{p}.ffn.1"), |b| Ok(b.gelu(&y, true)))?;
-        let y = self.linear(&format!("{p}.ffn.2"), &y, self.cfg.ffn_dim, d, self.c)?;
+        let y = self.block_linear(&format!("{p}.ffn.2"), &y, self.cfg.ffn_dim, d)?;
         self.b.scoped(&p, |b| {
             let y = b.cast(&y, F32);
             let y = b.mul(&y, &g2);
@@ -492,7 +532,14 @@ pub fn build(
     let image = inputs.get(3);
     let mut debug: Debug = Vec::new();
     let (dd, l) = (cfg.dim as i64, profile.text_len as i64);
-    let mut dit = Dit::new(b, w, cfg, opts.precision.compute_dtype())?;
+    let mut dit = Dit::new(
+        b,
+        w,
+        cfg,
+        opts.precision.compute_dtype(),
+        opts.quant.clone(),
+        opts.calibration_taps,
+    )?;
 
     let mut x = dit.embed(hidden)?;
     debug.push(("patch_embedding".into(), x.clone(), vec![n, dd]));
@@ -518,8 +565,22 @@ pub fn build(
         debug.push((format!("block_{i}_out"), x.clone(), vec![n, dd]));
     }
     let noise = dit.head(&x, &e, grid, &mut debug)?;
+    let tapped = std::mem::take(&mut dit.tapped);
     emit_outputs(dit.b, &contract, &noise, debug, opts.debug_outputs);
+    emit_taps(dit.b, &contract, tapped);
     Ok(())
+}
+
+/// The calibration taps as `calibration.<linear>` outputs `[batch]`.
+fn emit_taps(b: &mut GraphBuilder<'_>, contract: &NetworkContract, tapped: Vec<(String, Value)>) {
+    let batch = io_dims(&contract.outputs[0].shape)[0].clone();
+    for (prefix, amax) in tapped {
+        b.output(
+            &amax,
+            &quant::tap_output(&prefix),
+            Some(std::slice::from_ref(&batch)),
+        );
+    }
 }
 
 /// The whole graph's `noise_pred` and, with `debug_outputs`, every
@@ -555,6 +616,24 @@ pub fn build_stage(
     precision: Precision,
     stage: DitStage,
 ) -> Result<()> {
+    let opts = DitOptions {
+        precision,
+        ..Default::default()
+    };
+    build_stage_with(b, w, cfg, profile, &opts, stage)
+}
+
+/// [`build_stage`] with the whole graph's options (quantization; debug
+/// outputs and calibration taps belong to the whole graph only).
+pub fn build_stage_with(
+    b: &mut GraphBuilder<'_>,
+    w: Weights<'_>,
+    cfg: &DitConfig,
+    profile: &Profile,
+    opts: &DitOptions,
+    stage: DitStage,
+) -> Result<()> {
+    let precision = opts.precision;
     cfg.validate().map_err(Error::Invalid)?;
     if cfg.task == Task::Vace
         && matches!(
@@ -574,7 +653,14 @@ pub fn build_stage(
     let grid = profile.patch_grid();
     let inputs = declare_inputs(b, &contract);
     let mut debug: Debug = Vec::new();
-    let mut dit = Dit::new(b, w, cfg, precision.compute_dtype())?;
+    let mut dit = Dit::new(
+        b,
+        w,
+        cfg,
+        precision.compute_dtype(),
+        opts.quant.clone(),
+        None,
+    )?;
     let i2v = cfg.task.has_image();
     let outputs = match stage {
         DitStage::Context => {

@@ -5,6 +5,7 @@
 //! * [`weights`] — the name-prefixing, shape-checking weight accessor;
 //! * [`names`] — the one renaming table between checkpoint layouts;
 //! * [`dit`], [`clip`] — one file per network;
+//! * [`quant`] — FP8 Q/DQ and INT8 block linears, calibration taps;
 //! * [`dump`] — a stable text dump of a graph for review and tests;
 //! * [`emulate`] — a test rewrite that runs bf16 graphs on CPUs without bf16 kernels.
 
@@ -18,6 +19,7 @@ pub mod error;
 pub mod layers;
 pub mod names;
 pub mod onnx;
+pub mod quant;
 pub mod t5;
 pub mod vace;
 pub mod vae;

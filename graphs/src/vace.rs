@@ -109,7 +109,9 @@ pub fn build(
     };
     let mut debug: Debug = Vec::new();
     let (dd, l) = (cfg.dim as i64, profile.text_len as i64);
-    let mut dit = Dit::new(b, w, cfg, opts.precision.compute_dtype())?;
+    // Quantized VACE engines are refused by the compiler (no calibration
+    // inputs for the control video yet): no quantization plan here.
+    let mut dit = Dit::new(b, w, cfg, opts.precision.compute_dtype(), None, None)?;
 
     let mut x = dit.embed(hidden)?;
     debug.push(("patch_embedding".into(), x.clone(), vec![n, dd]));
@@ -155,7 +157,7 @@ pub fn build_stage(
     let nv = cfg.vace_layers.len();
     let inputs = declare_inputs(b, &contract);
     let mut debug: Debug = Vec::new();
-    let mut dit = Dit::new(b, w, cfg, precision.compute_dtype())?;
+    let mut dit = Dit::new(b, w, cfg, precision.compute_dtype(), None, None)?;
     let c = dit.c;
     let outputs = match stage {
         DitStage::Vace => {

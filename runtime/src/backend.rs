@@ -178,7 +178,13 @@ pub fn check_precisions(
     r: &Resolved,
 ) -> Result<()> {
     for (kind, entry) in &manifest.networks {
-        if only.is_some_and(|k| k != *kind) || entry.precision != Precision::Bf16 {
+        if only.is_some_and(|k| k != *kind) {
+            continue;
+        }
+        if let Some(q) = &entry.quantization {
+            check_quantized(kind.name(), entry.precision, q.scheme, r)?;
+        }
+        if entry.precision != Precision::Bf16 {
             continue;
         }
         let is_vae = matches!(kind, NetworkKind::VaeEncoder | NetworkKind::VaeDecoder);
@@ -212,6 +218,40 @@ pub fn check_precisions(
         }
     }
     Ok(())
+}
+
+/// A quantized DiT on `r`'s backend: INT8 (MatMulInteger, uint8
+/// activations) is for ONNX Runtime's CPU provider only; FP8 runs on the CPU
+/// provider only with an fp32 base (it has fp32 Q/DQ kernels for float8, no
+/// half ones).
+pub fn check_quantized(
+    network: &str,
+    base: Precision,
+    scheme: wanrt_core::QuantScheme,
+    r: &Resolved,
+) -> Result<()> {
+    use wanrt_core::QuantScheme;
+    let refuse = |reason: String| {
+        Err(Error::NoKernels {
+            network: network.into(),
+            reason,
+        })
+    };
+    match (scheme, r.backend) {
+        (QuantScheme::Int8, Backend::OrtCpu) => Ok(()),
+        (QuantScheme::Int8, other) => refuse(format!(
+            "compiled with INT8 block linears (DynamicQuantizeLinear/MatMulInteger), which are \
+             for ONNX Runtime's CPU provider; on {other} use wan-run --backend ort-cpu, or \
+             recompile with wan-compile --precision fp8 (TensorRT) or bf16"
+        )),
+        (QuantScheme::Fp8, Backend::OrtCpu) if base != Precision::Fp32 => refuse(format!(
+            "compiled with FP8 block linears on a {base} base; ONNX Runtime's CPU provider ({}) \
+             runs FP8 QuantizeLinear/DequantizeLinear only around fp32: recompile with \
+             wan-compile --precision fp8 --fp8-base fp32, or run on a GPU",
+            r.why
+        )),
+        (QuantScheme::Fp8, _) => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -690,6 +690,12 @@ impl Pipeline {
         })
     }
 
+    /// The loaded DiT network (`wan-compile --calibrate` runs the whole
+    /// graph step by step to read its extra outputs).
+    pub fn dit_network(&mut self) -> &mut Network {
+        &mut self.dit
+    }
+
     /// The text encoder (to size its cache of recent prompts).
     pub fn prompt_encoder(&mut self) -> &mut PromptEncoder {
         &mut self.text

@@ -9,8 +9,12 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use wanrt_compiler::export::{CompileOptions, ModelSource, compile};
 use wanrt_compiler::lora::LoraSpec;
+use wanrt_compiler::quant::{CalibrationOptions, QuantOptions};
 use wanrt_core::profile::{DEFAULT_FRAMES, DEFAULT_TEXT_LEN};
-use wanrt_core::{AttentionKind, BatchMode, NetworkKind, Precision, Profile};
+use wanrt_core::quant::{AmaxStatistic, PrecisionChoice};
+use wanrt_core::{
+    AttentionKind, BatchMode, NetworkKind, Precision, Profile, QuantLayers, QuantScheme,
+};
 
 /// Compile a Wan2.1 model (original or diffusers layout) into typed ONNX
 /// graphs for one resolution profile.
@@ -56,10 +60,42 @@ struct Args {
     #[arg(long, default_value = "1")]
     batch: String,
     /// Precision written into the graphs: bf16 (default, the official
-    /// compute type; for GPU backends), fp16, or fp32 (for ONNX Runtime's CPU
-    /// provider, which has no bf16 kernels).
+    /// compute type; for GPU backends), fp16, fp32 (for ONNX Runtime's CPU
+    /// provider, which has no bf16 kernels); fp8 (the DiT's block linears in
+    /// FP8 E4M3 Q/DQ for TensorRT, the rest in --fp8-base; needs
+    /// --calibrate) or int8 (the DiT's block linears as W8A8 integer GEMMs
+    /// for ONNX Runtime's CPU provider, the rest in fp32).
     #[arg(long, default_value = "bf16")]
-    precision: Precision,
+    precision: PrecisionChoice,
+    /// With --precision fp8: the precision of everything that is not an
+    /// FP8 linear, and of the other networks (fp32 makes the graph runnable
+    /// on ONNX Runtime's CPU provider).
+    #[arg(long, default_value = "bf16")]
+    fp8_base: Precision,
+    /// With --precision fp8 (or int8): which block linears are quantized:
+    /// ffn, ffn+cross (the FFN and cross-attention q/o) or all-linear.
+    #[arg(long)]
+    fp8_layers: Option<QuantLayers>,
+    /// Calibrate FP8 activation scales over N prompts' full trajectories at
+    /// this profile (every step, both CFG branches) on ONNX Runtime's CPU
+    /// provider; required by --precision fp8.
+    #[arg(long, value_name = "N")]
+    calibrate: Option<usize>,
+    /// Calibration prompts, one per line (default: a built-in set of 16
+    /// varied prompts, see docs/PRECISION.md).
+    #[arg(long, value_name = "FILE", requires = "calibrate")]
+    calibration_prompts: Option<PathBuf>,
+    /// Sampling steps of each calibration trajectory (default: the official
+    /// default of the task, 50 for T2V, 40 for I2V).
+    #[arg(long, requires = "calibrate")]
+    calibration_steps: Option<usize>,
+    /// Seed of calibration prompt k's noise is this + k.
+    #[arg(long, default_value = "0", requires = "calibrate")]
+    calibration_seed: u64,
+    /// Make each scale from this percentile (0 < P ≤ 100) of the per-forward
+    /// amax values instead of their maximum.
+    #[arg(long, value_name = "P", requires = "calibrate")]
+    calibration_percentile: Option<f64>,
     /// Precision of the VAE graphs (fp32 by default, as the reference
     /// recommends).
     #[arg(long, default_value = "fp32")]
@@ -139,8 +175,51 @@ fn profile(args: &Args, default: &str) -> Result<Profile> {
         .with_reference_images(args.reference_images)?)
 }
 
+/// The base precision and the quantization `--precision` and its companion
+/// flags ask for.
+fn quantization(args: &Args) -> Result<(Precision, Option<QuantOptions>)> {
+    let calibration = args.calibrate.map(|n| CalibrationOptions {
+        prompts: n,
+        prompt_file: args.calibration_prompts.clone(),
+        steps: args.calibration_steps,
+        seed: args.calibration_seed,
+        statistic: args
+            .calibration_percentile
+            .map_or(AmaxStatistic::Max, AmaxStatistic::Percentile),
+    });
+    match args.precision {
+        PrecisionChoice::Plain(p) => {
+            if args.calibrate.is_some() || args.fp8_layers.is_some() {
+                anyhow::bail!(
+                    "--calibrate and --fp8-layers apply to --precision fp8 (and --fp8-layers to \
+                     int8), not {p}"
+                );
+            }
+            Ok((p, None))
+        }
+        PrecisionChoice::Quantized(scheme) => {
+            let base = match scheme {
+                QuantScheme::Fp8 => args.fp8_base,
+                QuantScheme::Int8 => Precision::Fp32,
+            };
+            Ok((
+                base,
+                Some(QuantOptions {
+                    scheme,
+                    layers: args.fp8_layers.unwrap_or(match scheme {
+                        QuantScheme::Fp8 => QuantLayers::default(),
+                        QuantScheme::Int8 => QuantLayers::AllLinear,
+                    }),
+                    calibration,
+                }),
+            ))
+        }
+    }
+}
+
 fn run() -> Result<()> {
     let args = Args::parse();
+    let (precision, quant) = quantization(&args)?;
     let model = match (&args.model, &args.synthetic) {
         (Some(dir), _) => ModelSource::Dir(dir.clone()),
         (None, Some(preset)) => ModelSource::Synthetic(preset.clone()),
@@ -159,7 +238,8 @@ fn run() -> Result<()> {
             .context("installing the Ctrl-C/SIGTERM/SIGHUP handler")?;
     }
     let opts = CompileOptions::new(model, args.out.clone(), profile(&args, default_profile)?)
-        .with_precision(args.precision)
+        .with_precision(precision)
+        .with_quantization(quant)
         .with_vae_precision(args.vae_precision)
         .with_negative_cache(!args.no_negative_cache)
         .with_networks(args.networks.iter().copied())
@@ -214,11 +294,30 @@ fn run() -> Result<()> {
     let precisions: Vec<String> = manifest
         .networks
         .iter()
-        .map(|(k, e)| match k {
-            NetworkKind::Dit => format!("{k} {} attention {}", e.precision, e.attention),
+        .map(|(k, e)| match (k, &e.quantization) {
+            (NetworkKind::Dit, Some(q)) => format!(
+                "{k} {} ({}) on {} attention {}",
+                q.scheme, q.layers, e.precision, e.attention
+            ),
+            (NetworkKind::Dit, None) => format!("{k} {} attention {}", e.precision, e.attention),
             _ => format!("{k} {}", e.precision),
         })
         .collect();
+    for e in manifest.networks.values() {
+        if let Some(c) = e.quantization.as_ref().and_then(|q| q.calibration.as_ref()) {
+            eprintln!(
+                "calibrated {} activation scales: {} prompts ({}), {} steps, {} DiT forwards, {}",
+                e.quantization
+                    .as_ref()
+                    .map_or(0, |q| q.activation_scales.len()),
+                c.prompts,
+                c.prompt_set,
+                c.steps,
+                c.forwards,
+                c.statistic
+            );
+        }
+    }
     eprintln!(
         "wrote {} ({}; {} {}x{}x{}) in {:.1} s{peak}",
         args.out.display(),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use wanrt_core::manifest::{ModelInfo, NetworkEntry, Tools};
 use wanrt_core::{
     AttentionKind, DType, DitConfig, Manifest, NetworkContract, NetworkKind, Precision, Profile,
-    VaeConfig,
+    Quantization, VaeConfig,
 };
 use wanrt_graphs::clip::{self, ClipOptions};
 use wanrt_graphs::dit::{self, DitOptions};
@@ -25,6 +25,7 @@ use wanrt_graphs::{GraphBuilder, WeightSource, Weights};
 use crate::checkpoint::{Checkpoint, ModelDir};
 use crate::error::{Error, Result};
 use crate::lora::{LoraFile, LoraMerge, LoraSpec};
+use crate::quant::QuantOptions;
 use crate::synthetic::SyntheticSource;
 
 mod encoders;
@@ -73,6 +74,13 @@ pub struct CompileOptions {
     /// How the DiT writes attention (`--attention`); `None` is `auto`
     /// ([`AttentionKind::auto`]).
     pub attention: Option<AttentionKind>,
+    /// Quantize the DiT's block linears (`--precision fp8|int8`);
+    /// `precision` is then the base precision of the DiT and the precision
+    /// of the other networks.
+    pub quant: Option<QuantOptions>,
+    /// Give the whole DiT graph one `calibration.<linear>` amax output per
+    /// linear of this set, and no stage graphs (what calibration compiles).
+    pub calibration_taps: Option<wanrt_core::QuantLayers>,
 }
 
 impl CompileOptions {
@@ -96,6 +104,8 @@ impl CompileOptions {
             loras: Vec::new(),
             lora_ignore_unmatched: false,
             attention: None,
+            quant: None,
+            calibration_taps: None,
         }
     }
 
@@ -143,6 +153,12 @@ impl CompileOptions {
             }
         }
         Ok(kind)
+    }
+
+    /// Quantizes the DiT's block linears (FP8 needs calibration options).
+    pub fn with_quantization(mut self, quant: Option<QuantOptions>) -> Self {
+        self.quant = quant;
+        self
     }
 
     pub fn with_engine(mut self, engine: Option<wanrt_core::engines::EngineKind>) -> Self {
@@ -476,6 +492,7 @@ pub fn export_graph(
         loras: vec![],
         stages: vec![],
         attention: AttentionKind::Onnx,
+        quantization: None,
     };
     let report = NetworkReport {
         network: job.kind,
@@ -509,6 +526,13 @@ fn precision_doc(opts: &CompileOptions) -> String {
     )
 }
 
+fn quant_doc(q: Option<&Quantization>) -> String {
+    match q {
+        Some(q) => format!(", {} block linears ({})", q.scheme, q.layers),
+        None => String::new(),
+    }
+}
+
 /// Exports the DiT: the whole graph (`dit.onnx`: debug outputs, dumps, the
 /// reference for the stages) and its stage graphs (`dit.<stage>.onnx`, what
 /// the runtime runs), all sharing one weight file: each weight is
@@ -517,6 +541,7 @@ fn export_dit(
     source: &dyn WeightSource,
     cfg: &DitConfig,
     opts: &CompileOptions,
+    quant: Option<&Quantization>,
     staging: &Path,
 ) -> Result<(NetworkEntry, NetworkReport)> {
     let start = Instant::now();
@@ -524,7 +549,7 @@ fn export_dit(
     let contract = NetworkContract::dit(cfg, &opts.profile)?;
     // With --debug-outputs the whole graph is what gets run (its
     // intermediates are outputs of that graph only): no stage graphs.
-    let stages = if opts.debug_outputs {
+    let stages = if opts.debug_outputs || opts.calibration_taps.is_some() {
         Vec::new()
     } else {
         NetworkContract::dit_stages(cfg, &opts.profile)?
@@ -539,13 +564,20 @@ fn export_dit(
         builder = builder.with_interrupt(flag);
     }
     let doc = format!(
-        "Wan2.1 DiT ({}), {}, attention {attention}",
+        "Wan2.1 DiT ({}), {}, attention {attention}{}",
         cfg.task.name(),
-        precision_doc(opts)
+        precision_doc(opts),
+        quant_doc(quant)
     );
     let dopts = DitOptions {
         precision: opts.precision,
         debug_outputs: opts.debug_outputs,
+        quant: quant.map(|q| wanrt_graphs::quant::QuantPlan {
+            scheme: q.scheme,
+            layers: q.layers,
+            activation_scales: q.activation_scales.clone(),
+        }),
+        calibration_taps: opts.calibration_taps,
     };
     let write =
         |file: &str, model: &wanrt_graphs::onnx::ModelProto| -> Result<(String, u64, usize)> {
@@ -569,12 +601,12 @@ fn export_dit(
     let (graph_digest, mut graph_bytes, nodes) = write(&file, &builder.take_graph(name, &doc))?;
     let mut stage_graphs = Vec::new();
     for (stage, c) in stages {
-        dit::build_stage(
+        dit::build_stage_with(
             &mut builder,
             Weights::new(source),
             cfg,
             &opts.profile,
-            opts.precision,
+            &dopts,
             stage,
         )?;
         let sfile = format!("{name}.{}.onnx", stage.name());
@@ -594,6 +626,12 @@ fn export_dit(
     }
     let (weights_digest, external_data_bytes, _) = builder.finish_external()?;
     pb.finish_and_clear();
+    let mut contract = contract;
+    if let Some(layers) = opts.calibration_taps {
+        // The taps are outputs of the whole graph: list them so the runtime
+        // accepts (and returns) them.
+        contract.outputs.extend(calibration_outputs(cfg, layers));
+    }
     let entry = NetworkEntry {
         file,
         external_data: Some(data_file),
@@ -608,6 +646,7 @@ fn export_dit(
         tools: tools(),
         chunks: vec![],
         stages: stage_graphs,
+        quantization: quant.cloned(),
         loras: vec![],
         attention,
     };
@@ -621,19 +660,44 @@ fn export_dit(
     Ok((entry, report))
 }
 
-/// Exports the DiT with `loras` merged into its weights while they stream.
+/// The `calibration.<linear>` outputs `[batch]` of a tapped DiT graph, in
+/// block order.
+fn calibration_outputs(
+    cfg: &DitConfig,
+    layers: wanrt_core::QuantLayers,
+) -> Vec<wanrt_core::TensorSpec> {
+    let mut names = vec!["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o"];
+    names.extend(["cross_attn.q", "cross_attn.k", "cross_attn.v"]);
+    if cfg.task == wanrt_core::Task::I2v {
+        names.extend(["cross_attn.k_img", "cross_attn.v_img"]);
+    }
+    names.extend(["cross_attn.o", "ffn.0", "ffn.2"]);
+    (0..cfg.num_layers)
+        .flat_map(|i| names.iter().map(move |n| format!("blocks.{i}.{n}")))
+        .filter(|p| layers.covers(p))
+        .map(|p| wanrt_core::TensorSpec {
+            name: wanrt_graphs::quant::tap_output(&p),
+            dtype: wanrt_core::DType::Float32,
+            shape: vec![wanrt_core::Dim::Batch],
+        })
+        .collect()
+}
+
+/// Exports the DiT with `loras` merged into its weights while they stream
+/// (before quantizing: the merged weights are what gets quantized).
 fn export_dit_merged(
     source: &dyn WeightSource,
     loras: &[LoraFile],
     cfg: &DitConfig,
     opts: &CompileOptions,
+    quant: Option<&Quantization>,
     staging: &Path,
 ) -> Result<(NetworkEntry, NetworkReport)> {
     if loras.is_empty() {
-        return export_dit(source, cfg, opts, staging);
+        return export_dit(source, cfg, opts, quant, staging);
     }
     let merge = LoraMerge::new(source, loras);
-    let exported = export_dit(&merge, cfg, opts, staging);
+    let exported = export_dit(&merge, cfg, opts, quant, staging);
     if let Some(e) = merge.take_failure() {
         return Err(e);
     }
@@ -751,6 +815,37 @@ pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> 
         }
     }
 
+    // Quantization: the DiT's, checked before --out is touched.
+    if let Some(q) = &opts.quant {
+        if !networks.contains(&NetworkKind::Dit) {
+            return Err(Error::InvalidArgument {
+                flag: "--precision".into(),
+                reason: format!(
+                    "{} quantizes the DiT, which --networks leaves out",
+                    q.scheme
+                ),
+            });
+        }
+        if cfg.task == wanrt_core::Task::Vace {
+            return Err(Error::InvalidArgument {
+                flag: "--precision".into(),
+                reason: format!(
+                    "{} VACE engines are not built by this version (calibration has no control \
+                     video inputs yet); compile VACE with --precision bf16, fp16 or fp32",
+                    q.scheme
+                ),
+            });
+        }
+        q.check(opts.precision)?;
+        if q.scheme == wanrt_core::QuantScheme::Int8 && opts.engine.is_some() {
+            return Err(Error::InvalidArgument {
+                flag: "--engine".into(),
+                reason: "INT8 engines are for ONNX Runtime's CPU provider (MatMulInteger);                          TensorRT engines take --precision fp8, bf16 or fp16"
+                    .into(),
+            });
+        }
+    }
+
     // Engines need a GPU and TensorRT: refuse before --out is touched.
     let engine_target = match opts.engine {
         Some(kind) => Some((kind, engines::probe(kind)?)),
@@ -759,10 +854,23 @@ pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> 
     let mut staging = prepare_out(&opts.out, opts.overwrite)?;
     let mut manifest = Manifest::new(info);
     let mut reports = Vec::new();
+    let quantization = match &opts.quant {
+        Some(q) => Some(match &q.calibration {
+            Some(cal) => crate::quant::calibrate(opts, q, cal, &staging.dir)?,
+            None => Quantization {
+                scheme: q.scheme,
+                layers: q.layers,
+                activation_scales: Default::default(),
+                calibration: None,
+            },
+        }),
+        None => None,
+    };
+    let quantization = quantization.as_ref();
     for n in networks {
         let (entry, report) = match (n, &checkpoint) {
             (NetworkKind::Dit, Some((ck, _))) => {
-                let r = export_dit_merged(ck, &loras, &cfg, opts, &staging.dir)?;
+                let r = export_dit_merged(ck, &loras, &cfg, opts, quantization, &staging.dir)?;
                 check_unused(ck, n)?;
                 r
             }
@@ -770,7 +878,7 @@ pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> 
                 let s = synthetic
                     .as_ref()
                     .expect("a synthetic source without a checkpoint");
-                export_dit_merged(s, &loras, &cfg, opts, &staging.dir)?
+                export_dit_merged(s, &loras, &cfg, opts, quantization, &staging.dir)?
             }
             (NetworkKind::TextEncoder, Some((_, md))) => {
                 export_text_encoder(md, opts, &staging.dir)?

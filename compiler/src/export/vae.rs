@@ -161,6 +161,7 @@ fn vae_entry(
         loras: vec![],
         stages: vec![],
         attention: AttentionKind::Onnx,
+        quantization: None,
     };
     let report = NetworkReport {
         network: kind,

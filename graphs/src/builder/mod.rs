@@ -515,6 +515,62 @@ impl<'i> GraphBuilder<'i> {
         })
     }
 
+    /// A tensor the exporter derives from checkpoint weights (a quantized
+    /// weight, its per-channel scales), stored as `dtype` under `name`.
+    /// `produce` runs only when no earlier graph of this builder wrote
+    /// `name` (a stage graph reuses the whole graph's tensors, inline ones
+    /// included), so a weight is quantized once per export.
+    pub fn derived_weight(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        dims: &[i64],
+        doc: &str,
+        produce: impl FnOnce() -> Result<Vec<u8>>,
+    ) -> Result<Value> {
+        self.check_interrupt()?;
+        if !self.written.contains_key(name) {
+            let bytes = produce()?;
+            let expect = dims.iter().product::<i64>() as usize * dtype.size();
+            if bytes.len() != expect {
+                return Err(Error::Invalid(format!(
+                    "derived tensor {name}: {} bytes for dims {dims:?} of {dtype}",
+                    bytes.len()
+                )));
+            }
+            let v = self.add_initializer(name, dtype, dims, bytes, doc)?;
+            if let Some(t) = self.initializers.last() {
+                // Inline tensors are remembered too (external ones already are).
+                self.written
+                    .entry(name.to_string())
+                    .or_insert_with(|| t.clone());
+            }
+            return Ok(v);
+        }
+        self.add_initializer_streamed(name, dtype, dims, 0, doc, |_| Ok(()))
+    }
+
+    /// A shared scalar of `dtype` holding the little-endian `bytes` (zero
+    /// points of quantized types), deduplicated by dtype and value.
+    pub fn scalar_raw(&mut self, dtype: DType, bytes: &[u8]) -> Value {
+        let key = format!("raw{dtype}{bytes:?}");
+        if let Some(v) = self.consts.get(&key) {
+            return v.clone();
+        }
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let name = format!("const_{}_0x{hex}", dtype.name());
+        self.initializers.push(TensorProto {
+            dims: vec![],
+            data_type: dtype.onnx_code(),
+            name: name.clone(),
+            raw_data: bytes.to_vec(),
+            ..Default::default()
+        });
+        let v = Value { name, dtype };
+        self.consts.insert(key, v.clone());
+        v
+    }
+
     /// A float constant computed by the exporter (RoPE tables, frequencies).
     pub fn const_f32(
         &mut self,

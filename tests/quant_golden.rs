@@ -1,0 +1,370 @@
+//! Quantized DiT engines (`--precision fp8|int8`) on the golden tiny cases,
+//! on ONNX Runtime's CPU provider: the graphs hold the quantized pattern,
+//! their scales are finite and positive, their error against the fp32
+//! reference is inside the stated bound and above a floor (the
+//! quantization really happened), calibration is deterministic.
+//!
+//! FP8 runs with an fp32 base (the only FP8 graph the CPU provider runs).
+//! The bounds and why: `docs/PRECISION.md`, "Quantized DiT engines".
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::{CASES, Case, dit_inputs, rel_errors};
+use wanrt::compiler::quant::{CalibrationOptions, QuantOptions};
+use wanrt::compiler::{ErrorKind, compile};
+use wanrt::core::{BatchMode, NetworkKind, Precision, QuantLayers, QuantScheme};
+use wanrt::graphs::onnx::{DATA_LOCATION_EXTERNAL, ModelProto};
+use wanrt::runtime::pipeline::{GenerateOptions, Pipeline};
+use wanrt::runtime::schedule::Solver;
+use wanrt::runtime::video::RgbFrames;
+use wanrt::runtime::{Artifacts, Backend};
+
+/// Calibration of the tests: 2 built-in prompts, 4 steps each (the golden
+/// cases' step count), both CFG branches: 16 forwards.
+fn calibration() -> CalibrationOptions {
+    CalibrationOptions {
+        steps: Some(4),
+        ..CalibrationOptions::new(2)
+    }
+}
+
+fn quant(scheme: QuantScheme, layers: QuantLayers) -> QuantOptions {
+    QuantOptions {
+        scheme,
+        layers,
+        calibration: (scheme == QuantScheme::Fp8).then(calibration),
+    }
+}
+
+/// Compiles `networks` (empty: all) of `case` with `q`, base fp32.
+fn compile_quant(case: &Case, q: QuantOptions, networks: &[NetworkKind]) -> tempfile::TempDir {
+    let out = tempfile::tempdir().unwrap();
+    let mut opts = case
+        .options(false, Precision::Fp32, BatchMode::Fixed(1), out.path())
+        .with_quantization(Some(q));
+    opts.networks = networks.to_vec();
+    compile(&opts).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    out
+}
+
+/// Error bounds against the fp32 reference, (rel L2, max |Δ| / max |b|):
+/// see docs/PRECISION.md for the measurements and the reasoning.
+fn dit_bound(scheme: QuantScheme, layers: QuantLayers) -> (f64, f64) {
+    match (scheme, layers) {
+        (QuantScheme::Fp8, QuantLayers::Ffn) => (0.05, 0.1),
+        (QuantScheme::Fp8, QuantLayers::FfnCross) => (0.06, 0.12),
+        (QuantScheme::Fp8, QuantLayers::AllLinear) => (0.1, 0.2),
+        (QuantScheme::Int8, _) => (0.03, 0.06),
+    }
+}
+
+/// Smallest relative L2 error a quantized forward must show: 100× the fp32
+/// graph's own (≈1e-6 relative); below it nothing was quantized.
+const FLOOR: f64 = 1e-4;
+
+fn forward(dir: &Path, case: &Case) -> Vec<f32> {
+    let golden = case.golden("dit.safetensors");
+    let artifacts = Artifacts::open(dir).unwrap();
+    let mut dit = artifacts.load(NetworkKind::Dit, Backend::OrtCpu).unwrap();
+    let got = dit.run(&dit_inputs(&golden)).unwrap();
+    got["noise_pred"].to_f32().unwrap()
+}
+
+#[test]
+fn quantized_dit_forward_within_bound_and_above_floor() {
+    let combos = [
+        ("t2v-tiny", QuantScheme::Fp8, QuantLayers::FfnCross),
+        ("i2v-tiny", QuantScheme::Fp8, QuantLayers::FfnCross),
+        ("t2v-tiny", QuantScheme::Fp8, QuantLayers::AllLinear),
+        ("t2v-tiny", QuantScheme::Int8, QuantLayers::AllLinear),
+        ("i2v-tiny", QuantScheme::Int8, QuantLayers::AllLinear),
+    ];
+    for (name, scheme, layers) in combos {
+        let case = Case::new(name);
+        let out = compile_quant(&case, quant(scheme, layers), &[NetworkKind::Dit]);
+        let got = forward(out.path(), &case);
+        let want = case.golden("dit.safetensors")["noise_pred"]
+            .to_f32()
+            .unwrap();
+        let (l2, max) = rel_errors(&got, &want);
+        let (bl2, bmax) = dit_bound(scheme, layers);
+        eprintln!("{name}/{scheme}/{layers}: DiT rel L2 {l2:.3e}, max {max:.3e}");
+        assert!(
+            l2 <= bl2 && max <= bmax,
+            "{name}/{scheme}/{layers}: rel L2 {l2:.3e} (bound {bl2}), max {max:.3e} (bound {bmax})"
+        );
+        assert!(
+            l2 >= FLOOR,
+            "{name}/{scheme}/{layers}: rel L2 {l2:.3e} below {FLOOR}: not quantized?"
+        );
+    }
+}
+
+/// The float values of initializer `t` (inline or in the external file).
+fn tensor_f32(t: &wanrt::graphs::onnx::TensorProto, dir: &Path) -> Vec<f32> {
+    assert_eq!(t.data_type, 1, "{} is not float32", t.name);
+    let bytes = if t.data_location == DATA_LOCATION_EXTERNAL {
+        let get = |k: &str| {
+            t.external_data
+                .iter()
+                .find(|e| e.key == k)
+                .map(|e| e.value.clone())
+                .unwrap()
+        };
+        let data = std::fs::read(dir.join(get("location"))).unwrap();
+        let (o, l): (usize, usize) = (
+            get("offset").parse().unwrap(),
+            get("length").parse().unwrap(),
+        );
+        data[o..o + l].to_vec()
+    } else {
+        t.raw_data.clone()
+    };
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn count_ops(model: &ModelProto, op: &str) -> usize {
+    let g = model.graph.as_ref().unwrap();
+    g.node.iter().filter(|n| n.op_type == op).count()
+}
+
+/// Linears per block of each set (T2V; I2V adds k_img/v_img to all-linear).
+fn linears_per_block(layers: QuantLayers, i2v: bool) -> usize {
+    match layers {
+        QuantLayers::Ffn => 2,
+        QuantLayers::FfnCross => 4,
+        QuantLayers::AllLinear => 10 + if i2v { 2 } else { 0 },
+    }
+}
+
+#[test]
+fn graphs_hold_the_quantized_pattern_with_positive_finite_scales() {
+    for name in CASES {
+        let case = Case::new(name);
+        let i2v = name == "i2v-tiny";
+        for (scheme, layers) in [
+            (QuantScheme::Fp8, QuantLayers::Ffn),
+            (QuantScheme::Int8, QuantLayers::AllLinear),
+        ] {
+            let out = compile_quant(&case, quant(scheme, layers), &[NetworkKind::Dit]);
+            let artifacts = Artifacts::open(out.path()).unwrap();
+            let entry = artifacts.entry(NetworkKind::Dit).unwrap().clone();
+            let q = entry.quantization.clone().expect("a quantized entry");
+            assert_eq!((q.scheme, q.layers), (scheme, layers));
+            let blocks = entry.config["num_layers"].as_u64().unwrap() as usize;
+            let n = blocks * linears_per_block(layers, i2v);
+            let model =
+                ModelProto::from_bytes(&std::fs::read(out.path().join(&entry.file)).unwrap())
+                    .unwrap();
+            let g = model.graph.as_ref().unwrap();
+            let scales: BTreeMap<&str, &wanrt::graphs::onnx::TensorProto> = g
+                .initializer
+                .iter()
+                .filter(|t| t.name.ends_with("_scale"))
+                .map(|t| (t.name.as_str(), t))
+                .collect();
+            match scheme {
+                QuantScheme::Fp8 => {
+                    assert_eq!(count_ops(&model, "QuantizeLinear"), n, "{name}");
+                    // One DequantizeLinear for each activation, one for each weight.
+                    assert_eq!(count_ops(&model, "DequantizeLinear"), 2 * n, "{name}");
+                    assert_eq!(q.activation_scales.len(), n, "{name}: manifest scales");
+                    for (linear, &s) in &q.activation_scales {
+                        assert!(s.is_finite() && s > 0.0, "{linear}: scale {s}");
+                        let t = scales[format!("{linear}.input_scale").as_str()];
+                        assert_eq!(
+                            tensor_f32(t, out.path()),
+                            vec![s],
+                            "{linear}: graph vs manifest"
+                        );
+                    }
+                    let cal = q.calibration.as_ref().unwrap();
+                    assert_eq!((cal.prompts, cal.steps, cal.forwards), (2, 4, 16));
+                }
+                QuantScheme::Int8 => {
+                    assert_eq!(count_ops(&model, "DynamicQuantizeLinear"), n, "{name}");
+                    assert_eq!(count_ops(&model, "MatMulInteger"), n, "{name}");
+                    assert_eq!(count_ops(&model, "QuantizeLinear"), 0);
+                    assert!(q.activation_scales.is_empty() && q.calibration.is_none());
+                }
+            }
+            // Per-output-channel weight scales: finite, positive, one per output.
+            let weight_scales: Vec<_> = scales
+                .iter()
+                .filter(|(k, _)| k.ends_with(".weight_scale"))
+                .collect();
+            assert_eq!(weight_scales.len(), n, "{name}/{scheme}: weight scales");
+            for (k, t) in weight_scales {
+                let v = tensor_f32(t, out.path());
+                assert_eq!(v.len() as i64, t.dims[0], "{k}");
+                assert!(v.iter().all(|s| s.is_finite() && *s > 0.0), "{k}: {v:?}");
+            }
+            // The stage graphs the runtime runs are quantized the same way.
+            let stage_ops: usize = entry
+                .stages
+                .iter()
+                .map(|s| {
+                    let m =
+                        ModelProto::from_bytes(&std::fs::read(out.path().join(&s.file)).unwrap())
+                            .unwrap();
+                    count_ops(&m, "QuantizeLinear") + count_ops(&m, "MatMulInteger")
+                })
+                .sum();
+            assert_eq!(
+                stage_ops, n,
+                "{name}/{scheme}: quantized linears in the stage graphs"
+            );
+        }
+    }
+}
+
+#[test]
+fn calibration_is_deterministic_and_follows_the_seed() {
+    let case = Case::new("t2v-tiny");
+    let scales = |seed: u64| {
+        let mut q = quant(QuantScheme::Fp8, QuantLayers::Ffn);
+        q.calibration = Some(CalibrationOptions {
+            seed,
+            ..calibration()
+        });
+        let out = compile_quant(&case, q, &[NetworkKind::Dit]);
+        let a = Artifacts::open(out.path()).unwrap();
+        let q = a
+            .entry(NetworkKind::Dit)
+            .unwrap()
+            .quantization
+            .clone()
+            .unwrap();
+        let digest = a.entry(NetworkKind::Dit).unwrap().weights_digest.clone();
+        (q.activation_scales, digest)
+    };
+    let (a, da) = scales(0);
+    let (b, db) = scales(0);
+    assert_eq!(
+        a, b,
+        "two calibrations with the same prompts and seed differ"
+    );
+    assert_eq!(da, db, "same scales, different weights");
+    let (c, _) = scales(7);
+    assert_ne!(
+        a, c,
+        "another seed gives other noise and must move some scale"
+    );
+}
+
+#[test]
+fn fp8_without_calibration_and_int8_with_it_are_refused() {
+    let case = Case::new("t2v-tiny");
+    let out = tempfile::tempdir().unwrap();
+    let try_q = |q: QuantOptions, p: Precision| {
+        let mut o = case
+            .options(false, p, BatchMode::Fixed(1), out.path())
+            .with_quantization(Some(q));
+        o.networks = vec![NetworkKind::Dit];
+        compile(&o).map(|_| ())
+    };
+    let mut fp8 = quant(QuantScheme::Fp8, QuantLayers::Ffn);
+    fp8.calibration = None;
+    let e = try_q(fp8, Precision::Fp32).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NeedsCalibration);
+    assert!(e.to_string().contains("--calibrate"), "{e}");
+    let mut int8 = quant(QuantScheme::Int8, QuantLayers::AllLinear);
+    int8.calibration = Some(calibration());
+    let e = try_q(int8, Precision::Fp32).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    let e = try_q(
+        quant(QuantScheme::Int8, QuantLayers::AllLinear),
+        Precision::Fp16,
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    // Nothing was written by the refusals.
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
+fn case_options(case: &Case) -> GenerateOptions {
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(case.dir.join("case.json")).unwrap())
+            .unwrap();
+    let p = &json["pipeline"];
+    let golden = case.golden("pipeline.safetensors");
+    GenerateOptions {
+        prompt: p["prompt"].as_str().unwrap().into(),
+        negative_prompt: Some(p["negative_prompt"].as_str().unwrap().into()),
+        image: (case.name == "i2v-tiny").then(|| case.dir.join("golden/image.png")),
+        steps: Some(p["num_inference_steps"].as_u64().unwrap() as usize),
+        guidance_scale: Some(p["guidance_scale"].as_f64().unwrap() as f32),
+        shift: Some(p["flow_shift"].as_f64().unwrap()),
+        solver: Solver::UniPc,
+        seed: 0,
+        latents: Some(golden["latents_init"].clone()),
+        ..Default::default()
+    }
+}
+
+/// PSNR (dB) of 8-bit frames against the reference's float frames · 255.
+fn psnr(frames: &[u8], want01: &[f32]) -> f64 {
+    let mse = frames
+        .iter()
+        .zip(want01)
+        .map(|(&a, &b)| {
+            let d = a as f64 - b as f64 * 255.0;
+            d * d
+        })
+        .sum::<f64>()
+        / frames.len() as f64;
+    10.0 * (255.0f64 * 255.0 / mse).log10()
+}
+
+/// Pipeline bounds (final latents rel L2, frames PSNR floor in dB).
+fn pipeline_bound(scheme: QuantScheme) -> (f64, f64) {
+    match scheme {
+        QuantScheme::Fp8 => (0.1, 30.0),
+        QuantScheme::Int8 => (0.05, 35.0),
+    }
+}
+
+#[test]
+fn quantized_pipelines_within_bound() {
+    for name in CASES {
+        let case = Case::new(name);
+        for scheme in [QuantScheme::Fp8, QuantScheme::Int8] {
+            let layers = match scheme {
+                QuantScheme::Fp8 => QuantLayers::FfnCross,
+                QuantScheme::Int8 => QuantLayers::AllLinear,
+            };
+            let out = compile_quant(&case, quant(scheme, layers), &[]);
+            let mut p =
+                Pipeline::load(Artifacts::open(out.path()).unwrap(), Backend::OrtCpu).unwrap();
+            let got = p
+                .generate(&case_options(&case), None, |_, _, _| {})
+                .unwrap();
+            let golden = case.golden("pipeline.safetensors");
+            let (l2, max) = rel_errors(
+                &got.latents.to_f32().unwrap(),
+                &golden["latents_out"].to_f32().unwrap(),
+            );
+            let frames = RgbFrames::from_tensor(&got.video).unwrap();
+            let db = psnr(frames.as_bytes(), &golden["frames"].to_f32().unwrap());
+            let (bl2, bdb) = pipeline_bound(scheme);
+            eprintln!(
+                "{name}/{scheme}/{layers}: latents rel L2 {l2:.3e}, max {max:.3e}; frames PSNR {db:.1} dB"
+            );
+            assert!(
+                l2 <= bl2,
+                "{name}/{scheme}: latents rel L2 {l2:.3e} > {bl2}"
+            );
+            assert!(
+                l2 >= FLOOR,
+                "{name}/{scheme}: latents rel L2 {l2:.3e} below {FLOOR}"
+            );
+            assert!(db >= bdb, "{name}/{scheme}: frames PSNR {db:.1} dB < {bdb}");
+        }
+    }
+}
