@@ -259,6 +259,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn quantized_engines_run_where_their_kernels_are() {
+        use wanrt_core::QuantScheme;
+        let on = |backend| Resolved {
+            backend,
+            why: "test".into(),
+        };
+        let ok = |s, base, b| check_quantized("dit", base, s, &on(b)).is_ok();
+        assert!(ok(QuantScheme::Int8, Precision::Fp32, Backend::OrtCpu));
+        assert!(!ok(QuantScheme::Int8, Precision::Fp32, Backend::OrtCuda));
+        assert!(!ok(
+            QuantScheme::Int8,
+            Precision::Fp32,
+            Backend::OrtTensorRt
+        ));
+        assert!(ok(QuantScheme::Fp8, Precision::Fp32, Backend::OrtCpu));
+        assert!(ok(QuantScheme::Fp8, Precision::Bf16, Backend::OrtTensorRt));
+        let e = check_quantized(
+            "dit",
+            Precision::Fp16,
+            QuantScheme::Fp8,
+            &on(Backend::OrtCpu),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::NoKernel);
+        assert!(e.to_string().contains("--fp8-base fp32"), "{e}");
+    }
+
+    #[test]
     fn names_round_trip_and_native_tensorrt_is_refused() {
         for b in Backend::ALL {
             assert_eq!(b.name().parse::<Backend>().unwrap(), b);
