@@ -456,3 +456,55 @@ fn lora_and_step_distill_recipe_end_to_end() {
     let (ok, log) = run("250,500");
     assert!(!ok && log.contains("--timesteps"), "{log}");
 }
+
+/// `wan-run compare A.mp4 B.mp4`: two encodings of the same frames are
+/// close (high PSNR), a shifted video is not, `--min-psnr` fails below its
+/// threshold, a missing file is named.
+#[test]
+fn compare_two_videos_reports_psnr() {
+    use wanrt::media::video::RgbFrames;
+    use wanrt::media::video::mp4::{Mp4Options, write_mp4};
+    let dir = tempfile::tempdir().unwrap();
+    let (w, h, f) = (48usize, 32usize, 5usize);
+    let pattern = |shift: u8| {
+        let data: Vec<u8> = (0..w * h * 3 * f)
+            .map(|i| {
+                ((i / 3 % w) as u8)
+                    .wrapping_mul(5)
+                    .wrapping_add((i % 3) as u8 * 60 + shift)
+            })
+            .collect();
+        RgbFrames::new(w, h, f, data).unwrap()
+    };
+    let write = |name: &str, frames: &RgbFrames| {
+        let p = dir.path().join(name);
+        write_mp4(&p, frames, &Mp4Options::default(), false, None).unwrap();
+        p
+    };
+    let (a, b, c) = (
+        write("a.mp4", &pattern(0)),
+        write("b.mp4", &pattern(0)),
+        write("c.mp4", &pattern(70)),
+    );
+    let (ok, out) = run_cmd(Command::new(bin("wan-run")).arg("compare").arg(&a).arg(&b));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("PSNR inf dB") && out.contains("5 frames 48x32"),
+        "{out}"
+    );
+    let (ok, out) = run_cmd(
+        Command::new(bin("wan-run"))
+            .arg("compare")
+            .arg(&a)
+            .arg(&c)
+            .args(["--min-psnr", "30"]),
+    );
+    assert!(!ok && out.contains("below --min-psnr 30"), "{out}");
+    let (ok, out) = run_cmd(
+        Command::new(bin("wan-run"))
+            .arg("compare")
+            .arg(&a)
+            .arg(dir.path().join("missing.mp4")),
+    );
+    assert!(!ok && out.contains("missing.mp4"), "{out}");
+}

@@ -239,14 +239,22 @@ enum Command {
         backend: BackendChoice,
     },
     /// Compare tensors of two safetensors files (numeric debugging): prints
-    /// the max error per tensor and fails if |a−b| > atol + rtol·|b|.
+    /// the max error per tensor and fails if |a−b| > atol + rtol·|b|. Or,
+    /// given two videos (`wan-run compare A.mp4 B.mp4`; MP4 files or PNG
+    /// frame directories), print their PSNR over all frames and per frame.
     Compare {
+        /// Two videos: the one to check, then the reference.
+        #[arg(num_args = 2, value_names = ["A", "B"], conflicts_with_all = ["input", "reference"])]
+        videos: Vec<PathBuf>,
+        /// With two videos: fail if their PSNR is below this many dB.
+        #[arg(long, requires = "videos")]
+        min_psnr: Option<f64>,
         /// Tensors to check.
-        #[arg(long)]
-        input: PathBuf,
+        #[arg(long, required_unless_present = "videos")]
+        input: Option<PathBuf>,
         /// Reference tensors.
-        #[arg(long)]
-        reference: PathBuf,
+        #[arg(long, required_unless_present = "videos")]
+        reference: Option<PathBuf>,
         /// Tensor names (default: every name both files hold).
         #[arg(long = "tensor")]
         tensors: Vec<String>,
@@ -255,6 +263,45 @@ enum Command {
         #[arg(long, default_value_t = 1e-3)]
         rtol: f32,
     },
+}
+
+/// `wan-run compare A B` on two videos: PSNR (8-bit RGB) overall, the
+/// worst frame, the largest sample difference.
+fn compare_videos(videos: &[PathBuf], min_psnr: Option<f64>) -> Result<()> {
+    use wanrt_media::video::mp4::read::{psnr, read_video};
+    let [a, b] = videos else {
+        anyhow::bail!("compare takes two videos (A B) or --input and --reference");
+    };
+    let (va, vb) = (read_video(a)?, read_video(b)?);
+    let p = psnr(&va, &vb)?;
+    let (worst_i, worst) =
+        p.per_frame_db
+            .iter()
+            .copied()
+            .enumerate()
+            .fold(
+                (0, f64::INFINITY),
+                |m, (i, d)| if d < m.1 { (i, d) } else { m },
+            );
+    println!(
+        "{} vs {}: {} frames {}x{}: PSNR {:.2} dB (worst frame {worst_i}: {worst:.2} dB), max |a-b| {}",
+        a.display(),
+        b.display(),
+        va.len(),
+        va.width(),
+        va.height(),
+        p.psnr_db,
+        p.max_abs
+    );
+    println!("(LPIPS needs a learned network, which wan-run does not ship; see docs/PRECISION.md)");
+    if let Some(min) = min_psnr {
+        anyhow::ensure!(
+            p.psnr_db >= min,
+            "PSNR {:.2} dB is below --min-psnr {min}",
+            p.psnr_db
+        );
+    }
+    Ok(())
 }
 
 fn compare(
@@ -798,12 +845,17 @@ fn run() -> Result<()> {
             Ok(())
         }
         Command::Compare {
+            videos,
+            min_psnr,
             input,
             reference,
             tensors,
             atol,
             rtol,
-        } => compare(&input, &reference, &tensors, atol, rtol),
+        } => match (input, reference) {
+            (Some(input), Some(reference)) => compare(&input, &reference, &tensors, atol, rtol),
+            _ => compare_videos(&videos, min_psnr),
+        },
     }
 }
 

@@ -668,5 +668,7 @@ fn stbl(stream: &H264Stream, width: u16, height: u16, chunk_offset: u32) -> Opti
     mp4_box(b"stbl", &[&stsd, &stts, &stss, &stsc, &stsz, &stco])
 }
 
+pub mod read;
+
 #[cfg(test)]
 mod tests;
