@@ -432,3 +432,131 @@ fn evidence_table() {
         }
     }
 }
+
+/// A small synthetic config for the evidence table: the t2v-tiny model
+/// (tokenizer, UMT5, VAE) with its DiT widened to dim 256, FFN 1024, 2
+/// heads of 128, random weights at the synthetic generator's fan-in scale.
+fn synthetic_small_model(dir: &Path) {
+    use wanrt::compiler::synthetic::SyntheticSource;
+    use wanrt::graphs::{GraphBuilder, SourceTensor, WeightSource, Weights};
+    let src = Case::new("t2v-tiny").model_dir(false);
+    common::copy_dir(&src, dir);
+    std::fs::remove_dir_all(dir.join("original")).unwrap();
+    let path = dir.join("transformer/config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["attention_head_dim"] = 128.into();
+    cfg["ffn_dim"] = 1024.into();
+    cfg["freq_dim"] = 256.into();
+    std::fs::write(&path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    let dit = wanrt::compiler::checkpoint::ModelDir::open(dir)
+        .unwrap()
+        .dit_config()
+        .unwrap();
+    // Every tensor the graph fetches, generated and recorded.
+    struct Rec(
+        SyntheticSource,
+        std::cell::RefCell<Vec<(String, Vec<usize>, Vec<u8>)>>,
+    );
+    impl WeightSource for Rec {
+        fn tensor(&self, _: &str) -> wanrt::graphs::Result<Option<SourceTensor<'_>>> {
+            Ok(None)
+        }
+        fn tensor_with_shape(
+            &self,
+            name: &str,
+            shape: &[usize],
+        ) -> wanrt::graphs::Result<Option<SourceTensor<'_>>> {
+            let t = self.0.tensor_with_shape(name, shape)?.unwrap();
+            self.1
+                .borrow_mut()
+                .push((name.into(), shape.to_vec(), t.data.to_vec()));
+            Ok(Some(t))
+        }
+        fn location(&self, _: &str) -> String {
+            "synthetic".into()
+        }
+    }
+    let rec = Rec(SyntheticSource::new("small"), Default::default());
+    let mut b = GraphBuilder::new("dit", None).unwrap();
+    let profile = wanrt::core::Profile::custom(32, 32, 9, 32).unwrap();
+    wanrt::graphs::dit::build(
+        &mut b,
+        Weights::new(&rec),
+        &dit,
+        &profile,
+        &Default::default(),
+    )
+    .unwrap();
+    let tensors = rec.1.into_inner();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, s, d)| {
+            (
+                wanrt::graphs::names::dit_to_diffusers(n).unwrap_or_else(|| n.clone()),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let bytes = safetensors::serialize(views, None).unwrap();
+    std::fs::write(
+        dir.join("transformer/diffusion_pytorch_model.safetensors"),
+        bytes,
+    )
+    .unwrap();
+}
+
+/// The synthetic rows of the evidence table: every scheme and layer set
+/// against the fp32 compile of the same small synthetic model (one DiT
+/// forward on the t2v-tiny golden inputs, and the t2v-tiny pipeline run).
+/// `cargo test --test quant_golden -- --ignored --nocapture synthetic`.
+#[test]
+#[ignore = "prints the docs' evidence table (synthetic rows); slow, run by hand"]
+fn synthetic_evidence_table() {
+    let model = tempfile::tempdir().unwrap();
+    synthetic_small_model(model.path());
+    let case = Case::new("t2v-tiny");
+    let compile_dir = |q: Option<QuantOptions>| {
+        let out = tempfile::tempdir().unwrap();
+        let opts = wanrt::compiler::CompileOptions::new(
+            wanrt::compiler::ModelSource::Dir(model.path().to_path_buf()),
+            out.path(),
+            case.profile(BatchMode::Fixed(1)),
+        )
+        .with_precision(Precision::Fp32)
+        .with_quantization(q);
+        compile(&opts).unwrap();
+        out
+    };
+    let run = |dir: &Path| {
+        let dit = forward(dir, &case);
+        let mut p = Pipeline::load(Artifacts::open(dir).unwrap(), Backend::OrtCpu).unwrap();
+        let g = p
+            .generate(&case_options(&case), None, |_, _, _| {})
+            .unwrap();
+        let frames = RgbFrames::from_tensor(&g.video).unwrap();
+        (dit, g.latents.to_f32().unwrap(), frames.as_bytes().to_vec())
+    };
+    let reference = run(compile_dir(None).path());
+    let max_abs = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    for scheme in [QuantScheme::Fp8, QuantScheme::Int8] {
+        for layers in QuantLayers::ALL {
+            let got = run(compile_dir(Some(quant(scheme, layers))).path());
+            let (l2, _) = rel_errors(&got.0, &reference.0);
+            let (ll2, _) = rel_errors(&got.1, &reference.1);
+            let want01: Vec<f32> = reference.2.iter().map(|&v| v as f32 / 255.0).collect();
+            let db = psnr(&got.2, &want01);
+            println!(
+                "| synthetic small (d 256, ffn 1024) | {scheme} | {layers} | {l2:.2e} | {:.2e} | {ll2:.2e} | {:.2e} | {db:.1} dB |",
+                max_abs(&got.0, &reference.0),
+                max_abs(&got.1, &reference.1)
+            );
+        }
+    }
+}
