@@ -454,10 +454,9 @@ fn synthetic_small_model(dir: &Path) {
         .dit_config()
         .unwrap();
     // Every tensor the graph fetches, generated and recorded.
-    struct Rec(
-        SyntheticSource,
-        std::cell::RefCell<Vec<(String, Vec<usize>, Vec<u8>)>>,
-    );
+    /// (name, shape, f32 bytes) of every tensor fetched.
+    type Recorded = std::cell::RefCell<Vec<(String, Vec<usize>, Vec<u8>)>>;
+    struct Rec(SyntheticSource, Recorded);
     impl WeightSource for Rec {
         fn tensor(&self, _: &str) -> wanrt::graphs::Result<Option<SourceTensor<'_>>> {
             Ok(None)

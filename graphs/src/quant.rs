@@ -330,7 +330,8 @@ mod tests {
         // [in, out]: codes of input 2 are both the channel maximum.
         assert_eq!(c[2 * 2] as i8, 127);
         assert_eq!(c[2 * 2 + 1] as i8, 127);
-        assert_eq!(c[1 * 2 + 1] as i8, -64); // −2 / (4/127) = −63.5 → −64 (even)
+        // Input 1 of output 1 (index 1·2 + 1): −2 / (4/127) = −63.5 → −64 (even).
+        assert_eq!(c[3] as i8, -64);
         let (s8, c8) = quantize_weight(&w, 2, 3, QuantScheme::Fp8, DType::Float32);
         assert_eq!(s8[1], 4.0 / 448.0);
         assert_eq!(e4m3_to_f32(c8[2 * 2 + 1]), 448.0);

@@ -31,6 +31,9 @@ struct Bx {
     end: usize,
 }
 
+/// SPS and PPS NAL units of an `avcC` record, and its NAL length size.
+type ParameterSets = (Vec<Vec<u8>>, Vec<Vec<u8>>, usize);
+
 struct Track {
     sps: Vec<Vec<u8>>,
     pps: Vec<Vec<u8>>,
@@ -164,7 +167,7 @@ impl<'a> Reader<'a> {
         Err(self.bad("no H.264 (avc1) video track"))
     }
 
-    fn avcc(&self, b: Bx) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>, usize)> {
+    fn avcc(&self, b: Bx) -> Result<ParameterSets> {
         let nal_length = usize::from(self.u8(b.body + 4)? & 3) + 1;
         let mut at = b.body + 5;
         let mut sets = [Vec::new(), Vec::new()];
