@@ -85,6 +85,49 @@ fn cli_errors_name_the_flag() {
         (vec!["--profile", "480p", "--precision", "int4"], "int4"),
         (vec!["--profile", "480p", "--networks", "unet"], "unet"),
         (vec!["--profile", "480p", "--batch", "two"], "--batch"),
+        (
+            vec![
+                "--width",
+                "32",
+                "--height",
+                "32",
+                "--frames",
+                "9",
+                "--text-len",
+                "32",
+                "--precision",
+                "fp8",
+                "--fp8-base",
+                "fp32",
+            ],
+            "needs --calibrate",
+        ),
+        (
+            vec!["--profile", "480p", "--calibrate", "2"],
+            "--precision fp8",
+        ),
+        (
+            vec![
+                "--profile",
+                "480p",
+                "--precision",
+                "int8",
+                "--calibrate",
+                "2",
+            ],
+            "--calibrate",
+        ),
+        (
+            vec![
+                "--profile",
+                "480p",
+                "--precision",
+                "fp8",
+                "--fp8-layers",
+                "attn",
+            ],
+            "attn",
+        ),
     ] {
         let (ok, log) = run_cmd(
             Command::new(bin("wan-compile"))
