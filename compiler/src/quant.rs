@@ -431,3 +431,68 @@ fn dit_inputs(
     }
     m
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_come_from_the_file_or_the_built_in_set() {
+        let (p, name) = calibration_prompts(&CalibrationOptions::new(3)).unwrap();
+        assert_eq!((p.len(), name.as_str()), (3, "built-in"));
+        assert_eq!(p[0], BUILTIN_PROMPTS[0]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("prompts.txt");
+        std::fs::write(&file, "  a cat \n\n a dog\n").unwrap();
+        let c = CalibrationOptions {
+            prompt_file: Some(file.clone()),
+            ..CalibrationOptions::new(2)
+        };
+        let (p, name) = calibration_prompts(&c).unwrap();
+        assert_eq!(p, vec!["a cat".to_string(), "a dog".to_string()]);
+        assert_eq!(name, "prompts.txt");
+        let e = calibration_prompts(&CalibrationOptions { prompts: 3, ..c }).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
+        assert!(e.to_string().contains("has 2"), "{e}");
+        let e =
+            calibration_prompts(&CalibrationOptions::new(BUILTIN_PROMPTS.len() + 1)).unwrap_err();
+        assert!(e.to_string().contains("--calibrate"), "{e}");
+    }
+
+    #[test]
+    fn combinations_are_checked() {
+        let q = |scheme, calibration| QuantOptions {
+            scheme,
+            layers: QuantLayers::Ffn,
+            calibration,
+        };
+        let kind = |r: Result<()>| r.unwrap_err().kind();
+        assert_eq!(
+            kind(q(QuantScheme::Fp8, None).check(Precision::Bf16)),
+            crate::ErrorKind::NeedsCalibration
+        );
+        assert!(
+            q(QuantScheme::Fp8, Some(CalibrationOptions::new(1)))
+                .check(Precision::Bf16)
+                .is_ok()
+        );
+        let zero = CalibrationOptions::new(0);
+        assert_eq!(
+            kind(q(QuantScheme::Fp8, Some(zero)).check(Precision::Fp32)),
+            crate::ErrorKind::InvalidArgument
+        );
+        let pct = CalibrationOptions {
+            statistic: AmaxStatistic::Percentile(0.0),
+            ..CalibrationOptions::new(1)
+        };
+        assert_eq!(
+            kind(q(QuantScheme::Fp8, Some(pct)).check(Precision::Fp32)),
+            crate::ErrorKind::InvalidArgument
+        );
+        assert!(q(QuantScheme::Int8, None).check(Precision::Fp32).is_ok());
+        assert_eq!(
+            kind(q(QuantScheme::Int8, None).check(Precision::Bf16)),
+            crate::ErrorKind::InvalidArgument
+        );
+    }
+}
