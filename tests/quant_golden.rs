@@ -17,9 +17,9 @@ use wanrt::compiler::quant::{CalibrationOptions, QuantOptions};
 use wanrt::compiler::{ErrorKind, compile};
 use wanrt::core::{BatchMode, NetworkKind, Precision, QuantLayers, QuantScheme};
 use wanrt::graphs::onnx::{DATA_LOCATION_EXTERNAL, ModelProto};
+use wanrt::media::video::RgbFrames;
 use wanrt::runtime::pipeline::{GenerateOptions, Pipeline};
 use wanrt::runtime::schedule::Solver;
-use wanrt::runtime::video::RgbFrames;
 use wanrt::runtime::{Artifacts, Backend};
 
 /// Calibration of the tests: 2 built-in prompts, 4 steps each (the golden
@@ -305,7 +305,7 @@ fn case_options(case: &Case) -> GenerateOptions {
     GenerateOptions {
         prompt: p["prompt"].as_str().unwrap().into(),
         negative_prompt: Some(p["negative_prompt"].as_str().unwrap().into()),
-        image: (case.name == "i2v-tiny").then(|| case.dir.join("golden/image.png")),
+        image: (case.name == "i2v-tiny").then(|| common::golden_image(&case.dir)),
         steps: Some(p["num_inference_steps"].as_u64().unwrap() as usize),
         guidance_scale: Some(p["guidance_scale"].as_f64().unwrap() as f32),
         shift: Some(p["flow_shift"].as_f64().unwrap()),

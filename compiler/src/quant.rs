@@ -259,12 +259,10 @@ fn run_calibration(
     for (k, prompt) in prompts.iter().enumerate() {
         check_interrupt(opts)?;
         let image = match task {
-            Task::I2v => {
-                let img = calibration_image(k, width, height);
-                let path = dir.join(format!("calibration-image-{k}.png"));
-                write_png(&path, &img)?;
-                Some(path)
-            }
+            Task::I2v => Some(wanrt_runtime::pipeline::InputImage::new(
+                calibration_image(k, width, height),
+                format!("calibration image {k}"),
+            )),
             Task::T2v => None,
         };
         let g = GenerateOptions {
@@ -357,23 +355,6 @@ fn check_interrupt(opts: &CompileOptions) -> Result<()> {
         }
         _ => Ok(()),
     }
-}
-
-fn write_png(path: &Path, img: &wanrt_runtime::image::RgbImage) -> Result<()> {
-    let frames = wanrt_runtime::video::RgbFrames::new(
-        img.width() as usize,
-        img.height() as usize,
-        1,
-        img.pixels().to_vec(),
-    )
-    .map_err(run_error("the calibration image"))?;
-    let dir = path.with_extension("d");
-    let written = wanrt_runtime::video::png::write_png_frames(&dir, &frames, false, None)
-        .map_err(run_error("writing the calibration image"))?;
-    let first = written.first().ok_or_else(|| Error::Calibration {
-        reason: "no calibration image written".into(),
-    })?;
-    std::fs::rename(first, path).map_err(|e| Error::io(path, e))
 }
 
 /// The whole DiT's inputs for one step: both CFG branches as a batch of two
