@@ -19,6 +19,10 @@
 //!
 //! Weights are addressed by their original Wan2.1 names, which also name the
 //! ONNX initializers and nodes (`blocks.3.self_attn.q/MatMul`).
+//!
+//! Quantized engines ([`DitOptions::quant`], `crate::quant`): the block
+//! linears of the chosen layer set become FP8 Q/DQ or INT8 integer GEMMs;
+//! everything else computes as the base precision above.
 
 use wanrt_core::{
     DType, DitConfig, DitStage, NetworkContract, Precision, Profile, QuantLayers, Task,
