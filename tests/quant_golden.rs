@@ -294,6 +294,16 @@ fn fp8_without_calibration_and_int8_with_it_are_refused() {
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     // Nothing was written by the refusals.
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+    // VACE: not quantized by this version, said before anything runs.
+    let vace = Case::new("vace-tiny");
+    let mut o = vace
+        .options(false, Precision::Fp32, BatchMode::Fixed(1), out.path())
+        .with_quantization(Some(quant(QuantScheme::Int8, QuantLayers::AllLinear)));
+    o.networks = vec![NetworkKind::Dit];
+    let e = compile(&o).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.to_string().contains("VACE"), "{e}");
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
 }
 
 fn case_options(case: &Case) -> GenerateOptions {

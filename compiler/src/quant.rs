@@ -263,7 +263,8 @@ fn run_calibration(
                 calibration_image(k, width, height),
                 format!("calibration image {k}"),
             )),
-            Task::T2v => None,
+            // VACE is refused before calibration starts (compile()).
+            Task::T2v | Task::Vace => None,
         };
         let g = GenerateOptions {
             prompt: prompt.clone(),
