@@ -89,6 +89,8 @@ fn quantized_dit_forward_within_bound_and_above_floor() {
         ("t2v-tiny", QuantScheme::Fp8, QuantLayers::AllLinear),
         ("t2v-tiny", QuantScheme::Int8, QuantLayers::AllLinear),
         ("i2v-tiny", QuantScheme::Int8, QuantLayers::AllLinear),
+        // FLF2V: calibration runs its pipeline with a first and a last frame.
+        ("flf2v-tiny", QuantScheme::Fp8, QuantLayers::AllLinear),
     ];
     for (name, scheme, layers) in combos {
         let case = Case::new(name);

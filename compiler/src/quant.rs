@@ -169,7 +169,7 @@ pub fn calibration_prompts(c: &CalibrationOptions) -> Result<(Vec<String>, Strin
     Ok((all.into_iter().take(c.prompts).collect(), name))
 }
 
-/// A deterministic conditioning image for I2V calibration prompt `k`:
+/// A deterministic conditioning image `k` for I2V/FLF2V calibration:
 /// smooth colour gradients with a seeded pattern, at the profile's size.
 fn calibration_image(k: usize, width: u32, height: u32) -> wanrt_runtime::image::RgbImage {
     let mut px = Vec::with_capacity((width * height * 3) as usize);
@@ -258,17 +258,26 @@ fn run_calibration(
     let (width, height) = (opts.profile.width, opts.profile.height);
     for (k, prompt) in prompts.iter().enumerate() {
         check_interrupt(opts)?;
-        let image = match task {
-            Task::I2v => Some(wanrt_runtime::pipeline::InputImage::new(
-                calibration_image(k, width, height),
-                format!("calibration image {k}"),
-            )),
+        let image = |i: usize, what: &str| {
+            wanrt_runtime::pipeline::InputImage::new(
+                calibration_image(i, width, height),
+                format!("calibration {what} {k}"),
+            )
+        };
+        let (image, last_image) = match task {
+            Task::I2v => (Some(image(k, "image")), None),
+            // FLF2V: a first and a different last frame.
+            Task::Flf2v => (
+                Some(image(k, "first frame")),
+                Some(image(k + BUILTIN_PROMPTS.len(), "last frame")),
+            ),
             // VACE is refused before calibration starts (compile()).
-            Task::T2v | Task::Vace => None,
+            Task::T2v | Task::Vace => (None, None),
         };
         let g = GenerateOptions {
             prompt: prompt.clone(),
             image,
+            last_image,
             steps: cal.steps,
             seed: cal.seed.wrapping_add(k as u64),
             ..Default::default()

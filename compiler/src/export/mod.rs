@@ -668,7 +668,7 @@ fn calibration_outputs(
 ) -> Vec<wanrt_core::TensorSpec> {
     let mut names = vec!["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o"];
     names.extend(["cross_attn.q", "cross_attn.k", "cross_attn.v"]);
-    if cfg.task == wanrt_core::Task::I2v {
+    if cfg.task.has_image() {
         names.extend(["cross_attn.k_img", "cross_attn.v_img"]);
     }
     names.extend(["cross_attn.o", "ffn.0", "ffn.2"]);
