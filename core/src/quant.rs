@@ -1,6 +1,6 @@
 //! Quantized DiT engines: which block linears are quantized, in which
 //! format, and the scales a compile wrote (`docs/PRECISION.md`, "Quantized
-//! DiT engines"; `docs/WAN.md` §15).
+//! DiT engines"; `docs/WAN.md` §16).
 //!
 //! A quantized DiT keeps its [`crate::Precision`] as the *base*: everything
 //! that is not a quantized linear (embeddings, modulation, norms, RoPE,
