@@ -665,3 +665,51 @@ fn loras_merge_into_the_vace_blocks() {
         );
     }
 }
+
+#[test]
+fn wan_run_takes_an_mp4_control_video() {
+    use wanrt::media::video::mp4::{Mp4Options, write_mp4};
+    let case = case();
+    let out = compile_all(&case);
+    let work = tempfile::tempdir().unwrap();
+    let (vdir, mdir) = write_frame_dirs(&case, work.path(), 9);
+    // The control frames as an H.264 MP4 (lossy: close to the PNGs).
+    let frames = wanrt::media::frames::read_frames(&vdir, "--control-video").unwrap();
+    let (w, h) = (frames[0].width() as usize, frames[0].height() as usize);
+    let data: Vec<u8> = frames.iter().flat_map(|f| f.pixels().to_vec()).collect();
+    let rgb = wanrt::media::video::RgbFrames::new(w, h, frames.len(), data).unwrap();
+    let mp4 = work.path().join("control.mp4");
+    write_mp4(&mp4, &rgb, &Mp4Options::default(), false, None).unwrap();
+    let run = |control: &Path, output: &Path| {
+        let mut cmd = std::process::Command::new(bin("wan-run"));
+        cmd.arg("--engines")
+            .arg(out.path())
+            .args(["--prompt", "a dancer", "--steps", "2", "--seed", "3"])
+            .arg("--control-video")
+            .arg(control)
+            .arg("--control-mask")
+            .arg(&mdir);
+        for j in 0..REFS {
+            cmd.arg("--reference-image")
+                .arg(case.dir.join(format!("golden/ref_image_{j}.png")));
+        }
+        cmd.arg("--output")
+            .arg(output)
+            .args(["--backend", "ort-cpu"]);
+        run_cmd(&mut cmd)
+    };
+    let (ok, log) = run(&mp4, &work.path().join("from-mp4/"));
+    assert!(ok, "wan-run with an MP4 control video failed:\n{log}");
+    let side: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(work.path().join("from-mp4.json")).unwrap())
+            .unwrap();
+    assert_eq!(side["settings"]["vace"]["reference_images"], 2, "{side}");
+    // An MP4 of another size is refused naming the flag, and nothing is written.
+    let small = wanrt::media::video::RgbFrames::new(16, 16, 9, vec![128; 16 * 16 * 3 * 9]).unwrap();
+    let bad = work.path().join("small.mp4");
+    write_mp4(&bad, &small, &Mp4Options::default(), false, None).unwrap();
+    let target = work.path().join("bad/");
+    let (ok, log) = run(&bad, &target);
+    assert!(!ok && log.contains("--control-video"), "{log}");
+    assert!(!target.exists(), "nothing written for a refused run");
+}

@@ -4,8 +4,11 @@
 //! each decoded as [`crate::image::load_image`] decodes (PIL's
 //! `convert('RGB')`).
 //!
-//! Only plain PNG directories are read; an MP4 is refused with a typed
-//! error saying how to extract its frames (`ffmpeg -i in.mp4 dir/%05d.png`).
+//! A control video may also be an H.264 MP4 file (what `wan-run` writes,
+//! or any `avc1` track), decoded by OpenH264 and converted with the inverse
+//! BT.601 limited-range matrix ([`crate::video::mp4::read`]). An MP4 is
+//! lossy: its frames are close to, not equal to, the frames it was made
+//! from, so a control video that must match exactly is passed as PNGs.
 
 use std::path::{Path, PathBuf};
 
@@ -31,13 +34,8 @@ pub fn frame_files(dir: &Path, flag: &str) -> Result<Vec<PathBuf>> {
     let fail = |reason: String| Error::arg(flag, format!("{}: {reason}", dir.display()));
     let meta = std::fs::metadata(dir).map_err(|e| fail(e.to_string()))?;
     if !meta.is_dir() {
-        let mp4 = dir
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("mp4"));
-        return Err(fail(if mp4 {
-            "MP4 input is not read yet: pass a directory of numbered PNG frames \
-             (ffmpeg -i in.mp4 DIR/%05d.png)"
-                .into()
+        return Err(fail(if is_mp4(dir) {
+            "an MP4 file, not a directory of numbered PNG frames".into()
         } else {
             "not a directory of numbered PNG frames".into()
         }));
@@ -83,11 +81,34 @@ pub fn frame_files(dir: &Path, flag: &str) -> Result<Vec<PathBuf>> {
     Ok(files.into_iter().map(|(_, p)| p).collect())
 }
 
-/// Decodes the numbered PNG frames of `dir` (see the module docs).
-pub fn read_frames(dir: &Path, flag: &str) -> Result<Vec<RgbImage>> {
-    frame_files(dir, flag)?
+/// Whether `path` names an MP4 file (by its extension; the contents are
+/// checked when it is read).
+fn is_mp4(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("mp4"))
+}
+
+/// Decodes a video given as `path`: the numbered PNG frames of a directory,
+/// or the frames of an `.mp4` file (see the module docs).
+pub fn read_frames(path: &Path, flag: &str) -> Result<Vec<RgbImage>> {
+    if is_mp4(path) && !path.is_dir() {
+        return read_mp4_frames(path, flag);
+    }
+    frame_files(path, flag)?
         .iter()
         .map(|p| load_image(p))
+        .collect()
+}
+
+/// The frames of an MP4 file as images.
+fn read_mp4_frames(path: &Path, flag: &str) -> Result<Vec<RgbImage>> {
+    let video = crate::video::mp4::read::read_mp4_for(path, flag, MAX_FRAME_FILES)?;
+    let (w, h) = (video.width() as u32, video.height() as u32);
+    (0..video.len())
+        .map(|i| {
+            let frame = video.frame(i).expect("index below len()");
+            RgbImage::new(w, h, frame.to_vec())
+        })
         .collect()
 }
 
@@ -121,11 +142,47 @@ mod tests {
         assert!(e.to_string().contains("same frame number"), "{e}");
         let e = frame_files(&dir.path().join("clip.mp4"), "--control-video").unwrap_err();
         assert!(e.to_string().contains("--control-video"), "{e}");
-        // An MP4 file is refused with the way to extract its frames.
+        // An MP4 file is not a frame directory; read_frames decodes it, and
+        // one that is not an H.264 MP4 is a typed error naming the flag.
         let mp4 = dir.path().join("clip.mp4");
         std::fs::write(&mp4, b"x").unwrap();
         let e = frame_files(&mp4, "--control-video").unwrap_err();
-        assert!(e.to_string().contains("ffmpeg"), "{e}");
+        assert!(e.to_string().contains("an MP4 file"), "{e}");
+        let e = read_frames(&mp4, "--control-video").unwrap_err();
+        assert!(
+            e.to_string().contains("--control-video") && e.to_string().contains("H.264 MP4"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn mp4_control_videos_are_decoded_close_to_their_frames() {
+        use crate::video::mp4::{Mp4Options, write_mp4};
+        use crate::video::tests::moving_pattern;
+        let dir = tempfile::tempdir().unwrap();
+        let frames = moving_pattern(64, 48, 9);
+        let path = dir.path().join("control.mp4");
+        write_mp4(&path, &frames, &Mp4Options::default(), false, None).unwrap();
+        let got = read_frames(&path, "--control-video").unwrap();
+        assert_eq!(got.len(), 9);
+        let mut sq = 0f64;
+        for (i, img) in got.iter().enumerate() {
+            assert_eq!((img.width(), img.height()), (64, 48));
+            let want = frames.frame(i).unwrap();
+            sq += img
+                .pixels()
+                .iter()
+                .zip(want)
+                .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+                .sum::<f64>();
+        }
+        let mse = sq / (9.0 * 64.0 * 48.0 * 3.0);
+        let psnr = 10.0 * (255.0f64.powi(2) / mse).log10();
+        // H.264 at the writer's quality with 4:2:0 chroma: close, not equal.
+        assert!(psnr > 30.0, "PSNR {psnr} dB");
+        // More frames than asked for are refused before decoding.
+        let e = crate::video::mp4::read::read_mp4_for(&path, "--control-video", 8).unwrap_err();
+        assert!(e.to_string().contains("9 frames; at most 8"), "{e}");
     }
 
     #[test]

@@ -44,8 +44,9 @@ struct GenerateArgs {
     /// --image.
     #[arg(long)]
     last_image: Option<PathBuf>,
-    /// VACE: the control video, a directory of numbered PNG frames of the
-    /// engines' frame count and size (pose, depth, a video to edit...).
+    /// VACE: the control video, a directory of numbered PNG frames or an
+    /// H.264 MP4, of the engines' frame count and size (pose, depth, a
+    /// video to edit...).
     /// Without it, VACE engines generate from the reference images alone.
     #[arg(long)]
     control_video: Option<PathBuf>,

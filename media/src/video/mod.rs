@@ -381,4 +381,4 @@ fn sync_dir(dir: &Path) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

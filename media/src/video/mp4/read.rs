@@ -21,6 +21,8 @@ pub const MAX_MP4_BYTES: u64 = 4 << 30;
 
 struct Reader<'a> {
     file: &'a Path,
+    /// The flag that named the file, for errors.
+    flag: &'a str,
     buf: &'a [u8],
 }
 
@@ -44,7 +46,7 @@ struct Track {
 impl<'a> Reader<'a> {
     fn bad(&self, reason: impl Into<String>) -> Error {
         Error::arg(
-            "compare",
+            self.flag,
             format!(
                 "{}: not a readable H.264 MP4: {}",
                 self.file.display(),
@@ -301,21 +303,35 @@ fn yuv_to_rgb(yuv: &dyn YUVSource, out: &mut Vec<u8>) {
     }
 }
 
-/// Decodes the MP4 at `path` into RGB frames.
+/// Decodes the MP4 at `path` into RGB frames (`wan-run compare`).
 pub fn read_mp4(path: &Path) -> Result<RgbFrames> {
+    read_mp4_for(path, "compare", usize::MAX)
+}
+
+/// Decodes the MP4 at `path` into at most `max_frames` RGB frames; errors
+/// name `flag`, the option that gave the file. A file with more frames is
+/// refused before any is decoded.
+pub fn read_mp4_for(path: &Path, flag: &str, max_frames: usize) -> Result<RgbFrames> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.len() > MAX_MP4_BYTES {
         return Err(Error::arg(
-            "compare",
+            flag,
             format!("{} is larger than {MAX_MP4_BYTES} bytes", path.display()),
         ));
     }
     let buf = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let r = Reader {
         file: path,
+        flag,
         buf: &buf,
     };
     let track = r.track()?;
+    if track.samples.len() > max_frames {
+        return Err(r.bad(format!(
+            "{} frames; at most {max_frames} are read",
+            track.samples.len()
+        )));
+    }
     let fail = |e: openh264::Error| r.bad(format!("OpenH264: {e}"));
     let mut decoder =
         Decoder::with_api_config(OpenH264API::from_source(), DecoderConfig::new()).map_err(fail)?;
