@@ -579,3 +579,55 @@ fn batch_two_cfg_matches_reference() {
         TIGHT_LATENTS,
     );
 }
+
+#[test]
+fn step_caching_runs_on_flf2v_engines() {
+    use wanrt::runtime::cache::{CacheOptions, CachePolicy};
+    let case = case();
+    let out = compile_all(&case);
+    let mut p = Pipeline::load(Artifacts::open(out.path()).unwrap(), Backend::OrtCpu).unwrap();
+    let mut opts = case_options(&case);
+    opts.steps = Some(6);
+    let none = p.generate(&opts, None, |_, _, _| {}).unwrap();
+    // A first-block cache that computes every step runs the same graphs on
+    // the same buffers: the same bits as no cache.
+    opts.cache = CacheOptions {
+        policy: CachePolicy::FbCache,
+        threshold: Some(1e-30),
+        ..Default::default()
+    };
+    let always = p.generate(&opts, None, |_, _, _| {}).unwrap();
+    let branches = &always.settings.cache.branches;
+    assert_eq!(branches.len(), 2, "cond and uncond recorded");
+    assert!(branches.iter().all(|b| b.computed == [true; 6]));
+    let (a, b) = (
+        none.latents.to_f32().unwrap(),
+        always.latents.to_f32().unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "an all-compute cache changed the FLF2V latents"
+    );
+    // A loose threshold skips block stacks, reuses the residuals (the
+    // image conditioning rides in the bound constants) and stays finite.
+    opts.cache.threshold = Some(10.0);
+    let skipping = p.generate(&opts, None, |_, _, _| {}).unwrap();
+    let computed: Vec<&Vec<bool>> = skipping
+        .settings
+        .cache
+        .branches
+        .iter()
+        .map(|b| &b.computed)
+        .collect();
+    assert!(
+        computed.iter().any(|c| c.contains(&false)),
+        "nothing skipped: {computed:?}"
+    );
+    let s = skipping.latents.to_f32().unwrap();
+    assert!(s.iter().all(|v| v.is_finite()));
+    assert!(
+        s.iter().zip(&a).any(|(x, y)| x != y),
+        "skipping changed nothing"
+    );
+}
