@@ -8,89 +8,12 @@
 //! `cargo bench --bench quant` (needs ORT_DYLIB_PATH). Figures and the
 //! machine: docs/MEASUREMENTS.md.
 
-use std::collections::BTreeMap;
+mod common;
 
+use common::{config, inputs, load};
 use criterion::{Criterion, criterion_group, criterion_main};
 use wanrt::compiler::quant::QuantOptions;
-use wanrt::compiler::{CompileOptions, ModelSource, compile};
-use wanrt::core::{
-    BatchMode, DitConfig, NetworkContract, NetworkKind, Precision, Profile, QuantLayers,
-    QuantScheme,
-};
-use wanrt::runtime::{Artifacts, Backend, HostTensor, Network};
-
-struct Setup {
-    label: &'static str,
-    dim: u32,
-    heads: u32,
-    layers: u32,
-    ffn: u32,
-    profile: Profile,
-}
-
-fn config(s: &Setup) -> DitConfig {
-    let mut c = DitConfig::t2v_1_3b();
-    c.dim = s.dim;
-    c.num_heads = s.heads;
-    c.num_layers = s.layers;
-    c.ffn_dim = s.ffn;
-    c.text_dim = 256;
-    c
-}
-
-fn inputs(cfg: &DitConfig, profile: &Profile) -> BTreeMap<String, HostTensor> {
-    let contract = NetworkContract::dit(cfg, profile).unwrap();
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    contract
-        .inputs
-        .iter()
-        .map(|spec| {
-            let shape = spec.concrete_shape(1);
-            let n = shape.iter().product::<u64>() as usize;
-            let values: Vec<f32> = (0..n)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    if spec.name == "timestep" {
-                        500.0
-                    } else {
-                        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-                    }
-                })
-                .collect();
-            (spec.name.clone(), HostTensor::from_f32(shape, &values))
-        })
-        .collect()
-}
-
-fn load(
-    s: &Setup,
-    cfg: &DitConfig,
-    profile: &Profile,
-    quant: Option<QuantOptions>,
-) -> (tempfile::TempDir, Network) {
-    let dir = tempfile::tempdir().unwrap();
-    compile(
-        &CompileOptions::new(
-            ModelSource::SyntheticConfig {
-                name: s.label.into(),
-                config: cfg.clone(),
-            },
-            dir.path(),
-            profile.clone(),
-        )
-        .with_precision(Precision::Fp32)
-        .with_quantization(quant)
-        .with_networks([NetworkKind::Dit]),
-    )
-    .unwrap();
-    let dit = Artifacts::open(dir.path())
-        .unwrap()
-        .load(NetworkKind::Dit, Backend::OrtCpu)
-        .unwrap();
-    (dir, dit)
-}
+use wanrt::core::{BatchMode, QuantLayers, QuantScheme};
 
 fn errors(got: &[f32], want: &[f32]) -> (f64, f64) {
     let (mut num, mut den, mut max_err, mut max_ref) = (0f64, 0f64, 0f64, 0f64);
@@ -105,24 +28,7 @@ fn errors(got: &[f32], want: &[f32]) -> (f64, f64) {
 }
 
 fn bench_quant(c: &mut Criterion) {
-    let setups = [
-        Setup {
-            label: "small-64x64x9",
-            dim: 256,
-            heads: 2,
-            layers: 2,
-            ffn: 1024,
-            profile: Profile::custom(64, 64, 9, 64).unwrap(),
-        },
-        Setup {
-            label: "medium-320x192x17",
-            dim: 768,
-            heads: 6,
-            layers: 4,
-            ffn: 3072,
-            profile: Profile::custom(320, 192, 17, 128).unwrap(),
-        },
-    ];
+    let setups = common::setups();
     let mut group = c.benchmark_group("ort-cpu");
     group.sample_size(10);
     for s in &setups {
