@@ -18,7 +18,6 @@ use common::{Case, assert_fp32, bin, dit_inputs, run_cmd};
 use wanrt::compiler::{CompileOptions, ModelSource, compile};
 use wanrt::core::{BatchMode, NetworkKind, Precision};
 use wanrt::runtime::pipeline::{GenerateOptions, InputImage, Pipeline, Timings};
-use wanrt::runtime::schedule::Solver;
 use wanrt::runtime::{Artifacts, Backend, ErrorKind, HostTensor, tensorfile};
 
 const CASE: &str = "flf2v-tiny";
@@ -163,10 +162,6 @@ fn compile_all(case: &Case) -> tempfile::TempDir {
     out
 }
 
-fn case_json(case: &Case) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(case.dir.join("case.json")).unwrap()).unwrap()
-}
-
 /// An image file decoded as `--image` / `--last-image` decode it.
 fn input_image(path: &Path) -> InputImage {
     let pixels = wanrt::media::image::load_image(path).expect("the golden frame decodes");
@@ -174,22 +169,14 @@ fn input_image(path: &Path) -> InputImage {
 }
 
 fn case_options(case: &Case) -> GenerateOptions {
-    let json = case_json(case);
+    let json = case.case_json();
     let p = &json["pipeline"];
-    let golden = case.golden("pipeline.safetensors");
     GenerateOptions {
-        prompt: p["prompt"].as_str().unwrap().into(),
-        negative_prompt: Some(p["negative_prompt"].as_str().unwrap().into()),
         image: Some(input_image(&case.dir.join(p["image"].as_str().unwrap()))),
         last_image: Some(input_image(
             &case.dir.join(p["last_image"].as_str().unwrap()),
         )),
-        steps: Some(p["num_inference_steps"].as_u64().unwrap() as usize),
-        guidance_scale: Some(p["guidance_scale"].as_f64().unwrap() as f32),
-        shift: Some(p["flow_shift"].as_f64().unwrap()),
-        solver: Solver::UniPc,
-        latents: Some(golden["latents_init"].clone()),
-        ..Default::default()
+        ..case.pipeline_options()
     }
 }
 
@@ -258,7 +245,7 @@ fn write_latents(path: &Path, t: &HostTensor) {
 fn wan_run_reproduces_the_reference_run() {
     let case = case();
     let golden = case.golden("pipeline.safetensors");
-    let json = case_json(&case);
+    let json = case.case_json();
     let p = &json["pipeline"];
     let engines = compile_all(&case);
     let tmp = tempfile::tempdir().unwrap();
@@ -377,7 +364,7 @@ fn other_tasks_refuse_a_last_frame() {
     let opts = case.options(false, Precision::Fp32, BatchMode::Fixed(1), out.path());
     compile(&opts).unwrap();
     let mut p = Pipeline::load(Artifacts::open(out.path()).unwrap(), Backend::OrtCpu).unwrap();
-    let json = case_json(&case);
+    let json = case.case_json();
     let opts = GenerateOptions {
         prompt: json["pipeline"]["prompt"].as_str().unwrap().into(),
         last_image: Some(input_image(

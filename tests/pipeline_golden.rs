@@ -9,8 +9,7 @@ mod common;
 use common::{CASES, Case, assert_close, assert_fp32};
 use wanrt::core::{BatchMode, Precision};
 use wanrt::media::video::RgbFrames;
-use wanrt::runtime::pipeline::{GenerateOptions, Pipeline};
-use wanrt::runtime::schedule::Solver;
+use wanrt::runtime::pipeline::Pipeline;
 use wanrt::runtime::{Artifacts, Backend};
 
 /// The tight fp32 tier of the final latents (`common::assert_fp32`), ≤ 5× the
@@ -18,26 +17,6 @@ use wanrt::runtime::{Artifacts, Backend};
 /// conditioning adds error).
 fn tight(case: &str) -> f32 {
     if case == "i2v-tiny" { 3e-5 } else { 8e-6 }
-}
-
-fn case_options(case: &Case) -> GenerateOptions {
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(case.dir.join("case.json")).unwrap())
-            .unwrap();
-    let p = &json["pipeline"];
-    let golden = case.golden("pipeline.safetensors");
-    GenerateOptions {
-        prompt: p["prompt"].as_str().unwrap().into(),
-        negative_prompt: Some(p["negative_prompt"].as_str().unwrap().into()),
-        image: (case.name == "i2v-tiny").then(|| common::golden_image(&case.dir)),
-        steps: Some(p["num_inference_steps"].as_u64().unwrap() as usize),
-        guidance_scale: Some(p["guidance_scale"].as_f64().unwrap() as f32),
-        shift: Some(p["flow_shift"].as_f64().unwrap()),
-        solver: Solver::UniPc,
-        seed: 0,
-        latents: Some(golden["latents_init"].clone()),
-        ..Default::default()
-    }
 }
 
 fn compile_all(case: &Case, batch: BatchMode) -> tempfile::TempDir {
@@ -55,7 +34,7 @@ fn t2v_and_i2v_reproduce_the_reference_runs() {
         let golden = case.golden("pipeline.safetensors");
         let mut pipeline =
             Pipeline::load(Artifacts::open(out.path()).unwrap(), Backend::OrtCpu).unwrap();
-        let opts = case_options(&case);
+        let opts = case.pipeline_options();
         let mut steps_seen = 0;
         let got = pipeline
             .generate(&opts, None, |i, n, _| {
@@ -116,7 +95,7 @@ fn batched_cfg_equals_two_calls() {
     let run = |batch| {
         let out = compile_all(&case, batch);
         let mut p = Pipeline::load(Artifacts::open(out.path()).unwrap(), Backend::OrtCpu).unwrap();
-        p.generate(&case_options(&case), None, |_, _, _| {})
+        p.generate(&case.pipeline_options(), None, |_, _, _| {})
             .unwrap()
             .latents
             .to_f32()
@@ -132,11 +111,11 @@ fn wrong_task_inputs_are_refused() {
     let case = Case::new("t2v-tiny");
     let out = compile_all(&case, BatchMode::Fixed(1));
     let mut p = Pipeline::load(Artifacts::open(out.path()).unwrap(), Backend::OrtCpu).unwrap();
-    let mut opts = case_options(&case);
+    let mut opts = case.pipeline_options();
     opts.image = Some(common::golden_image(&case.dir.join("../i2v-tiny")));
     let e = p.generate(&opts, None, |_, _, _| {}).err().unwrap();
     assert!(e.to_string().contains("--image"), "{e}");
-    let mut opts = case_options(&case);
+    let mut opts = case.pipeline_options();
     opts.latents = Some(wanrt::runtime::HostTensor::from_f32(
         vec![1, 16, 3, 8, 8],
         &[0.0; 16 * 3 * 64],
@@ -146,7 +125,7 @@ fn wrong_task_inputs_are_refused() {
     // An interrupted run stops between steps.
     let flag = std::sync::atomic::AtomicBool::new(true);
     let e = p
-        .generate(&case_options(&case), Some(&flag), |_, _, _| {})
+        .generate(&case.pipeline_options(), Some(&flag), |_, _, _| {})
         .err()
         .unwrap();
     assert_eq!(e.kind(), wanrt::runtime::ErrorKind::Interrupted);
@@ -157,7 +136,7 @@ fn i2v_engines_require_an_image() {
     let case = Case::new("i2v-tiny");
     let out = compile_all(&case, BatchMode::Fixed(1));
     let mut p = Pipeline::load(Artifacts::open(out.path()).unwrap(), Backend::OrtCpu).unwrap();
-    let mut opts = case_options(&case);
+    let mut opts = case.pipeline_options();
     opts.image = None;
     let e = p.generate(&opts, None, |_, _, _| {}).err().unwrap();
     assert!(e.to_string().contains("--image"), "{e}");

@@ -18,8 +18,7 @@ use wanrt::compiler::{ErrorKind, compile};
 use wanrt::core::{BatchMode, NetworkKind, Precision, QuantLayers, QuantScheme};
 use wanrt::graphs::onnx::{DATA_LOCATION_EXTERNAL, ModelProto};
 use wanrt::media::video::RgbFrames;
-use wanrt::runtime::pipeline::{GenerateOptions, Pipeline};
-use wanrt::runtime::schedule::Solver;
+use wanrt::runtime::pipeline::Pipeline;
 use wanrt::runtime::{Artifacts, Backend};
 
 /// Calibration of the tests: 2 built-in prompts, 4 steps each (the golden
@@ -308,26 +307,6 @@ fn fp8_without_calibration_and_int8_with_it_are_refused() {
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
 }
 
-fn case_options(case: &Case) -> GenerateOptions {
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(case.dir.join("case.json")).unwrap())
-            .unwrap();
-    let p = &json["pipeline"];
-    let golden = case.golden("pipeline.safetensors");
-    GenerateOptions {
-        prompt: p["prompt"].as_str().unwrap().into(),
-        negative_prompt: Some(p["negative_prompt"].as_str().unwrap().into()),
-        image: (case.name == "i2v-tiny").then(|| common::golden_image(&case.dir)),
-        steps: Some(p["num_inference_steps"].as_u64().unwrap() as usize),
-        guidance_scale: Some(p["guidance_scale"].as_f64().unwrap() as f32),
-        shift: Some(p["flow_shift"].as_f64().unwrap()),
-        solver: Solver::UniPc,
-        seed: 0,
-        latents: Some(golden["latents_init"].clone()),
-        ..Default::default()
-    }
-}
-
 /// PSNR (dB) of 8-bit frames against the reference's float frames · 255.
 fn psnr(frames: &[u8], want01: &[f32]) -> f64 {
     let mse = frames
@@ -366,7 +345,7 @@ fn quantized_pipelines_within_bound() {
             let mut p =
                 Pipeline::load(Artifacts::open(out.path()).unwrap(), Backend::OrtCpu).unwrap();
             let got = p
-                .generate(&case_options(&case), None, |_, _, _| {})
+                .generate(&case.pipeline_options(), None, |_, _, _| {})
                 .unwrap();
             let golden = case.golden("pipeline.safetensors");
             let (l2, max) = rel_errors(
@@ -426,7 +405,7 @@ fn evidence_table() {
             let mut p =
                 Pipeline::load(Artifacts::open(out.path()).unwrap(), Backend::OrtCpu).unwrap();
             let g = p
-                .generate(&case_options(&case), None, |_, _, _| {})
+                .generate(&case.pipeline_options(), None, |_, _, _| {})
                 .unwrap();
             let golden = case.golden("pipeline.safetensors");
             let (lat, want_lat) = (
@@ -544,7 +523,7 @@ fn synthetic_evidence_table() {
         let dit = forward(dir, &case);
         let mut p = Pipeline::load(Artifacts::open(dir).unwrap(), Backend::OrtCpu).unwrap();
         let g = p
-            .generate(&case_options(&case), None, |_, _, _| {})
+            .generate(&case.pipeline_options(), None, |_, _, _| {})
             .unwrap();
         let frames = RgbFrames::from_tensor(&g.video).unwrap();
         (dit, g.latents.to_f32().unwrap(), frames.as_bytes().to_vec())

@@ -321,36 +321,10 @@ pub fn build(
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::weights::{SourceTensor, WeightSource};
-
-    /// Zero weights of any requested shape; records what was asked.
-    struct Zeros(std::cell::RefCell<BTreeMap<String, Vec<usize>>>);
-
-    impl WeightSource for Zeros {
-        fn tensor(&self, _: &str) -> Result<Option<SourceTensor<'_>>> {
-            Ok(None)
-        }
-        fn location(&self, _: &str) -> String {
-            "zeros".into()
-        }
-        fn tensor_with_shape(
-            &self,
-            name: &str,
-            shape: &[usize],
-        ) -> Result<Option<SourceTensor<'_>>> {
-            self.0.borrow_mut().insert(name.into(), shape.to_vec());
-            let n: usize = shape.iter().product();
-            Ok(Some(SourceTensor {
-                dtype: DType::Float32,
-                shape: shape.to_vec(),
-                data: Cow::Owned(vec![0; n * 4]),
-            }))
-        }
-    }
+    use crate::weights::testing::Zeros;
 
     fn tiny() -> Umt5Config {
         Umt5Config {

@@ -128,3 +128,42 @@ impl<'s> Weights<'s> {
         Ok((name, t))
     }
 }
+
+/// Weight sources for the builders' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::borrow::Cow;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    use wanrt_core::DType;
+
+    use super::{SourceTensor, WeightSource};
+    use crate::Result;
+
+    /// Zero weights of any requested shape; records what was asked.
+    #[derive(Default)]
+    pub struct Zeros(pub RefCell<BTreeMap<String, Vec<usize>>>);
+
+    impl WeightSource for Zeros {
+        fn tensor(&self, _: &str) -> Result<Option<SourceTensor<'_>>> {
+            Ok(None)
+        }
+        fn location(&self, _: &str) -> String {
+            "zeros".into()
+        }
+        fn tensor_with_shape(
+            &self,
+            name: &str,
+            shape: &[usize],
+        ) -> Result<Option<SourceTensor<'_>>> {
+            self.0.borrow_mut().insert(name.into(), shape.to_vec());
+            let n: usize = shape.iter().product();
+            Ok(Some(SourceTensor {
+                dtype: DType::Float32,
+                shape: shape.to_vec(),
+                data: Cow::Owned(vec![0; n * 4]),
+            }))
+        }
+    }
+}

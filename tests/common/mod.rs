@@ -281,3 +281,34 @@ pub fn run_cmd(cmd: &mut std::process::Command) -> (bool, String) {
     );
     (out.status.success(), text)
 }
+
+impl Case {
+    /// The case's `case.json`.
+    pub fn case_json(&self) -> serde_json::Value {
+        let path = self.dir.join("case.json");
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The reference pipeline run of `case.json` as the library's options:
+    /// its prompts, steps, guidance and shift, UniPC, the golden initial
+    /// latents, and for i2v-tiny the golden image (other tasks set their
+    /// images themselves).
+    pub fn pipeline_options(&self) -> wanrt::runtime::pipeline::GenerateOptions {
+        let json = self.case_json();
+        let p = &json["pipeline"];
+        let golden = self.golden("pipeline.safetensors");
+        wanrt::runtime::pipeline::GenerateOptions {
+            prompt: p["prompt"].as_str().unwrap().into(),
+            negative_prompt: Some(p["negative_prompt"].as_str().unwrap().into()),
+            image: (self.name == "i2v-tiny").then(|| golden_image(&self.dir)),
+            steps: Some(p["num_inference_steps"].as_u64().unwrap() as usize),
+            guidance_scale: Some(p["guidance_scale"].as_f64().unwrap() as f32),
+            shift: Some(p["flow_shift"].as_f64().unwrap()),
+            solver: wanrt::runtime::schedule::Solver::UniPc,
+            seed: 0,
+            latents: Some(golden["latents_init"].clone()),
+            ..Default::default()
+        }
+    }
+}
