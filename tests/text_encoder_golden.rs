@@ -33,7 +33,6 @@ const TIGHT: f32 = 1.5e-5;
 use common::{CASES, Case, assert_close, assert_fp32, bin, rel_errors};
 use wanrt::compiler::ErrorKind;
 use wanrt::core::{BatchMode, NetworkKind, Precision};
-use wanrt::graphs::onnx::ModelProto;
 use wanrt::runtime::prompt::{self, PromptEmbeds, PromptEncoder};
 use wanrt::runtime::{Artifacts, Backend, HostTensor, session};
 
@@ -52,19 +51,7 @@ fn run_encoder(case: &Case, precision: Precision, batch: BatchMode) -> HostTenso
     let inputs = golden_inputs(&golden);
     let artifacts = Artifacts::open(out.path()).unwrap();
     let got = if precision == Precision::Bf16 {
-        let entry = artifacts.entry(NetworkKind::TextEncoder).unwrap();
-        let path = out.path().join(&entry.file);
-        let mut model = ModelProto::from_bytes(&std::fs::read(&path).unwrap()).unwrap();
-        assert!(wanrt::graphs::emulate::emulate_bf16(&mut model) > 0);
-        let emulated = out.path().join("text_encoder.emulated.onnx");
-        std::fs::write(&emulated, model.to_bytes()).unwrap();
-        let mut s = session::create(&emulated, Backend::OrtCpu).unwrap();
-        let ordered: Vec<_> = entry
-            .inputs
-            .iter()
-            .map(|spec| (spec.name.clone(), inputs[&spec.name].clone()))
-            .collect();
-        session::run(&mut s, "text_encoder", &ordered).unwrap()
+        common::run_bf16_emulated(out.path(), NetworkKind::TextEncoder, &inputs)
     } else {
         let mut net = artifacts
             .load(NetworkKind::TextEncoder, Backend::OrtCpu)
