@@ -15,8 +15,9 @@
 //! strict reader, two entry points), the restricted unpickler, the `.pth` zip
 //! reader (zip directory, CRC-32, unpickler, records), `manifest.json`, the
 //! image loader, the shard index, `model_index.json` and the DiT's
-//! `config.json`, and the LoRA reader (`LoraFile::open`: the strict
-//! safetensors reader, then key layouts and pairing).
+//! `config.json`, the LoRA reader (`LoraFile::open`: the strict
+//! safetensors reader, then key layouts and pairing), the MP4 reader (box
+//! tree, sample tables, OpenH264) and the step-cache table reader.
 
 mod common;
 
@@ -507,4 +508,54 @@ fn fuzz_lora() {
             .map(|_| ())
             .map_err(|e| e.to_string())
     });
+}
+
+#[test]
+fn fuzz_mp4() {
+    use wanrt::media::video::{Mp4Options, RgbFrames, write_mp4};
+    // Two small H.264 files of the project's writer: a moving gradient, 3
+    // and 5 frames.
+    let dir = tempfile::tempdir().unwrap();
+    let seeds: Vec<Vec<u8>> = [(32usize, 32usize, 3usize), (48, 32, 5)]
+        .iter()
+        .map(|&(w, h, n)| {
+            let rgb: Vec<u8> = (0..n * h * w * 3)
+                .map(|i| ((i / 3 % w + i / (3 * w) % h + 7 * (i / (3 * w * h))) * 5) as u8)
+                .collect();
+            let frames = RgbFrames::new(w, h, n, rgb).unwrap();
+            let path = dir.path().join(format!("seed-{w}x{h}x{n}.mp4"));
+            write_mp4(&path, &frames, &Mp4Options::default(), false, None).unwrap();
+            read(&path)
+        })
+        .collect();
+    let file = Path::new("control.mp4");
+    fuzz("mp4", seeds, |b| {
+        wanrt::media::video::mp4::read::decode_mp4(b, file, "--control-video", 1025)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+}
+
+#[test]
+fn fuzz_cache_table() {
+    use wanrt::runtime::cache::{CachePolicy, parse_table};
+    let dir = fixtures().join("t2v-tiny/golden/cache");
+    for (file, policies) in [
+        ("magcache_table.json", &[CachePolicy::MagCache][..]),
+        (
+            "teacache_table.json",
+            &[CachePolicy::TeaCache, CachePolicy::TeaCacheRet][..],
+        ),
+    ] {
+        for &policy in policies {
+            fuzz(
+                &format!("cache-table-{policy}"),
+                vec![read(dir.join(file))],
+                |b| {
+                    let text = std::str::from_utf8(b).map_err(|e| e.to_string())?;
+                    parse_table(text, policy).map(|_| ())
+                },
+            );
+        }
+    }
 }

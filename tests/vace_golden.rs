@@ -674,7 +674,7 @@ fn wan_run_takes_an_mp4_control_video() {
     let work = tempfile::tempdir().unwrap();
     let (vdir, mdir) = write_frame_dirs(&case, work.path(), 9);
     // The control frames as an H.264 MP4 (lossy: close to the PNGs).
-    let frames = wanrt::media::frames::read_frames(&vdir, "--control-video").unwrap();
+    let frames = wanrt::media::frames::read_frames(&vdir, "--control-video", None).unwrap();
     let (w, h) = (frames[0].width() as usize, frames[0].height() as usize);
     let data: Vec<u8> = frames.iter().flat_map(|f| f.pixels().to_vec()).collect();
     let rgb = wanrt::media::video::RgbFrames::new(w, h, frames.len(), data).unwrap();

@@ -12,10 +12,13 @@
 
 use std::path::{Path, PathBuf};
 
+use wanrt_core::Profile;
 use wanrt_runtime::error::{Error, Result};
 use wanrt_runtime::image::RgbImage;
+use wanrt_runtime::vace::{check_frame_count, check_frame_size};
 
 use crate::image::load_image;
+use crate::video::mp4::read::{decode_mp4_with, read_mp4_bytes};
 
 /// Most frames a directory may hold (the largest profile has 1025).
 pub const MAX_FRAME_FILES: usize = 1025;
@@ -89,27 +92,47 @@ fn is_mp4(path: &Path) -> bool {
 }
 
 /// Decodes a video given as `path`: the numbered PNG frames of a directory,
-/// or the frames of an `.mp4` file (see the module docs).
-pub fn read_frames(path: &Path, flag: &str) -> Result<Vec<RgbImage>> {
-    if is_mp4(path) && !path.is_dir() {
-        return read_mp4_frames(path, flag);
+/// or the frames of an `.mp4` file (see the module docs). With `expect`,
+/// the engines' profile, the frame count and each frame's size are checked
+/// while reading (`wanrt_runtime::vace::check_frame_count` / `_size`): a
+/// directory of the wrong length is refused before a frame is decoded, an
+/// MP4 with too many frames before its first is, and a frame of the wrong
+/// size as soon as it is decoded, so a wrong video never sits whole in
+/// memory.
+pub fn read_frames(path: &Path, flag: &str, expect: Option<&Profile>) -> Result<Vec<RgbImage>> {
+    let check_size = |i: usize, w: u32, h: u32| match expect {
+        Some(p) => check_frame_size(flag, i, w, h, p),
+        None => Ok(()),
+    };
+    let frames = if is_mp4(path) && !path.is_dir() {
+        let bytes = read_mp4_bytes(path, flag)?;
+        let max = expect.map_or(MAX_FRAME_FILES, |p| {
+            (p.frames as usize).min(MAX_FRAME_FILES)
+        });
+        let mut frames = Vec::new();
+        decode_mp4_with(&bytes, path, flag, max, |i, w, h, rgb| {
+            check_size(i, w as u32, h as u32)?;
+            frames.push(RgbImage::new(w as u32, h as u32, rgb.to_vec())?);
+            Ok(())
+        })?;
+        frames
+    } else {
+        let files = frame_files(path, flag)?;
+        if let Some(p) = expect {
+            check_frame_count(flag, files.len(), p)?;
+        }
+        let mut frames = Vec::with_capacity(files.len());
+        for (i, f) in files.iter().enumerate() {
+            let image = load_image(f)?;
+            check_size(i, image.width(), image.height())?;
+            frames.push(image);
+        }
+        frames
+    };
+    if let Some(p) = expect {
+        check_frame_count(flag, frames.len(), p)?;
     }
-    frame_files(path, flag)?
-        .iter()
-        .map(|p| load_image(p))
-        .collect()
-}
-
-/// The frames of an MP4 file as images.
-fn read_mp4_frames(path: &Path, flag: &str) -> Result<Vec<RgbImage>> {
-    let video = crate::video::mp4::read::read_mp4_for(path, flag, MAX_FRAME_FILES)?;
-    let (w, h) = (video.width() as u32, video.height() as u32);
-    (0..video.len())
-        .map(|i| {
-            let frame = video.frame(i).expect("index below len()");
-            RgbImage::new(w, h, frame.to_vec())
-        })
-        .collect()
+    Ok(frames)
 }
 
 #[cfg(test)]
@@ -148,7 +171,7 @@ mod tests {
         std::fs::write(&mp4, b"x").unwrap();
         let e = frame_files(&mp4, "--control-video").unwrap_err();
         assert!(e.to_string().contains("an MP4 file"), "{e}");
-        let e = read_frames(&mp4, "--control-video").unwrap_err();
+        let e = read_frames(&mp4, "--control-video", None).unwrap_err();
         assert!(
             e.to_string().contains("--control-video") && e.to_string().contains("H.264 MP4"),
             "{e}"
@@ -163,7 +186,7 @@ mod tests {
         let frames = moving_pattern(64, 48, 9);
         let path = dir.path().join("control.mp4");
         write_mp4(&path, &frames, &Mp4Options::default(), false, None).unwrap();
-        let got = read_frames(&path, "--control-video").unwrap();
+        let got = read_frames(&path, "--control-video", None).unwrap();
         assert_eq!(got.len(), 9);
         let mut sq = 0f64;
         for (i, img) in got.iter().enumerate() {
@@ -196,7 +219,69 @@ mod tests {
         // Files that are not images fail by name when decoded.
         let small = tempfile::tempdir().unwrap();
         std::fs::write(small.path().join("0.png"), b"not a png").unwrap();
-        let e = read_frames(small.path(), "--control-mask").unwrap_err();
+        let e = read_frames(small.path(), "--control-mask", None).unwrap_err();
         assert!(e.to_string().contains("0.png"), "{e}");
+    }
+
+    #[test]
+    fn a_video_not_of_the_profile_is_refused_while_it_is_read() {
+        use crate::video::mp4::read::decode_mp4_with;
+        use crate::video::mp4::{Mp4Options, write_mp4};
+        use crate::video::tests::moving_pattern;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.mp4");
+        write_mp4(
+            &path,
+            &moving_pattern(64, 48, 9),
+            &Mp4Options::default(),
+            false,
+            None,
+        )
+        .unwrap();
+        // 9 frames of 64x48 fit a 64x48x9 profile …
+        let fits = Profile::custom(64, 48, 9, 16).unwrap();
+        assert_eq!(
+            read_frames(&path, "--control-video", Some(&fits))
+                .unwrap()
+                .len(),
+            9
+        );
+        // … not a 32x48x9 one: refused at frame 0, naming the flag.
+        let narrow = Profile::custom(32, 48, 9, 16).unwrap();
+        let e = read_frames(&path, "--control-video", Some(&narrow)).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("--control-video") && msg.contains("frame 0 is 64x48"),
+            "{msg}"
+        );
+        // A sink's refusal stops the decode at that frame.
+        let bytes = std::fs::read(&path).unwrap();
+        let mut calls = 0;
+        let e = decode_mp4_with(&bytes, &path, "--control-video", 9, |_, _, _, _| {
+            calls += 1;
+            Err(wanrt_runtime::Error::arg("--control-video", "no"))
+        })
+        .unwrap_err();
+        assert_eq!(
+            (calls, e.kind()),
+            (1, wanrt_runtime::ErrorKind::InvalidArgument)
+        );
+        // More frames than the profile's are refused before the first is
+        // decoded (5 frames: 64x48x5).
+        let short = Profile::custom(64, 48, 5, 16).unwrap();
+        let e = read_frames(&path, "--control-video", Some(&short)).unwrap_err();
+        assert!(e.to_string().contains("9 frames; at most 5"), "{e}");
+        // A directory of the wrong length is refused before any file is
+        // decoded (these are not even images).
+        let frames = tempfile::tempdir().unwrap();
+        for n in 0..3 {
+            std::fs::write(frames.path().join(format!("{n}.png")), b"not a png").unwrap();
+        }
+        let e = read_frames(frames.path(), "--control-mask", Some(&fits)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("3 frames; these engines were compiled for 9"),
+            "{e}"
+        );
     }
 }

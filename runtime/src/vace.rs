@@ -74,35 +74,49 @@ fn bad(flag: &str, reason: String) -> Error {
     Error::arg(flag, reason)
 }
 
-/// Checks a frame list against the profile: count and size.
-fn check_frames(flag: &str, frames: &[RgbImage], p: &Profile) -> Result<()> {
-    if frames.len() != p.frames as usize {
+/// Checks a control video's frame count against the profile (`flag`: the
+/// option that gave it). Readers call it before decoding the frames.
+pub fn check_frame_count(flag: &str, frames: usize, p: &Profile) -> Result<()> {
+    if frames != p.frames as usize {
         return Err(bad(
             flag,
             format!(
-                "{} frames; these engines were compiled for {} (wan-compile --frames)",
-                frames.len(),
+                "{frames} frames; these engines were compiled for {} (wan-compile --frames)",
                 p.frames
             ),
         ));
     }
-    if let Some((i, f)) = frames
-        .iter()
-        .enumerate()
-        .find(|(_, f)| (f.width(), f.height()) != (p.width, p.height))
-    {
+    Ok(())
+}
+
+/// Checks frame `index`'s size against the profile. Readers call it as
+/// each frame is decoded, so a wrong video is refused at its first frame.
+pub fn check_frame_size(
+    flag: &str,
+    index: usize,
+    width: u32,
+    height: u32,
+    p: &Profile,
+) -> Result<()> {
+    if (width, height) != (p.width, p.height) {
         return Err(bad(
             flag,
             format!(
-                "frame {i} is {}x{}; these engines take {}x{} (resize the frames to the profile's size)",
-                f.width(),
-                f.height(),
-                p.width,
-                p.height
+                "frame {index} is {width}x{height}; these engines take {}x{} (resize the frames to the profile's size)",
+                p.width, p.height
             ),
         ));
     }
     Ok(())
+}
+
+/// Checks a frame list against the profile: count and size.
+fn check_frames(flag: &str, frames: &[RgbImage], p: &Profile) -> Result<()> {
+    check_frame_count(flag, frames.len(), p)?;
+    frames
+        .iter()
+        .enumerate()
+        .try_for_each(|(i, f)| check_frame_size(flag, i, f.width(), f.height(), p))
 }
 
 /// `[3, F, H, W]` of `u8 / 127.5 − 1` (the official video normalisation;

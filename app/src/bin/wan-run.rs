@@ -447,13 +447,10 @@ fn generate(g: GenerateArgs) -> Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use wanrt_runtime::pipeline::{GenerateOptions, InputImage, Pipeline};
 
-    // The VACE frames and images first: a bad file fails before any work.
-    let vace = vace_inputs(&g)?;
-
     // The --cache* flags are checked before anything is loaded.
     let cache = cache_options(&g)?;
-    let engines = g.engines.context("--engines is required")?;
-    let prompt = g.prompt.context("--prompt is required")?;
+    let engines = g.engines.clone().context("--engines is required")?;
+    let prompt = g.prompt.clone().context("--prompt is required")?;
     let solver: wanrt_runtime::schedule::Solver = g.solver.parse()?;
     // Check the outputs before minutes of work: only regular files are
     // replaced (with --overwrite), and no two outputs share a path.
@@ -532,7 +529,13 @@ fn generate(g: GenerateArgs) -> Result<()> {
     let task = artifacts.manifest.model.task;
     wanrt_runtime::pipeline::check_task_image(task, g.image.is_some())?;
     wanrt_runtime::pipeline::check_task_last_image(task, g.last_image.is_some())?;
-    wanrt_runtime::pipeline::check_task_vace(task, vace.is_some())?;
+    wanrt_runtime::pipeline::check_task_vace(task, has_vace_flags(&g))?;
+    // The VACE frames, checked against the profile while they are decoded.
+    let profile = artifacts
+        .entry(wanrt_core::NetworkKind::Dit)?
+        .profile
+        .clone();
+    let vace = vace_inputs(&g, &profile)?;
     let decode = |p: &Option<PathBuf>| -> Result<Option<InputImage>> {
         Ok(match p {
             Some(path) => Some(InputImage::new(
@@ -637,14 +640,24 @@ fn generate(g: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// The VACE inputs of the flags, decoded (`None` when no VACE flag is given).
-fn vace_inputs(g: &GenerateArgs) -> Result<Option<wanrt_runtime::vace::VaceInputs>> {
-    if g.control_video.is_none() && g.reference_image.is_empty() && g.context_scale.is_none() {
+/// Whether any VACE flag is given.
+fn has_vace_flags(g: &GenerateArgs) -> bool {
+    g.control_video.is_some() || !g.reference_image.is_empty() || g.context_scale.is_some()
+}
+
+/// The VACE inputs of the flags, decoded (`None` when no VACE flag is
+/// given); the control video and mask are checked against `profile` as
+/// they are read.
+fn vace_inputs(
+    g: &GenerateArgs,
+    profile: &wanrt_core::Profile,
+) -> Result<Option<wanrt_runtime::vace::VaceInputs>> {
+    if !has_vace_flags(g) {
         return Ok(None);
     }
     let frames = |dir: &Option<PathBuf>, flag: &str| -> Result<_> {
         Ok(match dir {
-            Some(d) => Some(wanrt_media::frames::read_frames(d, flag)?),
+            Some(d) => Some(wanrt_media::frames::read_frames(d, flag, Some(profile))?),
             None => None,
         })
     };

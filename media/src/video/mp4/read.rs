@@ -312,6 +312,12 @@ pub fn read_mp4(path: &Path) -> Result<RgbFrames> {
 /// name `flag`, the option that gave the file. A file with more frames is
 /// refused before any is decoded.
 pub fn read_mp4_for(path: &Path, flag: &str, max_frames: usize) -> Result<RgbFrames> {
+    decode_mp4(&read_mp4_bytes(path, flag)?, path, flag, max_frames)
+}
+
+/// The bytes of the MP4 at `path` (at most [`MAX_MP4_BYTES`]; errors name
+/// `flag`).
+pub fn read_mp4_bytes(path: &Path, flag: &str) -> Result<Vec<u8>> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.len() > MAX_MP4_BYTES {
         return Err(Error::arg(
@@ -319,12 +325,34 @@ pub fn read_mp4_for(path: &Path, flag: &str, max_frames: usize) -> Result<RgbFra
             format!("{} is larger than {MAX_MP4_BYTES} bytes", path.display()),
         ));
     }
-    let buf = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let r = Reader {
-        file: path,
-        flag,
-        buf: &buf,
-    };
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// Decodes the bytes of an MP4 file (`file`, for errors) into at most
+/// `max_frames` RGB frames, as [`read_mp4_for`] does with a file's bytes.
+pub fn decode_mp4(buf: &[u8], file: &Path, flag: &str, max_frames: usize) -> Result<RgbFrames> {
+    let mut rgb = Vec::new();
+    let (w, h, n) = decode_mp4_with(buf, file, flag, max_frames, |_, _, _, frame| {
+        rgb.extend_from_slice(frame);
+        Ok(())
+    })?;
+    RgbFrames::new(w, h, n, rgb)
+}
+
+/// Decodes the bytes of an MP4 file frame by frame: `sink(index, width,
+/// height, rgb)` gets each decoded frame (8-bit RGB, row-major) in turn and
+/// may refuse it, which stops the decode (a caller checks the size of the
+/// first frame before any other is decoded). A track of more than
+/// `max_frames` samples is refused before any is decoded. Returns the
+/// frame size and count.
+pub fn decode_mp4_with(
+    buf: &[u8],
+    file: &Path,
+    flag: &str,
+    max_frames: usize,
+    mut sink: impl FnMut(usize, usize, usize, &[u8]) -> Result<()>,
+) -> Result<(usize, usize, usize)> {
+    let r = Reader { file, flag, buf };
     let track = r.track()?;
     if track.samples.len() > max_frames {
         return Err(r.bad(format!(
@@ -340,15 +368,21 @@ pub fn read_mp4_for(path: &Path, flag: &str, max_frames: usize) -> Result<RgbFra
         header.extend_from_slice(&[0, 0, 0, 1]);
         header.extend_from_slice(nal);
     }
+    // One frame's RGB, reused.
     let mut rgb = Vec::new();
     let mut size: Option<(usize, usize)> = None;
     let mut frames = 0usize;
-    let mut take = |yuv: &dyn YUVSource, rgb: &mut Vec<u8>| -> Result<()> {
+    let mut take = |yuv: &dyn YUVSource| -> Result<()> {
         let d = yuv.dimensions();
         if *size.get_or_insert(d) != d {
             return Err(r.bad("the frame size changes within the track"));
         }
-        yuv_to_rgb(yuv, rgb);
+        if frames == max_frames {
+            return Err(r.bad(format!("more than {max_frames} frames decoded")));
+        }
+        rgb.clear();
+        yuv_to_rgb(yuv, &mut rgb);
+        sink(frames, d.0, d.1, &rgb)?;
         frames += 1;
         Ok(())
     };
@@ -360,14 +394,14 @@ pub fn read_mp4_for(path: &Path, flag: &str, max_frames: usize) -> Result<RgbFra
         }
         r.annexb(s, track.nal_length, &mut packet)?;
         if let Some(yuv) = decoder.decode(&packet).map_err(fail)? {
-            take(&yuv, &mut rgb)?;
+            take(&yuv)?;
         }
     }
     for yuv in decoder.flush_remaining().map_err(fail)? {
-        take(&yuv, &mut rgb)?;
+        take(&yuv)?;
     }
     let (w, h) = size.ok_or_else(|| r.bad("no frame decoded"))?;
-    RgbFrames::new(w, h, frames, rgb)
+    Ok((w, h, frames))
 }
 
 /// Reads a video to compare: an MP4 file, or a directory of PNG frames
