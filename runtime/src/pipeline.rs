@@ -143,6 +143,67 @@ pub fn check_task_last_image(task: Task, has_last_image: bool) -> Result<()> {
     }
 }
 
+/// A last frame (FLF2V) must be the size of the first: the official code
+/// centre-crops one of another size, a path not implemented here.
+/// `first`, `last`: width × height; `source` names the last frame.
+pub fn check_last_image_size(first: (u32, u32), last: (u32, u32), source: &str) -> Result<()> {
+    if first == last {
+        return Ok(());
+    }
+    Err(Error::arg(
+        "--last-image",
+        format!(
+            "{source} is {}x{}, the first frame {}x{}: give both frames the same size",
+            last.0, last.1, first.0, first.1
+        ),
+    ))
+}
+
+/// The step cache `opts` settles to for `steps` steps of the DiT of
+/// `artifacts` run as `dit_graphs` (`None`: no caching), with every check a
+/// generation makes of it: the task, the stage graphs, the model's tables
+/// and presets, `--zero-init-steps`. Needs only the manifest, so a caller
+/// can check a request before the engines load (wan-serve does at
+/// submission).
+pub fn cache_plan_for(
+    artifacts: &Artifacts,
+    dit_graphs: DitGraphs,
+    opts: &CacheOptions,
+    steps: usize,
+    zero_init_steps: usize,
+) -> Result<Option<CachePlan>> {
+    if opts.is_none() {
+        return opts.check_none().map(|()| None);
+    }
+    if artifacts.manifest.model.task == Task::Vace {
+        return Err(Error::arg(
+            "--cache",
+            "step caching is not yet checked against a reference for VACE engines",
+        ));
+    }
+    let entry = artifacts.entry(NetworkKind::Dit)?;
+    // Artifacts without stage graphs run the whole graph (`load_with`).
+    if dit_graphs != DitGraphs::Stages || entry.stages.is_empty() {
+        return Err(Error::arg(
+            "--cache",
+            "step caching runs on the DiT's stage graphs; these engines run the whole graph (compile them with stages)",
+        ));
+    }
+    let cfg: wanrt_core::DitConfig =
+        serde_json::from_value(entry.config.clone()).map_err(|e| Error::Artifacts {
+            dir: artifacts.dir.clone(),
+            reason: format!("dit config in manifest.json: {e}"),
+        })?;
+    let plan = opts.resolve(&cfg, &entry.profile, steps)?;
+    if plan.is_some() && zero_init_steps > 0 {
+        return Err(Error::arg(
+            "--cache",
+            "cannot be combined with --zero-init-steps (the zeroed steps run no DiT to cache)",
+        ));
+    }
+    Ok(plan)
+}
+
 /// The settings a run actually used (for the sidecar).
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
@@ -726,21 +787,11 @@ impl Pipeline {
         let mut frames = vec![crate::image::to_tensor_pm1(first)];
         if let Some(last) = last {
             let l = &last.pixels;
-            if (l.width(), l.height()) != (first.width(), first.height()) {
-                // The official code centre-crops a last frame of another
-                // size; that path is not implemented here.
-                return Err(Error::arg(
-                    "--last-image",
-                    format!(
-                        "{} is {}x{}, the first frame {}x{}: give both frames the same size",
-                        last.source,
-                        l.width(),
-                        l.height(),
-                        first.width(),
-                        first.height()
-                    ),
-                ));
-            }
+            check_last_image_size(
+                (first.width(), first.height()),
+                (l.width(), l.height()),
+                &last.source,
+            )?;
             frames.push(crate::image::to_tensor_pm1(l));
         }
         let clip = self
@@ -867,13 +918,7 @@ impl Pipeline {
             Some(list) => Schedule::step_distill(list, shift)?,
             None => Schedule::for_solver(opts.solver, steps, shift)?,
         };
-        let cache = self.cache_plan(&opts.cache, steps)?;
-        if cache.is_some() && opts.zero_init_steps > 0 {
-            return Err(Error::arg(
-                "--cache",
-                "cannot be combined with --zero-init-steps (the zeroed steps run no DiT to cache)",
-            ));
-        }
+        let cache = self.cache_plan(&opts.cache, steps, opts.zero_init_steps)?;
         check_task_image(self.task, opts.image.is_some())?;
         check_task_vace(self.task, opts.vace.is_some())?;
         check_task_last_image(self.task, opts.last_image.is_some())?;
@@ -941,30 +986,19 @@ impl Pipeline {
     }
 
     /// `opts` settled for `steps` steps of this DiT (`None`: no caching).
-    /// The cache needs the stage graphs.
-    fn cache_plan(&self, opts: &CacheOptions, steps: usize) -> Result<Option<CachePlan>> {
-        if opts.is_none() {
-            return opts.check_none().map(|()| None);
-        }
-        if self.task == Task::Vace {
-            return Err(Error::arg(
-                "--cache",
-                "step caching is not yet checked against a reference for VACE engines",
-            ));
-        }
-        if self.dit_graphs != DitGraphs::Stages {
-            return Err(Error::arg(
-                "--cache",
-                "step caching runs on the DiT's stage graphs; these engines run the whole graph (compile them with stages)",
-            ));
-        }
-        let entry = &self.dit.entry;
-        let cfg: wanrt_core::DitConfig =
-            serde_json::from_value(entry.config.clone()).map_err(|e| Error::Artifacts {
-                dir: self.artifacts.dir.clone(),
-                reason: format!("dit config in manifest.json: {e}"),
-            })?;
-        opts.resolve(&cfg, &entry.profile, steps)
+    fn cache_plan(
+        &self,
+        opts: &CacheOptions,
+        steps: usize,
+        zero_init_steps: usize,
+    ) -> Result<Option<CachePlan>> {
+        cache_plan_for(
+            &self.artifacts,
+            self.dit_graphs,
+            opts,
+            steps,
+            zero_init_steps,
+        )
     }
 
     /// Starts the denoising loop on `inputs`. With the stage graphs this

@@ -19,7 +19,11 @@ use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
 use crate::error::{ApiError, Result};
-use crate::job::{Job, ProfileInfo, Status, parse_request, valid_id};
+use wanrt_runtime::pipeline::{DitGraphs, cache_plan_for, check_last_image_size};
+
+use crate::job::{
+    Job, JobRequest, ProfileInfo, Status, parse_request, runtime_field_error, valid_id,
+};
 use crate::metrics::Metrics;
 use crate::queue::{Deleted, Queue};
 use crate::store::Store;
@@ -145,10 +149,62 @@ fn retry_after(metrics: &Metrics, depth: usize, workers: usize) -> u64 {
     s.ceil().clamp(1.0, 3600.0) as u64
 }
 
-async fn read_fields(
-    s: &AppState,
-    req: Request,
-) -> Result<(Map<String, Value>, Option<Vec<u8>>), ApiError> {
+/// An uploaded image part: its bytes (stored as sent) and its size once
+/// decoded.
+pub struct ImagePart {
+    pub bytes: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// A request's fields and image parts.
+pub struct Upload {
+    pub fields: Map<String, Value>,
+    /// `input_reference`: the image (I2V), the first frame (FLF2V).
+    pub image: Option<ImagePart>,
+    /// `last_image`: the last frame (FLF2V).
+    pub last_image: Option<ImagePart>,
+}
+
+/// The image parts of a multipart request.
+const IMAGE_PARTS: [&str; 2] = ["input_reference", "last_image"];
+
+/// Reads one image part (at most `max` bytes) and decodes it as wan-run
+/// decodes an image file, so that bad bytes are a 422 naming the part
+/// before anything is stored.
+async fn read_image(
+    field: axum::extract::multipart::Field<'_>,
+    name: &'static str,
+    max: usize,
+    fail: impl Fn(axum::extract::multipart::MultipartError) -> ApiError,
+) -> Result<ImagePart, ApiError> {
+    let bytes = field.bytes().await.map_err(fail)?;
+    if bytes.len() > max {
+        return Err(too_large(Some(name), max));
+    }
+    let bytes = bytes.to_vec();
+    let checked = bytes.clone();
+    let decoded = tokio::task::spawn_blocking(move || {
+        wanrt_media::image::decode_image(&checked, std::path::Path::new(name))
+            .map(|img| (img.width(), img.height()))
+    })
+    .await;
+    match decoded {
+        Ok(Ok((width, height))) => Ok(ImagePart {
+            bytes,
+            width,
+            height,
+        }),
+        Ok(Err(e)) => Err(ApiError::field(name, "invalid_image", e.to_string())),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            e.to_string(),
+        )),
+    }
+}
+
+async fn read_fields(s: &AppState, req: Request) -> Result<Upload, ApiError> {
     let limit = s.limits.max_request_bytes;
     let declared = req
         .headers()
@@ -169,7 +225,7 @@ async fn read_fields(
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_multipart", e.body_text())
         })?;
         let mut fields = Map::new();
-        let mut image = None;
+        let (mut image, mut last_image) = (None, None);
         let fail = |e: axum::extract::multipart::MultipartError| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 too_large(None, limit)
@@ -179,38 +235,20 @@ async fn read_fields(
         };
         while let Some(field) = mp.next_field().await.map_err(fail)? {
             let name = field.name().unwrap_or("").to_string();
-            if name == "input_reference" {
-                let bytes = field.bytes().await.map_err(fail)?;
-                if bytes.len() > s.limits.max_image_bytes {
-                    return Err(too_large(Some("input_reference"), s.limits.max_image_bytes));
+            if let Some(part) = IMAGE_PARTS.into_iter().find(|p| *p == name) {
+                let slot = if part == "input_reference" {
+                    &mut image
+                } else {
+                    &mut last_image
+                };
+                if slot.is_some() {
+                    return Err(ApiError::field(
+                        part,
+                        "duplicate_field",
+                        format!("{part} given twice"),
+                    ));
                 }
-                let bytes = bytes.to_vec();
-                let checked = bytes.clone();
-                let decoded = tokio::task::spawn_blocking(move || {
-                    wanrt_media::image::decode_image(
-                        &checked,
-                        std::path::Path::new("input_reference"),
-                    )
-                    .map(|_| ())
-                })
-                .await;
-                match decoded {
-                    Ok(Ok(())) => image = Some(bytes),
-                    Ok(Err(e)) => {
-                        return Err(ApiError::field(
-                            "input_reference",
-                            "invalid_image",
-                            e.to_string(),
-                        ));
-                    }
-                    Err(e) => {
-                        return Err(ApiError::new(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "internal_error",
-                            e.to_string(),
-                        ));
-                    }
-                }
+                *slot = Some(read_image(field, part, s.limits.max_image_bytes, fail).await?);
             } else {
                 let text = field.text().await.map_err(fail)?;
                 if fields.insert(name.clone(), Value::String(text)).is_some() {
@@ -222,7 +260,11 @@ async fn read_fields(
                 }
             }
         }
-        Ok((fields, image))
+        Ok(Upload {
+            fields,
+            image,
+            last_image,
+        })
     } else if ct.is_empty() || ct.starts_with("application/json") {
         let bytes = axum::body::to_bytes(req.into_body(), limit)
             .await
@@ -235,7 +277,11 @@ async fn read_fields(
             )
         })?;
         match v {
-            Value::Object(m) => Ok((m, None)),
+            Value::Object(fields) => Ok(Upload {
+                fields,
+                image: None,
+                last_image: None,
+            }),
             _ => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_json",
@@ -288,19 +334,41 @@ async fn create_job(s: &AppState, req: Request) -> Result<Job, ApiError> {
             )
         });
     }
-    let (fields, image) = read_fields(s, req).await?;
+    let Upload {
+        fields,
+        image,
+        last_image,
+    } = read_fields(s, req).await?;
     let q = s.queue.clone();
     let advertised = blocking(move || q.profiles()).await?;
     let profiles = profiles_of(s, advertised);
-    let request = parse_request(&fields, image.is_some(), &profiles, random_seed)?;
+    let request = parse_request(
+        &fields,
+        image.is_some(),
+        last_image.is_some(),
+        &profiles,
+        random_seed,
+    )?;
+    if let (Some(first), Some(last)) = (&image, &last_image) {
+        check_last_image_size(
+            (first.width, first.height),
+            (last.width, last.height),
+            "last_image",
+        )
+        .map_err(|e| runtime_field_error(&e))?;
+    }
+    check_cache(s, &request)?;
     let job = Job::new(request);
     let (q, store, j) = (s.queue.clone(), s.store.clone(), job.clone());
     let submitted = blocking(move || {
         if let Some(img) = &image {
-            store.save_image(&j.id, img)?;
+            store.save_image(&j.id, &img.bytes)?;
+        }
+        if let Some(img) = &last_image {
+            store.save_last_image(&j.id, &img.bytes)?;
         }
         let r = q.submit(&j)?;
-        if r.is_err() && image.is_some() {
+        if r.is_err() && (image.is_some() || last_image.is_some()) {
             store.remove(&j.id)?;
         }
         Ok(r)
@@ -320,6 +388,29 @@ async fn create_job(s: &AppState, req: Request) -> Result<Job, ApiError> {
             )
         }),
     }
+}
+
+/// The step cache settled against the engines' model, as the pipeline
+/// settles it (built-in tables and presets of the official checkpoints),
+/// when this server has the job's engines. A profile only other servers
+/// of the queue serve is checked by the worker that runs the job (a
+/// refusal fails the job, naming the field).
+fn check_cache(s: &AppState, request: &JobRequest) -> Result<(), ApiError> {
+    if request.cache.is_none() {
+        return Ok(());
+    }
+    let Some(slot) = s.slots.iter().find(|slot| slot.info == request.profile) else {
+        return Ok(());
+    };
+    cache_plan_for(
+        &slot.artifacts,
+        DitGraphs::Stages,
+        &request.cache,
+        request.steps_to_run(),
+        request.zero_init_steps,
+    )
+    .map(|_| ())
+    .map_err(|e| runtime_field_error(&e))
 }
 
 async fn get_job(s: &AppState, id: &str) -> Result<Job, ApiError> {

@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use wanrt_core::Task;
+use wanrt_runtime::cache::{CacheOptions, CachePolicy, CacheRecord, parse_threshold};
+use wanrt_runtime::pipeline::{check_task_image, check_task_last_image};
 use wanrt_runtime::schedule::Solver;
 
 use crate::error::ApiError;
@@ -93,6 +95,76 @@ pub struct JobRequest {
     pub profile: ProfileInfo,
     /// An `input_reference` image came with it (stored beside the job).
     pub has_image: bool,
+    /// A `last_image` came with it (FLF2V; stored beside the job).
+    #[serde(default)]
+    pub has_last_image: bool,
+    /// The step cache (wan-run's `--cache*` flags; the built-in tables
+    /// apply, a request never names a table file).
+    #[serde(default, skip_serializing_if = "CacheOptions::is_none")]
+    pub cache: CacheOptions,
+}
+
+impl JobRequest {
+    /// The sampler's step count: the `timesteps` list's length, else
+    /// `steps`, else the task's official default.
+    pub fn steps_to_run(&self) -> usize {
+        let p = &self.profile;
+        match &self.timesteps {
+            Some(list) => list.len(),
+            None => self
+                .steps
+                .unwrap_or(wanrt_runtime::pipeline::defaults(p.task, p.width, p.height).0),
+        }
+    }
+}
+
+/// What a job's step cache did (the sidecar's `settings.cache`, in short).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheResult {
+    /// The threshold the run used (given, from a preset, or the default).
+    pub threshold: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_skip: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<f64>,
+    /// Block-stack forwards run, and the number without caching.
+    pub block_forwards: usize,
+    pub block_forwards_uncached: usize,
+    /// Per CFG branch (`cond`, `uncond`): which steps ran the block stack.
+    pub branches: Vec<CacheBranch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheBranch {
+    pub branch: String,
+    pub computed_steps: usize,
+    pub computed: Vec<bool>,
+}
+
+impl CacheResult {
+    /// `None` for a run without a cache.
+    pub fn of(record: &CacheRecord) -> Option<Self> {
+        let plan = record.plan.as_ref()?;
+        Some(CacheResult {
+            threshold: plan.threshold,
+            preset: plan.preset.clone(),
+            max_skip: plan.max_skip,
+            retention: plan.retention,
+            block_forwards: record.block_forwards,
+            block_forwards_uncached: record.block_forwards_uncached,
+            branches: record
+                .branches
+                .iter()
+                .map(|b| CacheBranch {
+                    branch: b.branch.to_string(),
+                    computed_steps: b.num_computed(),
+                    computed: b.computed.clone(),
+                })
+                .collect(),
+        })
+    }
 }
 
 /// One job from submission to its final state.
@@ -115,6 +187,9 @@ pub struct Job {
     pub error: Option<JobError>,
     /// The worker that ran (or runs) it.
     pub worker: Option<String>,
+    /// What the step cache did (a completed job that asked for one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheResult>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,6 +253,7 @@ impl Job {
             step_s: Vec::new(),
             error: None,
             worker: None,
+            cache: None,
         }
     }
 
@@ -188,6 +264,28 @@ impl Job {
             (_, Some(n)) if n > 0 => ((self.step_s.len() * 100) / n).min(99) as u32,
             _ => 0,
         }
+    }
+
+    /// The `cache` of the API's job object: what was asked for and, once
+    /// the job completed, what the cache did (`null` without a cache).
+    fn cache_api(&self) -> Value {
+        let c = &self.request.cache;
+        if c.is_none() {
+            return Value::Null;
+        }
+        let mut v = serde_json::json!({
+            "policy": c.policy.name(),
+            "threshold": c.threshold.map(Value::from).or(c.preset.clone().map(Value::from)),
+            "max_skip": c.max_skip,
+            "retention": c.retention,
+        });
+        if let (Some(r), Some(o)) = (&self.cache, v.as_object_mut()) {
+            // The settled parameters replace the requested ones.
+            if let Ok(Value::Object(done)) = serde_json::to_value(r) {
+                o.extend(done);
+            }
+        }
+        v
     }
 
     /// The job object of the API.
@@ -208,6 +306,7 @@ impl Job {
             "steps": self.steps_total.or(self.request.steps),
             "error": self.error,
             "worker": self.worker,
+            "cache": self.cache_api(),
         })
     }
 
@@ -223,7 +322,7 @@ impl Job {
 
 /// The fields of `POST /v1/videos`, as JSON values (a multipart form's text
 /// fields arrive as strings and are parsed the same way).
-pub const FIELDS: [&str; 14] = [
+pub const FIELDS: [&str; 19] = [
     "prompt",
     "negative_prompt",
     "size",
@@ -237,8 +336,107 @@ pub const FIELDS: [&str; 14] = [
     "timesteps",
     "cfg_zero_star",
     "zero_init_steps",
+    "cache",
+    "cache_threshold",
+    "cache_max_skip",
+    "cache_retention",
     "input_reference",
+    "last_image",
 ];
+
+/// The runtime's flags and the request fields they are (its errors name
+/// flags; the API names fields). Longest first: a flag's text is replaced
+/// in messages before any flag it starts with.
+const FLAG_FIELDS: [(&str, &str); 10] = [
+    ("--cache-threshold", "cache_threshold"),
+    ("--cache-retention", "cache_retention"),
+    ("--zero-init-steps", "zero_init_steps"),
+    ("--cache-max-skip", "cache_max_skip"),
+    ("--guidance-scale", "guidance_scale"),
+    ("--last-image", "last_image"),
+    ("--timesteps", "timesteps"),
+    ("--image", "input_reference"),
+    ("--steps", "steps"),
+    ("--cache", "cache"),
+];
+
+/// A runtime check's refusal as the API's 422 naming the field (the rules
+/// stay the runtime's: the server checks requests with the same functions
+/// wan-run calls). Anything but an invalid argument is the server's fault.
+pub fn runtime_field_error(e: &wanrt_runtime::Error) -> ApiError {
+    let wanrt_runtime::Error::InvalidArgument { flag, reason } = e else {
+        return ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            format!("checking the request: {e}"),
+        );
+    };
+    if flag == "--cache-table" {
+        // The policy needs the model's table and the engines' model has
+        // none built in; a client cannot give a table file.
+        return ApiError::field(
+            "cache",
+            "no_cache_table",
+            "cache: this policy needs the model's table, and the model of these engines is none of the official checkpoints with built-in tables (the job API takes no table file): use cache fbcache, or wan-run --cache-table",
+        );
+    }
+    let mut message = reason.clone();
+    for (f, field) in FLAG_FIELDS {
+        message = message.replace(f, field);
+    }
+    let param = FLAG_FIELDS
+        .iter()
+        .find(|(f, _)| f == flag)
+        .map_or(flag.trim_start_matches('-'), |(_, field)| field);
+    ApiError::field(param, "invalid_value", format!("{param}: {message}"))
+}
+
+/// The `cache*` fields as the runtime's options, checked by the runtime's
+/// own validation (ranges, parameters of another policy, a parameter
+/// without a policy). Model-dependent checks (built-in tables, presets)
+/// need the engines: [`wanrt_runtime::pipeline::cache_plan_for`].
+fn parse_cache<'a>(get: &dyn Fn(&str) -> Option<&'a Value>) -> Result<CacheOptions, ApiError> {
+    let policy = match get("cache") {
+        None => CachePolicy::None,
+        Some(v) => as_str("cache", v)?
+            .trim()
+            .parse::<CachePolicy>()
+            .map_err(|e| runtime_field_error(&e))?,
+    };
+    let (threshold, preset) = match get("cache_threshold") {
+        None => (None, None),
+        Some(Value::Number(n)) => (n.as_f64(), None),
+        Some(Value::String(s)) => parse_threshold(s.trim()).map_err(|e| runtime_field_error(&e))?,
+        Some(v) => {
+            return Err(ApiError::field(
+                "cache_threshold",
+                "invalid_type",
+                format!("cache_threshold must be a number or a preset name, got {v}"),
+            ));
+        }
+    };
+    let max_skip = match get("cache_max_skip") {
+        None => None,
+        Some(v) => Some(
+            u32::try_from(as_u64("cache_max_skip", v)?)
+                .map_err(|_| range_err("cache_max_skip", "below 2^32"))?,
+        ),
+    };
+    let retention = match get("cache_retention") {
+        None => None,
+        Some(v) => Some(as_f64("cache_retention", v)?),
+    };
+    let opts = CacheOptions {
+        policy,
+        threshold,
+        preset,
+        max_skip,
+        retention,
+        table: None,
+    };
+    opts.validate().map_err(|e| runtime_field_error(&e))?;
+    Ok(opts)
+}
 
 fn as_u64(name: &str, v: &Value) -> Result<u64, ApiError> {
     let parsed = match v {
@@ -286,14 +484,23 @@ fn range_err(name: &str, what: &str) -> ApiError {
 }
 
 /// Validates the request fields against the profiles the workers serve.
-/// `has_image`: an `input_reference` image came with the request. `seed`
-/// draws the seed when the request has none.
+/// `has_image`, `has_last_image`: an `input_reference` image, a
+/// `last_image` came with the request. `seed` draws the seed when the
+/// request has none.
 pub fn parse_request(
     fields: &Map<String, Value>,
     has_image: bool,
+    has_last_image: bool,
     profiles: &[ProfileInfo],
     seed: impl FnOnce() -> u64,
 ) -> Result<JobRequest, ApiError> {
+    if fields.contains_key("cache_table") {
+        return Err(ApiError::field(
+            "cache_table",
+            "unsupported_parameter",
+            "cache_table: the job API takes no table file (a request never names the server's files); the built-in tables of the official checkpoints apply",
+        ));
+    }
     if let Some(k) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(ApiError::field(
             k,
@@ -301,11 +508,20 @@ pub fn parse_request(
             format!("unknown field '{k}' (known: {})", FIELDS.join(", ")),
         ));
     }
-    if fields.contains_key("input_reference") {
+    for part in ["input_reference", "last_image"] {
+        if fields.contains_key(part) {
+            return Err(ApiError::field(
+                part,
+                "invalid_type",
+                format!("{part} must be an image file part of a multipart/form-data request"),
+            ));
+        }
+    }
+    if has_last_image && !has_image {
         return Err(ApiError::field(
-            "input_reference",
-            "invalid_type",
-            "input_reference must be an image file part of a multipart/form-data request",
+            "last_image",
+            "missing_first_frame",
+            "last_image is the last frame of a first-last-frame-to-video job: send the first frame as input_reference too",
         ));
     }
     let get = |k: &str| fields.get(k).filter(|v| !v.is_null());
@@ -419,6 +635,7 @@ pub fn parse_request(
             _ => return Err(range_err("zero_init_steps", &format!("in 0..={MAX_STEPS}"))),
         },
     };
+    let cache = parse_cache(&get)?;
     let seed = match get("seed") {
         None => seed(),
         Some(v) => match as_u64("seed", v)? {
@@ -427,19 +644,40 @@ pub fn parse_request(
         },
     };
 
-    // The profile: the task from the image, then size and length.
-    let task = if has_image { Task::I2v } else { Task::T2v };
-    let mut candidates: Vec<&ProfileInfo> = profiles.iter().filter(|p| p.task == task).collect();
+    // The profile: the task from the images (the runtime's rules of which
+    // task takes which image), then size and length. VACE engines take
+    // inputs the job API has no fields for.
+    let takes = |p: &&ProfileInfo| {
+        matches!(p.task, Task::T2v | Task::I2v | Task::Flf2v)
+            && check_task_image(p.task, has_image).is_ok()
+            && check_task_last_image(p.task, has_last_image).is_ok()
+    };
+    let mut candidates: Vec<&ProfileInfo> = profiles.iter().filter(takes).collect();
     if candidates.is_empty() {
-        let (param, what) = if has_image {
-            ("input_reference", "no image-to-video engines are loaded")
-        } else {
-            (
+        let keys = profiles
+            .iter()
+            .map(ProfileInfo::key)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (param, what) = match (has_image, has_last_image) {
+            (_, true) => (
+                "last_image",
+                "no first-last-frame-to-video engines are loaded",
+            ),
+            (true, false) => (
                 "input_reference",
-                "only image-to-video engines are loaded: send an input_reference image",
-            )
+                "no image-to-video engines are loaded (first-last-frame-to-video engines take a last_image too)",
+            ),
+            (false, false) => (
+                "input_reference",
+                "no text-to-video engines are loaded: send an input_reference image (and a last_image for first-last-frame-to-video engines)",
+            ),
         };
-        return Err(ApiError::field(param, "unsupported_task", what));
+        return Err(ApiError::field(
+            param,
+            "unsupported_task",
+            format!("{what}; loaded: {keys}"),
+        ));
     }
     let sizes = |c: &[&ProfileInfo]| {
         c.iter()
@@ -513,6 +751,8 @@ pub fn parse_request(
         zero_init_steps,
         profile,
         has_image,
+        has_last_image,
+        cache,
     })
 }
 
@@ -538,7 +778,7 @@ mod tests {
     }
 
     fn parse(v: Value) -> Result<JobRequest, ApiError> {
-        parse_request(v.as_object().unwrap(), false, &profiles(), || 7)
+        parse_request(v.as_object().unwrap(), false, false, &profiles(), || 7)
     }
 
     #[test]
@@ -629,6 +869,7 @@ mod tests {
         let e = parse_request(
             serde_json::json!({"prompt": "x"}).as_object().unwrap(),
             true,
+            false,
             &profiles(),
             || 0,
         )
@@ -703,6 +944,239 @@ mod tests {
         o.remove("zero_init_steps");
         let back: JobRequest = serde_json::from_value(v).unwrap();
         assert_eq!(back, base);
+    }
+
+    #[test]
+    fn cache_fields_are_checked_by_the_runtime_rules() {
+        let ok = parse(serde_json::json!({"prompt": "x", "size": "32x32",
+            "cache": "fbcache", "cache_threshold": "0.1"}))
+        .unwrap();
+        assert_eq!(
+            (ok.cache.policy, ok.cache.threshold, ok.cache.preset.clone()),
+            (CachePolicy::FbCache, Some(0.1), None)
+        );
+        let ok = parse(serde_json::json!({"prompt": "x", "size": "32x32",
+            "cache": "magcache", "cache_threshold": "default", "cache_max_skip": "3",
+            "cache_retention": 0.25}))
+        .unwrap();
+        assert_eq!(
+            (
+                ok.cache.threshold,
+                ok.cache.preset.as_deref(),
+                ok.cache.max_skip,
+                ok.cache.retention
+            ),
+            (None, Some("default"), Some(3), Some(0.25))
+        );
+        let ok = parse(serde_json::json!({"prompt": "x", "size": "32x32",
+            "cache": "teacache-ret", "cache_threshold": 0.3}))
+        .unwrap();
+        assert_eq!(
+            (ok.cache.policy, ok.cache.threshold),
+            (CachePolicy::TeaCacheRet, Some(0.3))
+        );
+        // A cached request round-trips; one without a cache stores none.
+        let back: JobRequest = serde_json::from_value(serde_json::to_value(&ok).unwrap()).unwrap();
+        assert_eq!(back, ok);
+        let base =
+            parse(serde_json::json!({"prompt": "x", "size": "32x32", "cache": "none"})).unwrap();
+        assert!(base.cache.is_none());
+        assert!(serde_json::to_value(&base).unwrap().get("cache").is_none());
+
+        let x = |extra: Value| {
+            let mut v = serde_json::json!({"prompt": "x", "size": "32x32"});
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            v
+        };
+        for (body, param, code) in [
+            (
+                x(serde_json::json!({"cache": "ddim"})),
+                "cache",
+                "invalid_value",
+            ),
+            (x(serde_json::json!({"cache": 3})), "cache", "invalid_type"),
+            (
+                x(serde_json::json!({"cache": "fbcache", "cache_threshold": "-1"})),
+                "cache_threshold",
+                "invalid_value",
+            ),
+            (
+                x(serde_json::json!({"cache": "fbcache", "cache_threshold": 0})),
+                "cache_threshold",
+                "invalid_value",
+            ),
+            (
+                x(serde_json::json!({"cache": "fbcache", "cache_threshold": "0.1x"})),
+                "cache_threshold",
+                "invalid_value",
+            ),
+            (
+                x(serde_json::json!({"cache": "fbcache", "cache_threshold": [0.1]})),
+                "cache_threshold",
+                "invalid_type",
+            ),
+            (
+                x(serde_json::json!({"cache_threshold": 0.1})),
+                "cache_threshold",
+                "invalid_value",
+            ),
+            (
+                x(serde_json::json!({"cache": "fbcache", "cache_max_skip": 2})),
+                "cache_max_skip",
+                "invalid_value",
+            ),
+            (
+                x(serde_json::json!({"cache": "magcache", "cache_max_skip": 0})),
+                "cache_max_skip",
+                "invalid_value",
+            ),
+            (
+                x(serde_json::json!({"cache": "magcache", "cache_max_skip": -1})),
+                "cache_max_skip",
+                "invalid_type",
+            ),
+            (
+                x(serde_json::json!({"cache": "magcache", "cache_max_skip": 1u64 << 33})),
+                "cache_max_skip",
+                "invalid_value",
+            ),
+            (
+                x(serde_json::json!({"cache": "magcache", "cache_retention": 1})),
+                "cache_retention",
+                "invalid_value",
+            ),
+            (
+                x(serde_json::json!({"cache": "teacache", "cache_retention": 0.2})),
+                "cache_retention",
+                "invalid_value",
+            ),
+            (
+                x(serde_json::json!({"cache": "magcache", "cache_retention": "NaN"})),
+                "cache_retention",
+                "invalid_type",
+            ),
+            (
+                x(serde_json::json!({"cache_retention": 0.2})),
+                "cache_retention",
+                "invalid_value",
+            ),
+            (
+                x(serde_json::json!({"cache": "magcache", "cache_table": "/etc/passwd"})),
+                "cache_table",
+                "unsupported_parameter",
+            ),
+        ] {
+            let e = parse(body.clone()).unwrap_err();
+            assert_eq!(
+                (e.param.as_deref(), e.code),
+                (Some(param), code),
+                "{body}: {}",
+                e.message
+            );
+            assert_eq!(e.status.as_u16(), 422, "{body}");
+            // Fields, never the CLI's flags.
+            assert!(!e.message.contains("--"), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn runtime_refusals_name_the_field() {
+        let e = runtime_field_error(&wanrt_runtime::Error::arg(
+            "--cache-max-skip",
+            "the maximum run of skips applies to --cache magcache, not --cache fbcache",
+        ));
+        assert_eq!(
+            (e.param.as_deref(), e.status.as_u16(), e.message.as_str()),
+            (
+                Some("cache_max_skip"),
+                422,
+                "cache_max_skip: the maximum run of skips applies to cache magcache, not cache fbcache"
+            )
+        );
+        let e = runtime_field_error(&wanrt_runtime::Error::arg("--last-image", "x is 2x2"));
+        assert_eq!(e.param.as_deref(), Some("last_image"));
+        let e = runtime_field_error(&wanrt_runtime::Error::arg("--image", "pass --image"));
+        assert_eq!(
+            (e.param.as_deref(), e.message.as_str()),
+            (
+                Some("input_reference"),
+                "input_reference: pass input_reference"
+            )
+        );
+        let e = runtime_field_error(&wanrt_runtime::Error::arg("--cache-table", "needs a table"));
+        assert_eq!(
+            (e.param.as_deref(), e.code),
+            (Some("cache"), "no_cache_table")
+        );
+        let e = runtime_field_error(&wanrt_runtime::Error::Interrupted);
+        assert_eq!(e.status.as_u16(), 500);
+    }
+
+    #[test]
+    fn the_task_follows_the_images() {
+        let p = |task, width| ProfileInfo {
+            task,
+            width,
+            height: 32,
+            frames: 9,
+        };
+        let all = [p(Task::T2v, 32), p(Task::I2v, 64), p(Task::Flf2v, 32)];
+        let body = serde_json::json!({"prompt": "x"});
+        let body = body.as_object().unwrap();
+        let task = |image, last, profiles: &[ProfileInfo]| {
+            parse_request(body, image, last, profiles, || 0).map(|r| r.profile.task)
+        };
+        assert_eq!(task(false, false, &all).unwrap(), Task::T2v);
+        assert_eq!(task(true, false, &all).unwrap(), Task::I2v);
+        assert_eq!(task(true, true, &all).unwrap(), Task::Flf2v);
+        let r = parse_request(body, true, true, &all, || 0).unwrap();
+        assert!(r.has_image && r.has_last_image);
+        for (image, last, profiles, param, code) in [
+            (false, true, &all[..], "last_image", "missing_first_frame"),
+            (true, true, &all[..2], "last_image", "unsupported_task"),
+            (
+                true,
+                false,
+                &all[2..],
+                "input_reference",
+                "unsupported_task",
+            ),
+            (
+                false,
+                false,
+                &all[1..],
+                "input_reference",
+                "unsupported_task",
+            ),
+        ] {
+            let e = task(image, last, profiles).unwrap_err();
+            assert_eq!(
+                (e.param.as_deref(), e.code),
+                (Some(param), code),
+                "{image} {last}: {}",
+                e.message
+            );
+        }
+        // VACE engines are never picked: the job API has no VACE inputs.
+        let e = task(false, false, &[p(Task::Vace, 32)]).unwrap_err();
+        assert_eq!(e.code, "unsupported_task");
+        // An image part is not a JSON field.
+        let e = parse_request(
+            serde_json::json!({"prompt": "x", "last_image": "a.png"})
+                .as_object()
+                .unwrap(),
+            false,
+            false,
+            &all,
+            || 0,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.param.as_deref(), e.code),
+            (Some("last_image"), "invalid_type")
+        );
     }
 
     #[test]

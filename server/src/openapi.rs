@@ -25,10 +25,24 @@ pub fn document() -> Value {
         "timesteps": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 1000}, "description": "a step-distilled model's decreasing step list (wan-run --timesteps), instead of steps"},
         "cfg_zero_star": {"type": "boolean", "default": false, "description": "CFG-Zero* optimised scale"},
         "zero_init_steps": {"type": "integer", "minimum": 0, "default": 0, "description": "CFG-Zero* zero-init steps"},
+        "cache": {"type": "string", "enum": ["none", "teacache", "teacache-ret", "magcache", "fbcache"], "default": "none",
+                  "description": "step caching (wan-run --cache); teacache and magcache need the built-in table of an official checkpoint (422 no_cache_table otherwise), fbcache needs none"},
+        "cache_threshold": {"type": ["number", "string"], "description": "a number > 0 or a preset of the recognised official model (teacache: slow, fast; magcache: default); default: the model's slow/default preset, else teacache 0.2, magcache 0.12, fbcache 0.05"},
+        "cache_max_skip": {"type": "integer", "minimum": 1, "description": "magcache only: the most consecutive skips (K)"},
+        "cache_retention": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "description": "magcache only: the fraction of initial calls always computed"},
         "seed": {"type": "integer", "minimum": 0, "maximum": 9007199254740991u64, "description": "default: random, reported in the job"},
     });
+    let cache = json!({"type": ["object", "null"], "description": "the step cache asked for (null: none); once completed also what it did",
+                        "properties": {"policy": {"type": "string"}, "threshold": {"type": ["number", "string", "null"]},
+                            "preset": {"type": "string"}, "max_skip": {"type": ["integer", "null"]}, "retention": {"type": ["number", "null"]},
+                            "block_forwards": {"type": "integer", "description": "block-stack forwards run"},
+                            "block_forwards_uncached": {"type": "integer", "description": "forwards without the cache"},
+                            "branches": {"type": "array", "items": {"type": "object", "properties": {
+                                "branch": {"enum": ["cond", "uncond"]}, "computed_steps": {"type": "integer"},
+                                "computed": {"type": "array", "items": {"type": "boolean"}, "description": "per step: whether the block stack ran"}}}}}});
     let mut multipart_props = request_props.clone();
-    multipart_props["input_reference"] = json!({"type": "string", "format": "binary", "description": "PNG, JPEG or WebP image: image-to-video"});
+    multipart_props["input_reference"] = json!({"type": "string", "format": "binary", "description": "PNG, JPEG or WebP image: image-to-video, or the first frame of first-last-frame-to-video"});
+    multipart_props["last_image"] = json!({"type": "string", "format": "binary", "description": "PNG, JPEG or WebP image of the size of input_reference: the last frame (first-last-frame-to-video engines; needs input_reference)"});
     json!({
         "openapi": "3.1.0",
         "info": {"title": "wan-serve", "version": env!("CARGO_PKG_VERSION"),
@@ -40,13 +54,14 @@ pub fn document() -> Value {
                 "CreateVideoMultipart": {"type": "object", "required": ["prompt"], "properties": multipart_props},
                 "Video": {"type": "object", "properties": {
                     "id": {"type": "string"}, "object": {"const": "video"},
-                    "model": {"type": "string", "description": "the profile: task-WIDTHxHEIGHTxFRAMES"},
+                    "model": {"type": "string", "description": "the profile: task-WIDTHxHEIGHTxFRAMES (task t2v, i2v or flf2v)"},
                     "status": {"enum": ["queued", "in_progress", "completed", "failed", "cancelled"]},
                     "progress": {"type": "integer", "minimum": 0, "maximum": 100},
                     "created_at": {"type": "integer"}, "completed_at": {"type": ["integer", "null"]},
                     "size": {"type": "string"}, "seconds": {"type": "string"}, "frames": {"type": "integer"},
                     "seed": {"type": "integer"}, "steps": {"type": ["integer", "null"]},
                     "worker": {"type": ["string", "null"], "description": "the server that runs or ran it"},
+                    "cache": cache,
                     "error": {"type": ["object", "null"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
                 "VideoList": {"type": "object", "properties": {
                     "object": {"const": "list"}, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Video"}},

@@ -1,6 +1,6 @@
 //! The `--data` directory: one folder per job under `jobs/`, holding its
 //! record (`job.json`, local queue only: with Redis the record lives
-//! there), the uploaded image and the results. Every file is written to a
+//! there), the uploaded images and the results. Every file is written to a
 //! temporary sibling, synced and renamed into place, so a crash leaves the
 //! old file or the new one, never half of one.
 
@@ -68,6 +68,11 @@ impl Store {
         self.job_dir(id).join("input_reference")
     }
 
+    /// The uploaded `last_image` (FLF2V), beside `input_reference`.
+    pub fn last_image(&self, id: &str) -> PathBuf {
+        self.job_dir(id).join("last_image")
+    }
+
     /// Creates the job's folder (results of a Redis deployment's jobs,
     /// whose records live in Redis).
     pub fn ensure_dir(&self, id: &str) -> Result<()> {
@@ -87,6 +92,11 @@ impl Store {
     pub fn save_image(&self, id: &str, bytes: &[u8]) -> Result<()> {
         self.ensure_dir(id)?;
         write_atomic(&self.image(id), bytes)
+    }
+
+    pub fn save_last_image(&self, id: &str, bytes: &[u8]) -> Result<()> {
+        self.ensure_dir(id)?;
+        write_atomic(&self.last_image(id), bytes)
     }
 
     /// Every job record under `jobs/` (folders without one, e.g. of a

@@ -42,6 +42,9 @@ pub struct Control {
 pub struct EngineSlot {
     pub dir: PathBuf,
     pub info: ProfileInfo,
+    /// The manifest (submissions are checked against the DiT's config and
+    /// profile, e.g. for the step cache's built-in tables).
+    pub artifacts: Artifacts,
     pub ready: AtomicBool,
 }
 
@@ -61,6 +64,7 @@ impl EngineSlot {
                 frames: p.frames,
             },
             dir,
+            artifacts,
             ready: AtomicBool::new(false),
         })
     }
@@ -202,20 +206,24 @@ fn run_job(pipeline: &mut Pipeline, claim: &Claim, env: &WorkerEnv) -> Result<()
     let solver = r.solver.parse().map_err(Error::Engine)?;
     // The upload was checked when the job was accepted; decoded again here
     // from the job's own copy.
-    let image = if r.has_image {
-        let path = env.store.image(&job.id);
+    let load = |wanted: bool, path: PathBuf, label: &str| -> Result<Option<InputImage>> {
+        if !wanted {
+            return Ok(None);
+        }
         let pixels = wanrt_media::image::load_image(&path).map_err(Error::Engine)?;
-        Some(InputImage::new(pixels, "input_reference"))
-    } else {
-        None
+        Ok(Some(InputImage::new(pixels, label)))
     };
+    let image = load(r.has_image, env.store.image(&job.id), "input_reference")?;
+    let last_image = load(
+        r.has_last_image,
+        env.store.last_image(&job.id),
+        "last_image",
+    )?;
     let opts = GenerateOptions {
         prompt: r.prompt.clone(),
         negative_prompt: r.negative_prompt.clone(),
         image,
-        // The job API has no FLF2V jobs yet (profiles are matched as T2V or
-        // I2V by the presence of an image).
-        last_image: None,
+        last_image,
         steps: r.steps,
         guidance_scale: r.guidance_scale,
         shift: r.shift,
@@ -226,8 +234,7 @@ fn run_job(pipeline: &mut Pipeline, claim: &Claim, env: &WorkerEnv) -> Result<()
         cfg_zero_star: r.cfg_zero_star,
         zero_init_steps: r.zero_init_steps,
         vace: None,
-        // The job API takes no step cache (yet): every job runs uncached.
-        cache: Default::default(),
+        cache: r.cache.clone(),
     };
     let key = r.profile.key();
     let interrupt = AtomicBool::new(false);
@@ -265,11 +272,19 @@ fn run_job(pipeline: &mut Pipeline, claim: &Claim, env: &WorkerEnv) -> Result<()
             );
             return env.queue.release(claim, &job);
         }
+        Err(e @ wanrt_runtime::Error::InvalidArgument { .. }) => {
+            // A request the runtime refuses (e.g. a step cache checked
+            // only here, for engines another server accepted it for).
+            let refused = crate::job::runtime_field_error(&e);
+            job.fail(refused.code, refused.message);
+            return settle(claim, job, env);
+        }
         Err(e) => {
             job.fail("generation_failed", e.to_string());
             return settle(claim, job, env);
         }
     };
+    job.cache = crate::job::CacheResult::of(&generated.settings.cache);
     for (stage, s) in [
         ("text_encoder", generated.timings.text_encoder_s),
         ("image_conditioning", generated.timings.image_conditioning_s),

@@ -406,21 +406,11 @@ fn tolerance(flag: &str, v: f32) -> Result<f32> {
 
 /// The `--cache*` flags as the library's options (the table file read).
 fn cache_options(g: &GenerateArgs) -> Result<wanrt_runtime::cache::CacheOptions> {
-    use wanrt_runtime::cache::{CacheOptions, CachePolicy, read_table};
+    use wanrt_runtime::cache::{CacheOptions, CachePolicy, parse_threshold, read_table};
     let policy: CachePolicy = g.cache.parse()?;
     let (threshold, preset) = match g.cache_threshold.as_deref() {
         None => (None, None),
-        Some(t) => match t.parse::<f64>() {
-            Ok(v) => (Some(v), None),
-            Err(_) if t.chars().all(|c| c.is_ascii_alphabetic()) => (None, Some(t.to_string())),
-            Err(_) => {
-                return Err(wanrt_runtime::Error::arg(
-                    "--cache-threshold",
-                    format!("'{t}': expected a number or a preset name"),
-                )
-                .into());
-            }
-        },
+        Some(t) => parse_threshold(t)?,
     };
     let table = match (&g.cache_table, policy) {
         (Some(_), CachePolicy::None) | (None, _) => None,

@@ -178,6 +178,22 @@ fn check_threshold(t: f64) -> Result<f64> {
     }
 }
 
+/// A `--cache-threshold` value as given: a number, or a preset name
+/// (letters only); `(threshold, preset)`, one of them set. Ranges are
+/// [`CacheOptions::validate`]'s.
+pub fn parse_threshold(text: &str) -> Result<(Option<f64>, Option<String>)> {
+    match text.parse::<f64>() {
+        Ok(v) => Ok((Some(v), None)),
+        Err(_) if !text.is_empty() && text.chars().all(|c| c.is_ascii_alphabetic()) => {
+            Ok((None, Some(text.to_string())))
+        }
+        Err(_) => Err(Error::arg(
+            "--cache-threshold",
+            format!("'{text}': expected a number or a preset name"),
+        )),
+    }
+}
+
 impl CacheOptions {
     pub fn is_none(&self) -> bool {
         self.policy == CachePolicy::None

@@ -293,3 +293,18 @@ fn official_models_get_their_published_tables() {
     assert_eq!(plan.mag_ratios.as_ref().unwrap().len(), 40);
     assert_eq!(plan.threshold, 0.24);
 }
+
+#[test]
+fn a_threshold_argument_is_a_number_or_a_preset_name() {
+    assert_eq!(parse_threshold("0.05").unwrap(), (Some(0.05), None));
+    assert_eq!(parse_threshold("-1").unwrap(), (Some(-1.0), None));
+    assert_eq!(
+        parse_threshold("fast").unwrap(),
+        (None, Some("fast".into()))
+    );
+    for bad in ["", "0.1x", "fast-ish", "1 2"] {
+        let e = parse_threshold(bad).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{bad}");
+        assert!(e.to_string().starts_with("--cache-threshold"), "{e}");
+    }
+}
