@@ -377,7 +377,7 @@ pub fn runtime_field_error(e: &wanrt_runtime::Error) -> ApiError {
         return ApiError::field(
             "cache",
             "no_cache_table",
-            "cache: this policy needs the model's table, and the model of these engines is none of the official checkpoints with built-in tables (the job API takes no table file): use cache fbcache, or wan-run --cache-table",
+            "cache: this policy needs the model's table, and the model of these engines is none of the official checkpoints with built-in tables (the job API takes no table file): use cache fbcache, or wan-run with the table as a file",
         );
     }
     let mut message = reason.clone();

@@ -33,11 +33,27 @@ pub fn bin(name: &str) -> PathBuf {
 /// frames, text length 32).
 pub fn engines() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
+    compiled(&DIR, "t2v-tiny")
+}
+
+/// The tiny FLF2V fixture, compiled as [`engines`] (with its CLIP and VAE
+/// encoder).
+pub fn flf2v_engines() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    compiled(&DIR, "flf2v-tiny")
+}
+
+/// A fixture file (`tests/fixtures/...`).
+pub fn fixture(path: &str) -> PathBuf {
+    workspace().join("tests/fixtures").join(path)
+}
+
+fn compiled(dir: &'static OnceLock<tempfile::TempDir>, case: &str) -> &'static Path {
+    dir.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(bin("wan-compile"))
             .arg("--model")
-            .arg(workspace().join("tests/fixtures/t2v-tiny/model"))
+            .arg(workspace().join("tests/fixtures").join(case).join("model"))
             .arg("--out")
             .arg(dir.path().join("engines"))
             .args([
@@ -77,9 +93,16 @@ impl Server {
     /// Starts `wan-serve --listen 127.0.0.1:0 --engines <tiny> ARGS` and
     /// waits for its address.
     pub fn start(data: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wan-serve"))
-            .arg("--engines")
-            .arg(engines())
+        Self::start_with(&[engines()], data, args)
+    }
+
+    /// [`Server::start`] with these `--engines` directories.
+    pub fn start_with(dirs: &[&Path], data: &Path, args: &[&str]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wan-serve"));
+        for d in dirs {
+            cmd.arg("--engines").arg(d);
+        }
+        let mut child = cmd
             .arg("--data")
             .arg(data)
             .args(["--listen", "127.0.0.1:0"])
@@ -238,4 +261,59 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A `multipart/form-data` body of text fields and file parts: `(content
+/// type, body)`.
+pub fn multipart(texts: &[(&str, &str)], files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "wanrt-test-boundary-7f3a";
+    let mut body = Vec::new();
+    for (name, value) in texts {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    for (name, bytes) in files {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}.png\"\r\nContent-Type: image/png\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// Posts a multipart job: `(status, JSON body)`.
+pub fn submit_multipart(
+    s: &Server,
+    texts: &[(&str, &str)],
+    files: &[(&str, &[u8])],
+) -> (u16, Value) {
+    let (ct, body) = multipart(texts, files);
+    json(
+        client()
+            .post(s.url("/v1/videos"))
+            .header("content-type", ct)
+            .body(body),
+    )
+}
+
+/// The job folders under `data/jobs` (what was stored).
+pub fn stored_jobs(data: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(data.join("jobs"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
