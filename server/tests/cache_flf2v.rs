@@ -119,6 +119,10 @@ fn a_cached_job_runs_the_schedule_wan_run_runs() {
     }
     // The job reports the schedule per branch ...
     let got = &done["cache"];
+    assert!(
+        got["branches"].is_array(),
+        "the completed job reports no cache record: {done}"
+    );
     for (i, b) in got["branches"].as_array().unwrap().iter().enumerate() {
         assert_eq!(&b["computed"], schedule[i], "{got}");
         assert_eq!(b["branch"], want_cache["branches"][i]["branch"], "{got}");

@@ -154,3 +154,72 @@ fn job_worker(s: &Server, id: &str) -> String {
     let (_, j) = json(client().get(s.url(&format!("/v1/videos/{id}"))));
     j["worker"].as_str().unwrap_or_default().to_string()
 }
+
+/// Two servers with different engines on one queue: each accepts jobs
+/// for the other's engines. A step cache only the other server can check
+/// against its model (a policy needing a built-in table the tiny model
+/// lacks) fails the job with the field's code; an FLF2V job submitted
+/// where no FLF2V engines are loaded runs on the server that has them,
+/// from the frames stored in the shared `--data`.
+#[test]
+fn jobs_for_the_other_servers_engines_are_checked_where_they_run() {
+    use common::{engines, fixture, flf2v_engines, submit_multipart};
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, url) = start_redis(tmp.path());
+    let data = tmp.path().join("shared-data");
+    let args = |name: &'static str| ["--queue", &url, "--worker-name", name].map(String::from);
+    let t2v_args = args("t2v-box");
+    let flf_args = args("flf2v-box");
+    let t2v = Server::start_with(
+        &[engines()],
+        &data,
+        &t2v_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let flf = Server::start_with(
+        &[flf2v_engines()],
+        &data,
+        &flf_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    t2v.wait_ready();
+    flf.wait_ready();
+
+    // The FLF2V box has no T2V model to check the cache against: it
+    // accepts the job, and the T2V box refuses the cache when it runs it.
+    let (code, job) = submit(
+        &flf,
+        None,
+        json!({"prompt": "x", "steps": 3, "seed": 1, "cache": "magcache"}),
+    );
+    assert_eq!(code, 200, "{job}");
+    assert_eq!(job["model"], "t2v-32x32x9");
+    let id = job["id"].as_str().unwrap().to_string();
+    let failed = wait_for(&flf, None, &id, status_is("failed"));
+    assert_eq!(failed["error"]["code"], "no_cache_table", "{failed}");
+    assert_eq!(failed["worker"], "t2v-box", "{failed}");
+    // The T2V box itself refuses it at submission.
+    let (code, e) = submit(
+        &t2v,
+        None,
+        json!({"prompt": "x", "steps": 3, "cache": "magcache"}),
+    );
+    assert_eq!(
+        (code, e["error"]["param"].as_str()),
+        (422, Some("cache")),
+        "{e}"
+    );
+
+    // Both frames, to the box without FLF2V engines.
+    let first = std::fs::read(fixture("flf2v-tiny/golden/first_frame.png")).unwrap();
+    let last = std::fs::read(fixture("flf2v-tiny/golden/last_frame.png")).unwrap();
+    let (code, job) = submit_multipart(
+        &t2v,
+        &[("prompt", "a bird"), ("steps", "2"), ("seed", "3")],
+        &[("input_reference", &first), ("last_image", &last)],
+    );
+    assert_eq!(code, 200, "{job}");
+    assert_eq!(job["model"], "flf2v-32x32x9");
+    let id = job["id"].as_str().unwrap().to_string();
+    let done = wait_for(&t2v, None, &id, status_is("completed"));
+    assert_eq!(done["worker"], "flf2v-box", "{done}");
+    assert!(data.join("jobs").join(&id).join("video.mp4").is_file());
+}
