@@ -310,7 +310,9 @@ fn an_flf2v_job_equals_wan_run_and_its_refusals_name_the_part() {
     // Refusals name the part, and nothing of them is stored.
     let small = std::fs::read(fixture("vace-tiny/golden/ref_image_0.png")).unwrap();
     let big = vec![0x89u8; 5000];
-    let cases: [(&[(&str, &[u8])], u16, &str, &str); 7] = [
+    // (the image parts, wanted status, param, code)
+    type Parts<'a> = &'a [(&'a str, &'a [u8])];
+    let cases: [(Parts, u16, &str, &str); 7] = [
         // One frame: I2V, and no I2V engines are loaded.
         (
             &[("input_reference", &first)],
