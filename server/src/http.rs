@@ -17,10 +17,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
-
-use crate::error::{ApiError, Result};
 use wanrt_runtime::pipeline::{DitGraphs, cache_plan_for, check_last_image_size};
 
+use crate::error::{ApiError, Result};
 use crate::job::{
     Job, JobRequest, ProfileInfo, Status, parse_request, runtime_field_error, valid_id,
 };
@@ -361,14 +360,23 @@ async fn create_job(s: &AppState, req: Request) -> Result<Job, ApiError> {
     let job = Job::new(request);
     let (q, store, j) = (s.queue.clone(), s.store.clone(), job.clone());
     let submitted = blocking(move || {
-        if let Some(img) = &image {
-            store.save_image(&j.id, &img.bytes)?;
-        }
-        if let Some(img) = &last_image {
-            store.save_last_image(&j.id, &img.bytes)?;
+        let uploads = image.is_some() || last_image.is_some();
+        let saved = (|| {
+            if let Some(img) = &image {
+                store.save_image(&j.id, &img.bytes)?;
+            }
+            if let Some(img) = &last_image {
+                store.save_last_image(&j.id, &img.bytes)?;
+            }
+            Ok::<_, crate::error::Error>(())
+        })();
+        if let Err(e) = saved {
+            // Not half a job's images: the folder goes with the refusal.
+            let _ = store.remove(&j.id);
+            return Err(e);
         }
         let r = q.submit(&j)?;
-        if r.is_err() && (image.is_some() || last_image.is_some()) {
+        if r.is_err() && uploads {
             store.remove(&j.id)?;
         }
         Ok(r)
