@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{
-    Server, bin, client, engines, fixture, flf2v_engines, status_is, stored_jobs, submit,
+    Server, bin, client, engines, fixture, flf2v_engines, json, status_is, stored_jobs, submit,
     submit_multipart, wait_for,
 };
 use serde_json::{Value, json};
@@ -219,6 +219,19 @@ fn a_cached_job_runs_the_schedule_wan_run_runs() {
         "last_image",
         "unsupported_task",
     );
+    // The OpenAPI document describes the fields and the part.
+    let (_, doc) = json(client().get(s.url("/openapi.json")));
+    let schemas = &doc["components"]["schemas"];
+    for f in [
+        "cache",
+        "cache_threshold",
+        "cache_max_skip",
+        "cache_retention",
+    ] {
+        assert!(schemas["CreateVideo"]["properties"][f].is_object(), "{f}");
+    }
+    assert!(schemas["CreateVideoMultipart"]["properties"]["last_image"].is_object());
+    assert!(schemas["Video"]["properties"]["cache"].is_object());
     // Only the cached job was accepted and stored.
     assert_eq!(stored_jobs(&data), vec![id]);
     let m = client()
