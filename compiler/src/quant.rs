@@ -189,6 +189,31 @@ fn calibration_image(k: usize, width: u32, height: u32) -> wanrt_runtime::image:
         .expect("width·height·3 bytes by construction")
 }
 
+/// VACE calibration inputs for prompt `k`: a control video of the
+/// profile's frames (a drifting gradient pattern, the frames of
+/// [`calibration_image`]), the default mask (generate everywhere) and the
+/// profile's reference images, so that every VACE block and hint sees
+/// control-video activations.
+fn calibration_vace(k: usize, profile: &wanrt_core::Profile) -> wanrt_runtime::vace::VaceInputs {
+    let (w, h) = (profile.width, profile.height);
+    let frames = profile.frames as usize;
+    // Frame t of video k: the pattern of image k·frames + t, so both the
+    // prompt and the time move it.
+    let base = 3 * BUILTIN_PROMPTS.len();
+    wanrt_runtime::vace::VaceInputs {
+        video: Some(
+            (0..frames)
+                .map(|t| calibration_image(base + k * frames + t, w, h))
+                .collect(),
+        ),
+        mask: None,
+        reference_images: (0..profile.reference_images as usize)
+            .map(|r| calibration_image(2 * BUILTIN_PROMPTS.len() + k + r, w, h))
+            .collect(),
+        context_scale: None,
+    }
+}
+
 fn run_error(what: impl Into<String>) -> impl FnOnce(wanrt_runtime::Error) -> Error {
     let what = what.into();
     move |source| Error::CompileTimeRun {
@@ -271,13 +296,13 @@ fn run_calibration(
                 Some(image(k, "first frame")),
                 Some(image(k + BUILTIN_PROMPTS.len(), "last frame")),
             ),
-            // VACE is refused before calibration starts (compile()).
             Task::T2v | Task::Vace => (None, None),
         };
         let g = GenerateOptions {
             prompt: prompt.clone(),
             image,
             last_image,
+            vace: (task == Task::Vace).then(|| calibration_vace(k, &opts.profile)),
             steps: cal.steps,
             seed: cal.seed.wrapping_add(k as u64),
             ..Default::default()
@@ -419,6 +444,13 @@ fn dit_inputs(
     if let Some((tok, _)) = &c.image {
         let other = c.uncond.as_ref().map(|_| tok);
         m.insert("encoder_hidden_states_image".to_string(), stack(tok, other));
+    }
+    if let Some((control, scale)) = &c.vace {
+        // The context is the same for both branches; the scales have no
+        // batch axis.
+        let other = c.uncond.as_ref().map(|_| control);
+        m.insert("control_hidden_states".to_string(), stack(control, other));
+        m.insert("control_hidden_states_scale".to_string(), scale.clone());
     }
     m
 }

@@ -87,10 +87,14 @@ impl QuantLayers {
     }
 
     /// Whether the linear at weight path `prefix` (`blocks.3.ffn.0`,
-    /// `blocks.0.cross_attn.q`) is quantized. Paths outside `blocks.N.` never
-    /// are.
+    /// `blocks.0.cross_attn.q`, VACE's `vace_blocks.1.ffn.2`) is quantized.
+    /// Paths outside the transformer blocks `blocks.N.` and VACE's
+    /// `vace_blocks.N.` never are (nor VACE's `before_proj`/`after_proj`).
     pub fn covers(self, prefix: &str) -> bool {
-        let Some(rest) = prefix.strip_prefix("blocks.") else {
+        let Some(rest) = prefix
+            .strip_prefix("blocks.")
+            .or_else(|| prefix.strip_prefix("vace_blocks."))
+        else {
             return false;
         };
         let Some((index, layer)) = rest.split_once('.') else {
@@ -251,6 +255,11 @@ mod tests {
             assert!(!l.covers("head.head") && !l.covers("text_embedding.0"));
             assert!(!l.covers("time_projection.1") && !l.covers("img_emb.proj.1"));
             assert!(!l.covers("blocks.x.ffn.0") && !l.covers("blocks..ffn.0"));
+            assert!(l.covers("vace_blocks.1.ffn.2"));
+            assert!(
+                !l.covers("vace_blocks.0.before_proj") && !l.covers("vace_blocks.0.after_proj")
+            );
+            assert!(!l.covers("vace_patch_embedding") && !l.covers("xvace_blocks.0.ffn.0"));
             assert_eq!(l.name().parse::<QuantLayers>(), Ok(l));
         }
         assert!(!QuantLayers::Ffn.covers("blocks.0.cross_attn.q"));

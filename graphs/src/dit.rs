@@ -101,7 +101,7 @@ pub(crate) struct Dit<'a, 'b, 'i> {
     quant: Option<QuantPlan>,
     taps: Option<QuantLayers>,
     /// Calibration taps built so far: (linear weight path, amax `[b]`).
-    tapped: Vec<(String, Value)>,
+    pub(crate) tapped: Vec<(String, Value)>,
 }
 
 pub(crate) const F32: DType = DType::Float32;
@@ -576,7 +576,11 @@ pub fn build(
 }
 
 /// The calibration taps as `calibration.<linear>` outputs `[batch]`.
-fn emit_taps(b: &mut GraphBuilder<'_>, contract: &NetworkContract, tapped: Vec<(String, Value)>) {
+pub(crate) fn emit_taps(
+    b: &mut GraphBuilder<'_>,
+    contract: &NetworkContract,
+    tapped: Vec<(String, Value)>,
+) {
     let batch = io_dims(&contract.outputs[0].shape)[0].clone();
     for (prefix, amax) in tapped {
         b.output(
@@ -645,7 +649,7 @@ pub fn build_stage_with(
             DitStage::Vace | DitStage::BlockFirst | DitStage::BlockRest
         )
     {
-        return crate::vace::build_stage(b, w, cfg, profile, precision, stage);
+        return crate::vace::build_stage(b, w, cfg, profile, opts, stage);
     }
     let stages =
         NetworkContract::dit_stages(cfg, profile).map_err(|e| Error::Invalid(e.to_string()))?;

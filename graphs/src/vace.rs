@@ -23,10 +23,10 @@
 //! `after_proj` and the blocks' matrix work in the compute type; the VACE
 //! stream, the hints and their scaled sum stay float32.
 
-use wanrt_core::{DitConfig, DitStage, NetworkContract, Precision, Profile};
+use wanrt_core::{DitConfig, DitStage, NetworkContract, Profile};
 
 use crate::builder::{GraphBuilder, Value};
-use crate::dit::{Debug, Dit, Rope, declare_inputs, declare_outputs, emit_outputs};
+use crate::dit::{Debug, Dit, Rope, declare_inputs, declare_outputs, emit_outputs, emit_taps};
 use crate::dit::{DitOptions, F32};
 use crate::error::{Error, Result};
 use crate::weights::Weights;
@@ -109,9 +109,16 @@ pub fn build(
     };
     let mut debug: Debug = Vec::new();
     let (dd, l) = (cfg.dim as i64, profile.text_len as i64);
-    // Quantized VACE engines are refused by the compiler (no calibration
-    // inputs for the control video yet): no quantization plan here.
-    let mut dit = Dit::new(b, w, cfg, opts.precision.compute_dtype(), None, None)?;
+    // The main and the VACE blocks' linears are quantized as the plan says
+    // (`QuantLayers::covers`), and tapped for calibration when asked.
+    let mut dit = Dit::new(
+        b,
+        w,
+        cfg,
+        opts.precision.compute_dtype(),
+        opts.quant.clone(),
+        opts.calibration_taps,
+    )?;
 
     let mut x = dit.embed(hidden)?;
     debug.push(("patch_embedding".into(), x.clone(), vec![n, dd]));
@@ -130,7 +137,9 @@ pub fn build(
         debug.push((format!("block_{i}_out"), x.clone(), vec![n, dd]));
     }
     let noise = dit.head(&x, &e, grid, &mut debug)?;
+    let tapped = std::mem::take(&mut dit.tapped);
     emit_outputs(dit.b, &contract, &noise, debug, opts.debug_outputs);
+    emit_taps(dit.b, &contract, tapped);
     Ok(())
 }
 
@@ -142,7 +151,7 @@ pub fn build_stage(
     w: Weights<'_>,
     cfg: &DitConfig,
     profile: &Profile,
-    precision: Precision,
+    opts: &DitOptions,
     stage: DitStage,
 ) -> Result<()> {
     let stages =
@@ -157,7 +166,14 @@ pub fn build_stage(
     let nv = cfg.vace_layers.len();
     let inputs = declare_inputs(b, &contract);
     let mut debug: Debug = Vec::new();
-    let mut dit = Dit::new(b, w, cfg, precision.compute_dtype(), None, None)?;
+    let mut dit = Dit::new(
+        b,
+        w,
+        cfg,
+        opts.precision.compute_dtype(),
+        opts.quant.clone(),
+        None,
+    )?;
     let c = dit.c;
     let outputs = match stage {
         DitStage::Vace => {

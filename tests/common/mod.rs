@@ -151,6 +151,8 @@ pub fn dit_inputs(golden: &BTreeMap<String, HostTensor>) -> BTreeMap<String, Hos
                     | "timestep"
                     | "encoder_hidden_states"
                     | "encoder_hidden_states_image"
+                    | "control_hidden_states"
+                    | "control_hidden_states_scale"
             )
         })
         .map(|(k, v)| (k.clone(), v.clone()))

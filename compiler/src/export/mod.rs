@@ -672,8 +672,12 @@ fn calibration_outputs(
         names.extend(["cross_attn.k_img", "cross_attn.v_img"]);
     }
     names.extend(["cross_attn.o", "ffn.0", "ffn.2"]);
-    (0..cfg.num_layers)
-        .flat_map(|i| names.iter().map(move |n| format!("blocks.{i}.{n}")))
+    // VACE: the VACE blocks (same linears) after the main blocks.
+    let blocks = (0..cfg.num_layers)
+        .map(|i| format!("blocks.{i}"))
+        .chain((0..cfg.vace_layers.len()).map(|j| format!("vace_blocks.{j}")));
+    blocks
+        .flat_map(|block| names.iter().map(move |n| format!("{block}.{n}")))
         .filter(|p| layers.covers(p))
         .map(|p| wanrt_core::TensorSpec {
             name: wanrt_graphs::quant::tap_output(&p),
@@ -822,16 +826,6 @@ pub fn compile(opts: &CompileOptions) -> Result<(Manifest, Vec<NetworkReport>)> 
                 flag: "--precision".into(),
                 reason: format!(
                     "{} quantizes the DiT, which --networks leaves out",
-                    q.scheme
-                ),
-            });
-        }
-        if cfg.task == wanrt_core::Task::Vace {
-            return Err(Error::InvalidArgument {
-                flag: "--precision".into(),
-                reason: format!(
-                    "{} VACE engines are not built by this version (calibration has no control \
-                     video inputs yet); compile VACE with --precision bf16, fp16 or fp32",
                     q.scheme
                 ),
             });
