@@ -13,7 +13,7 @@ use std::process::Command;
 use common::{CASES, Case, assert_fp32, bin, run_cmd};
 use serde_json::Value;
 use wanrt::core::{BatchMode, Precision};
-use wanrt::runtime::cache::{CacheOptions, CachePolicy, read_table};
+use wanrt::runtime::cache::{BranchRecord, CacheOptions, CachePolicy, CacheResidency, read_table};
 use wanrt::runtime::pipeline::{GenerateOptions, Pipeline};
 use wanrt::runtime::schedule::Solver;
 use wanrt::runtime::{Artifacts, Backend, tensorfile};
@@ -97,17 +97,32 @@ fn compile(case: &Case, batch: BatchMode) -> tempfile::TempDir {
     out
 }
 
-/// One run against the reference: the schedule per branch exactly, the
-/// indicators within 1e-4 relative, the final latents in both tiers.
-fn check_run(pipeline: &mut Pipeline, case: &Case, json: &Value, run: &str, what: &str) {
+/// One run against the reference with the cache's state where `residency`
+/// says: the schedule per branch exactly, the indicators within 1e-4
+/// relative, the final latents in both tiers. Returns the latents.
+fn check_run_in(
+    pipeline: &mut Pipeline,
+    case: &Case,
+    json: &Value,
+    run: &str,
+    residency: CacheResidency,
+    what: &str,
+) -> (Vec<f32>, Vec<BranchRecord>) {
     let golden = tensorfile::read(&cache_dir(case).join("cache_latents.safetensors")).unwrap();
     let r = &json["runs"][run];
     let mut opts = options(case, json);
     opts.cache = cache_options(case, run, &r["params"]);
+    opts.cache.residency = residency;
     let got = pipeline
         .generate(&opts, None, |_, _, _| {})
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     let rec = &got.settings.cache;
+    // ort-cpu: auto keeps the cache on the host.
+    let ran = match residency {
+        CacheResidency::Device => CacheResidency::Device,
+        _ => CacheResidency::Host,
+    };
+    assert_eq!(rec.residency, Some(ran), "{what}: residency");
     assert_eq!(rec.branches.len(), 2, "{what}: branches");
     for b in &rec.branches {
         let want = &r["branches"][b.branch];
@@ -142,12 +157,52 @@ fn check_run(pipeline: &mut Pipeline, case: &Case, json: &Value, run: &str, what
         "{what}: the block stack ran {forwards} of 24 calls; denoise {:.3} s",
         got.timings.denoise_s
     );
+    let latents = got.latents.to_f32().unwrap();
     assert_fp32(
         what,
-        &got.latents.to_f32().unwrap(),
+        &latents,
         &golden[&format!("{run}.latents_out")].to_f32().unwrap(),
         tight(case.name),
     );
+    (latents, rec.branches.clone())
+}
+
+/// [`check_run_in`] with the cache on the host and then on the device (the
+/// step-cache graphs, forced on ort-cpu): both reproduce the reference, and
+/// the device path's latents are the host path's bit for bit.
+fn check_run(pipeline: &mut Pipeline, case: &Case, json: &Value, run: &str, what: &str) {
+    let (host, host_rec) = check_run_in(pipeline, case, json, run, CacheResidency::Auto, what);
+    let dev_what = format!("{what} --cache-residency device");
+    let (device, dev_rec) =
+        check_run_in(pipeline, case, json, run, CacheResidency::Device, &dev_what);
+    assert_bits(&dev_what, &device, &host);
+    // The same decisions; fbcache's indicator is summed by the graph in
+    // float64, as the host sums it.
+    let mut worst = 0f64;
+    for (d, h) in dev_rec.iter().zip(&host_rec) {
+        assert_eq!(d.computed, h.computed, "{dev_what}/{}", d.branch);
+        for (a, b) in d.indicator.iter().zip(&h.indicator) {
+            match (a, b) {
+                (Some(a), Some(b)) => worst = worst.max((a - b).abs() / b.abs()),
+                (None, None) => {}
+                _ => panic!("{dev_what}/{}: indicator {a:?} vs {b:?}", d.branch),
+            }
+        }
+    }
+    eprintln!("{dev_what}: indicators within {worst:.1e} relative of the host's");
+    // Measured: equal (ONNX Runtime sums rows this short in order).
+    assert_eq!(worst, 0.0, "{dev_what}: indicators apart");
+}
+
+/// `got` equals `want` bit for bit.
+fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+        panic!(
+            "{what}: element {i} is {} vs {} on the host path",
+            got[i], want[i]
+        );
+    }
 }
 
 #[test]

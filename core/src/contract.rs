@@ -270,6 +270,58 @@ impl fmt::Display for DitStage {
     }
 }
 
+/// One step-cache graph of the DiT ([`NetworkContract::dit_cache_graphs`]):
+/// the step cache's arithmetic on the block stack's boundaries, compiled so
+/// that the residuals can stay in the backend's memory (`docs/WAN.md` §15).
+/// They run only when a step cache does, never as a per-step stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheGraph {
+    /// `head_in = Where(computed, hidden, base + residual)`: the head's
+    /// input, the block stack's output where a row computed and the cached
+    /// estimate where it skipped.
+    Head,
+    /// `next = Where(computed, a − b, prev)`: a branch's new residual
+    /// (`a` the block stack's output, `b` its input) or fbcache's new
+    /// block-0 reference (`a` block 0's output, `b` its input).
+    Store,
+    /// `y = x`: `next` back into the persistent buffer.
+    Copy,
+    /// fbcache's change of block 0's residual, per row: `diff = Σ |(first −
+    /// tokens) − ref|` and `norm = Σ |ref|`, the terms in float32 as the
+    /// host computes them, cast to and summed in float64.
+    FbIndicator,
+}
+
+impl CacheGraph {
+    pub const ALL: [CacheGraph; 4] = [
+        CacheGraph::Head,
+        CacheGraph::Store,
+        CacheGraph::Copy,
+        CacheGraph::FbIndicator,
+    ];
+
+    /// Manifest role and file infix (`dit.<name>.onnx`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheGraph::Head => "cache_head",
+            CacheGraph::Store => "cache_store",
+            CacheGraph::Copy => "cache_copy",
+            CacheGraph::FbIndicator => "cache_fb_indicator",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+impl fmt::Display for CacheGraph {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Inputs and outputs of one network for one profile.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkContract {
@@ -492,6 +544,74 @@ impl NetworkContract {
         Ok(stages)
     }
 
+    /// The step-cache graphs of the DiT ([`CacheGraph`]), on rows of the
+    /// block stack's boundary `[B, n, d]` (float32) and the per-row
+    /// decision `computed [B]` (float32, 1 = the row ran the blocks, 0 =
+    /// it skipped):
+    /// - `cache_head`: `hidden`, `base`, `residual`, `computed` → `head_in`;
+    /// - `cache_store`: `a`, `b`, `prev`, `computed` → `next`;
+    /// - `cache_copy`: `x` → `y`;
+    /// - `cache_fb_indicator`: `tokens`, `first`, `ref` → `diff [B]`,
+    ///   `norm [B]` (float64).
+    pub fn dit_cache_graphs(cfg: &DitConfig, profile: &Profile) -> Result<Vec<(CacheGraph, Self)>> {
+        // The same checks (and the same n) as the stages.
+        let stages = Self::dit_stages(cfg, profile)?;
+        let tokens = stages
+            .iter()
+            .find(|(s, _)| *s == DitStage::Embed)
+            .map(|(_, c)| c.outputs[0].shape.clone())
+            .ok_or_else(|| Error::InvalidProfile {
+                flag: "--networks",
+                reason: "no DiT embed stage".into(),
+            })?;
+        let b = batch_dim(profile);
+        let row = |name: &str| TensorSpec {
+            name: name.into(),
+            dtype: DType::Float32,
+            shape: tokens.clone(),
+        };
+        let per_row = |name: &str, dtype: DType| TensorSpec {
+            name: name.into(),
+            dtype,
+            shape: vec![b],
+        };
+        let computed = per_row("computed", DType::Float32);
+        let c =
+            |inputs: Vec<TensorSpec>, outputs: Vec<TensorSpec>| NetworkContract { inputs, outputs };
+        Ok(vec![
+            (
+                CacheGraph::Head,
+                c(
+                    vec![
+                        row("hidden"),
+                        row("base"),
+                        row("residual"),
+                        computed.clone(),
+                    ],
+                    vec![row("head_in")],
+                ),
+            ),
+            (
+                CacheGraph::Store,
+                c(
+                    vec![row("a"), row("b"), row("prev"), computed],
+                    vec![row("next")],
+                ),
+            ),
+            (CacheGraph::Copy, c(vec![row("x")], vec![row("y")])),
+            (
+                CacheGraph::FbIndicator,
+                c(
+                    vec![row("tokens"), row("first"), row("ref")],
+                    vec![
+                        per_row("diff", DType::Float64),
+                        per_row("norm", DType::Float64),
+                    ],
+                ),
+            ),
+        ])
+    }
+
     /// Text encoder: `input_ids`, `attention_mask [B, text_len]` int64 →
     /// `last_hidden_state [B, text_len, d_model]` (the raw encoder output;
     /// trimming and zero-padding are the runtime's).
@@ -590,6 +710,47 @@ mod tests {
         let c = NetworkContract::dit(&DitConfig::flf2v_14b(), &p).unwrap();
         assert_eq!(c.inputs[0].concrete_shape(1), vec![1, 36, 21, 60, 104]);
         assert_eq!(c.inputs[3].concrete_shape(1), vec![1, 514, 1280]);
+    }
+
+    #[test]
+    fn cache_graphs_take_the_block_stack_rows() {
+        let p = Profile::builtin("480p").unwrap();
+        let cfg = DitConfig::t2v_1_3b();
+        let graphs = NetworkContract::dit_cache_graphs(&cfg, &p).unwrap();
+        let roles: Vec<&str> = graphs.iter().map(|(g, _)| g.name()).collect();
+        assert_eq!(
+            roles,
+            [
+                "cache_head",
+                "cache_store",
+                "cache_copy",
+                "cache_fb_indicator"
+            ]
+        );
+        for (g, c) in &graphs {
+            assert_eq!(CacheGraph::from_name(g.name()), Some(*g));
+            for t in c.inputs.iter().chain(&c.outputs) {
+                let want: &[u64] = match t.name.as_str() {
+                    "computed" | "diff" | "norm" => &[1],
+                    _ => &[1, 32_760, 1536],
+                };
+                assert_eq!(t.concrete_shape(1), want, "{g}: {}", t.name);
+                let dtype = if matches!(t.name.as_str(), "diff" | "norm") {
+                    DType::Float64
+                } else {
+                    DType::Float32
+                };
+                assert_eq!(t.dtype, dtype, "{g}: {}", t.name);
+            }
+        }
+        // The batch axis follows the profile's, as the stages' does.
+        let dynamic = p.clone().with_batch(BatchMode::Dynamic).unwrap();
+        let graphs = NetworkContract::dit_cache_graphs(&cfg, &dynamic).unwrap();
+        assert!(
+            graphs
+                .iter()
+                .all(|(_, c)| c.inputs[0].shape[0] == Dim::Batch)
+        );
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub enum DType {
     /// pattern per sign), the FP8 format of the quantized DiT.
     #[serde(rename = "float8_e4m3fn")]
     Float8E4m3fn,
+    /// Double precision (the first-block cache's indicator sums).
+    Float64,
 }
 
 impl DType {
@@ -31,7 +33,7 @@ impl DType {
         match self {
             DType::Float32 | DType::Int32 => 4,
             DType::Float16 | DType::Bfloat16 => 2,
-            DType::Int64 => 8,
+            DType::Int64 | DType::Float64 => 8,
             DType::Uint8 | DType::Bool | DType::Int8 | DType::Float8E4m3fn => 1,
         }
     }
@@ -48,6 +50,7 @@ impl DType {
             DType::Float16 => 10,
             DType::Bfloat16 => 16,
             DType::Float8E4m3fn => 17,
+            DType::Float64 => 11,
         }
     }
 
@@ -62,6 +65,7 @@ impl DType {
             10 => DType::Float16,
             16 => DType::Bfloat16,
             17 => DType::Float8E4m3fn,
+            11 => DType::Float64,
             _ => return None,
         })
     }
@@ -78,6 +82,7 @@ impl DType {
             DType::Bool => "BOOL",
             DType::Int8 => "I8",
             DType::Float8E4m3fn => "F8_E4M3",
+            DType::Float64 => "F64",
         }
     }
 
@@ -107,6 +112,7 @@ impl DType {
             DType::Bool => "bool",
             DType::Int8 => "int8",
             DType::Float8E4m3fn => "float8_e4m3fn",
+            DType::Float64 => "float64",
         }
     }
 }

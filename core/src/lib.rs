@@ -19,7 +19,7 @@ pub mod safetensors;
 
 pub use attention::AttentionKind;
 pub use config::{ClipVisionConfig, DitConfig, Task, Umt5Config, VaeConfig};
-pub use contract::{Dim, DitStage, NetworkContract, NetworkKind, TensorSpec};
+pub use contract::{CacheGraph, Dim, DitStage, NetworkContract, NetworkKind, TensorSpec};
 pub use dtype::{DType, Precision};
 pub use error::{Error, ErrorKind};
 pub use manifest::Manifest;

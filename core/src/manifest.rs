@@ -159,6 +159,12 @@ pub struct NetworkEntry {
     /// stay the contract of the whole call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<ChunkGraph>,
+    /// For the DiT with stages: its step-cache graphs
+    /// ([`crate::CacheGraph`], no weights), which run only under a step
+    /// cache kept in the backend's memory (older manifests have none: the
+    /// runtime then keeps the cache on the host).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_graphs: Vec<ChunkGraph>,
     /// How the graphs write attention (`wan-compile --attention`; older
     /// manifests: the opset-23 `Attention` op, all they could hold).
     #[serde(default)]
@@ -177,8 +183,14 @@ impl NetworkEntry {
             self.chunks
                 .iter()
                 .chain(&self.stages)
+                .chain(&self.cache_graphs)
                 .map(|c| (&c.file, &c.graph_digest)),
         )
+    }
+
+    /// The step-cache graph of `role`, when the entry has them.
+    pub fn cache_graph(&self, role: crate::CacheGraph) -> Option<&ChunkGraph> {
+        self.cache_graphs.iter().find(|s| s.role == role.name())
     }
 
     /// The stage graph of `role`, when the entry has stages.
@@ -292,7 +304,12 @@ impl Manifest {
                     "has no external_data (every network of this version has one)".into(),
                 ));
             };
-            let chunk_files = net.chunks.iter().chain(&net.stages).map(|c| &c.file);
+            let chunk_files = net
+                .chunks
+                .iter()
+                .chain(&net.stages)
+                .chain(&net.cache_graphs)
+                .map(|c| &c.file);
             for p in std::iter::once(&net.file)
                 .chain(std::iter::once(data))
                 .chain(chunk_files)
@@ -315,6 +332,16 @@ impl Manifest {
                     for t in c.inputs.iter().chain(&c.outputs) {
                         check_spec(t).map_err(bad)?;
                     }
+                }
+            }
+            for c in &net.cache_graphs {
+                if crate::CacheGraph::from_name(&c.role).is_none() {
+                    return Err(bad(format!("unknown step-cache graph '{}'", c.role)));
+                }
+                check_digest(&c.graph_digest)
+                    .map_err(|e| bad(format!("{} graph_digest {e}", c.role)))?;
+                for t in c.inputs.iter().chain(&c.outputs) {
+                    check_spec(t).map_err(bad)?;
                 }
             }
             if net.inputs.is_empty() || net.outputs.is_empty() {
@@ -384,6 +411,7 @@ mod tests {
                 chunks: vec![],
                 loras: vec![],
                 stages: vec![],
+                cache_graphs: vec![],
                 attention: crate::AttentionKind::Onnx,
                 quantization: None,
             },

@@ -5,12 +5,14 @@
 //! * [`weights`] — the name-prefixing, shape-checking weight accessor;
 //! * [`names`] — the one renaming table between checkpoint layouts;
 //! * [`dit`], [`clip`] — one file per network;
+//! * [`cache`] — the DiT's step-cache graphs (weightless);
 //! * [`quant`] — FP8 Q/DQ and INT8 block linears, calibration taps;
 //! * [`dump`] — a stable text dump of a graph for review and tests;
 //! * [`emulate`] — a test rewrite that runs bf16 graphs on CPUs without bf16 kernels.
 
 pub mod attention;
 pub mod builder;
+pub mod cache;
 pub mod clip;
 pub mod dit;
 pub mod dump;

@@ -74,6 +74,7 @@ mod tests {
                 chunks: vec![],
                 loras: vec![],
                 stages: vec![],
+                cache_graphs: vec![],
                 quantization: None,
                 attention,
             },

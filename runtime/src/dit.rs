@@ -27,11 +27,11 @@ use std::path::Path;
 
 use ort::session::{IoBinding, Session};
 use wanrt_core::manifest::{ChunkGraph, NetworkEntry};
-use wanrt_core::{Dim, DitStage, NetworkKind};
+use wanrt_core::{CacheGraph, Dim, DitStage, NetworkKind};
 
 use crate::backend::Backend;
 use crate::buffer::{Buffer, BufferAllocator, HostAccess};
-use crate::cache::{CachePlan, CacheRecord, StepCache};
+use crate::cache::{CachePlan, CacheRecord, CacheResidency, CacheStore, StepCache};
 use crate::engine::run_batched;
 use crate::error::{Error, OrtCall, Result};
 use crate::exec::{ExecutionSettings, SessionRole};
@@ -43,9 +43,18 @@ struct Stage {
     session: Session,
 }
 
+/// A step-cache graph's session (`docs/WAN.md` §15).
+struct CacheStage {
+    graph: CacheGraph,
+    spec: ChunkGraph,
+    session: Session,
+}
+
 /// The DiT's stage sessions.
 pub struct StagedDit {
     stages: Vec<Stage>,
+    /// The step-cache graphs (none in engines compiled before them).
+    cache_graphs: Vec<CacheStage>,
     /// The engine's batch when it is static (every stage but `time`).
     fixed_batch: Option<u64>,
     backend: Backend,
@@ -127,8 +136,34 @@ impl StagedDit {
                 reason: "dit: the stage graphs have no 'embed' stage".into(),
             })?;
         let latent_channels = embed.spec.inputs[0].concrete_shape(1)[1];
+        let mut cache_graphs = Vec::new();
+        for spec in &entry.cache_graphs {
+            let graph = CacheGraph::from_name(&spec.role).ok_or_else(|| Error::Artifacts {
+                dir: dir.to_path_buf(),
+                reason: format!(
+                    "dit: unknown step-cache graph '{}' in manifest.json",
+                    spec.role
+                ),
+            })?;
+            let session = crate::session::create_artifact_graph_with(
+                dir,
+                NetworkKind::Dit.name(),
+                &spec.file,
+                &spec.graph_digest,
+                entry,
+                backend,
+                settings,
+                SessionRole::DitStage,
+            )?;
+            cache_graphs.push(CacheStage {
+                graph,
+                spec: spec.clone(),
+                session,
+            });
+        }
         Ok(StagedDit {
             stages,
+            cache_graphs,
             fixed_batch: entry.profile.batch.fixed().map(u64::from),
             backend,
             device_id: settings.device_id,
@@ -169,6 +204,30 @@ impl StagedDit {
             .remove("noise_pred")
             .ok_or_else(|| fail("the head stage gave no noise_pred"))?;
         Ok(BTreeMap::from([("noise_pred".to_string(), pred)]))
+    }
+
+    /// Whether the engines have the step-cache graphs `policy` needs (the
+    /// first-block cache also needs its indicator).
+    pub fn has_cache_graphs(&self, first_block: bool) -> bool {
+        CacheGraph::ALL
+            .into_iter()
+            .filter(|g| first_block || *g != CacheGraph::FbIndicator)
+            .all(|g| self.cache_graphs.iter().any(|c| c.graph == g))
+    }
+
+    /// Whether a step cache of `plan` runs on the device: `auto` does on
+    /// the GPU backends when the engines have the step-cache graphs.
+    fn cache_on_device(&self, plan: &CachePlan) -> Result<bool> {
+        let has = self.has_cache_graphs(plan.policy == crate::cache::CachePolicy::FbCache);
+        match plan.residency {
+            CacheResidency::Host => Ok(false),
+            CacheResidency::Auto => Ok(self.backend.is_gpu() && has),
+            CacheResidency::Device if has => Ok(true),
+            CacheResidency::Device => Err(Error::arg(
+                "--cache-residency",
+                "device: these engines have no compiled step-cache graphs (they were compiled before them): recompile them with this wan-compile, or pass --cache-residency host",
+            )),
+        }
     }
 
     fn stage(&mut self, role: DitStage) -> Result<&mut Stage> {
@@ -278,10 +337,46 @@ pub struct BoundDit<'s> {
     /// stack's input (`tokens`), block 0's output and the block stack's
     /// output (what the head reads), each `m` values a row.
     cache: Option<Box<StepCache>>,
+    /// The step cache's device buffers and graph bindings (device
+    /// residency; `None`: its state is on the host).
+    device: Option<Box<DeviceCache>>,
     tokens: usize,
     first: usize,
     last: usize,
     m: usize,
+}
+
+/// What a step-cache graph call does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CacheOp {
+    /// `cache_head` → the head's input.
+    Head,
+    /// `cache_store` of the residual into `next`, `cache_copy` back.
+    StoreResidual,
+    CopyResidual,
+    /// fbcache: `cache_fb_indicator`, then the reference's store and copy.
+    Indicator,
+    StoreReference,
+    CopyReference,
+}
+
+struct CacheCall {
+    /// Index into the DiT's step-cache graphs.
+    graph: usize,
+    lane: usize,
+    op: CacheOp,
+    binding: IoBinding,
+}
+
+/// The step cache on the device (`docs/WAN.md` §15): per lane one residual
+/// (and fbcache reference) buffer of the call's rows, the persistent state;
+/// the head's input, the next residual and the decisions `computed [B]`,
+/// step scratch the lanes share; fbcache's per-row sums in host memory.
+struct DeviceCache {
+    computed: usize,
+    calls: Vec<CacheCall>,
+    diff: ort::value::Tensor<f64>,
+    norm: ort::value::Tensor<f64>,
 }
 
 struct Call {
@@ -289,6 +384,156 @@ struct Call {
     lane: usize,
     role: DitStage,
     binding: IoBinding,
+}
+
+/// The pool indices of the device step cache's buffers.
+struct DeviceSlots {
+    head_in: usize,
+    next: usize,
+    computed: usize,
+    residual: [usize; 2],
+    reference: [Option<usize>; 2],
+}
+
+impl DeviceCache {
+    /// Binds the step-cache graphs per lane: `base` is what a residual is
+    /// relative to (the block stack's input, or block 0's output for
+    /// fbcache), `last` the block stack's output.
+    #[allow(clippy::too_many_arguments)]
+    fn bind(
+        dit: &mut StagedDit,
+        pool: &mut [Buffer],
+        d: &DeviceSlots,
+        lanes: usize,
+        batch: usize,
+        base: usize,
+        tokens: usize,
+        first: usize,
+        last: usize,
+    ) -> Result<Self> {
+        let host = ort::memory::Allocator::default();
+        let sums = |name: &str| {
+            ort::value::Tensor::<f64>::new(&host, vec![batch as i64]).map_err(|e| {
+                Error::ort(
+                    format!("dit.{}", CacheGraph::FbIndicator),
+                    OrtCall::Tensor,
+                    format!("allocating {name}"),
+                    e,
+                )
+            })
+        };
+        let (mut diff, mut norm) = (sums("diff")?, sums("norm")?);
+        let mut calls = Vec::new();
+        let b = batch as u64;
+        for lane in 0..lanes {
+            let res = d.residual[lane];
+            let mut plan: Vec<(CacheOp, CacheGraph, Vec<usize>, Option<usize>)> = vec![
+                (
+                    CacheOp::Head,
+                    CacheGraph::Head,
+                    vec![last, base, res, d.computed],
+                    Some(d.head_in),
+                ),
+                (
+                    CacheOp::StoreResidual,
+                    CacheGraph::Store,
+                    vec![last, base, res, d.computed],
+                    Some(d.next),
+                ),
+                (
+                    CacheOp::CopyResidual,
+                    CacheGraph::Copy,
+                    vec![d.next],
+                    Some(res),
+                ),
+            ];
+            if let Some(r) = d.reference[lane] {
+                plan.extend([
+                    (
+                        CacheOp::Indicator,
+                        CacheGraph::FbIndicator,
+                        vec![tokens, first, r],
+                        None,
+                    ),
+                    (
+                        CacheOp::StoreReference,
+                        CacheGraph::Store,
+                        vec![first, tokens, r, d.computed],
+                        Some(d.next),
+                    ),
+                    (
+                        CacheOp::CopyReference,
+                        CacheGraph::Copy,
+                        vec![d.next],
+                        Some(r),
+                    ),
+                ]);
+            }
+            for (op, graph, inputs, output) in plan {
+                let gi = dit
+                    .cache_graphs
+                    .iter()
+                    .position(|c| c.graph == graph)
+                    .ok_or_else(|| fail(format!("no step-cache graph {graph}")))?;
+                let stage = &dit.cache_graphs[gi];
+                let bind_err =
+                    |e| Error::ort(format!("dit.{graph}"), OrtCall::Tensor, "binding", e);
+                let mut binding = stage.session.create_binding().map_err(bind_err)?;
+                if stage.spec.inputs.len() != inputs.len() {
+                    return Err(fail(format!(
+                        "dit.{graph} takes {} inputs, the cache binds {}",
+                        stage.spec.inputs.len(),
+                        inputs.len()
+                    )));
+                }
+                for (t, &i) in stage.spec.inputs.iter().zip(&inputs) {
+                    check_rows(&graph, t, &pool[i], b)?;
+                    binding
+                        .bind_input(&t.name, pool[i].tensor())
+                        .map_err(bind_err)?;
+                }
+                match (output, &stage.spec.outputs[..]) {
+                    (Some(i), [t]) => {
+                        check_rows(&graph, t, &pool[i], b)?;
+                        binding
+                            .bind_output(&t.name, pool[i].tensor_mut())
+                            .map_err(bind_err)?;
+                    }
+                    (None, [t_diff, t_norm]) => {
+                        binding
+                            .bind_output(&t_diff.name, &mut diff)
+                            .map_err(bind_err)?;
+                        binding
+                            .bind_output(&t_norm.name, &mut norm)
+                            .map_err(bind_err)?;
+                    }
+                    _ => {
+                        return Err(fail(format!(
+                            "dit.{graph}: outputs {:?}",
+                            stage
+                                .spec
+                                .outputs
+                                .iter()
+                                .map(|t| &t.name)
+                                .collect::<Vec<_>>()
+                        )));
+                    }
+                }
+                calls.push(CacheCall {
+                    graph: gi,
+                    lane,
+                    op,
+                    binding,
+                });
+            }
+        }
+        Ok(DeviceCache {
+            computed: d.computed,
+            calls,
+            diff,
+            norm,
+        })
+    }
 }
 
 /// Two distinct buffers of the pool, mutably.
@@ -346,6 +591,11 @@ impl<'s> BoundDit<'s> {
             Some(s) => BufferAllocator::for_session(&s.session, dit.backend, dit.device_id)?,
             None => return Err(fail("no stages")),
         };
+        let device = match cache {
+            Some(plan) => dit.cache_on_device(plan)?,
+            None => false,
+        };
+        let first_block = cache.is_some_and(|p| p.policy == crate::cache::CachePolicy::FbCache);
         let mut pool: Vec<Buffer> = Vec::new();
         let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
         let add = |pool: &mut Vec<Buffer>, b: Buffer| {
@@ -478,9 +728,9 @@ impl<'s> BoundDit<'s> {
                     }
                     slots.insert(out.name.clone(), Slot::PerLane(pred));
                 } else {
-                    // The step cache reads and writes the block stack's
+                    // A host step cache reads and writes the block stack's
                     // boundaries on the host (pinned mirrors on a GPU).
-                    let access = if cache.is_some() {
+                    let access = if cache.is_some() && !device {
                         HostAccess::ReadWrite
                     } else {
                         HostAccess::None
@@ -489,6 +739,42 @@ impl<'s> BoundDit<'s> {
                     slots.insert(out.name.clone(), Slot::Shared(i));
                 }
             }
+        }
+
+        let head_input = dit
+            .stages
+            .iter()
+            .find(|s| s.role == DitStage::Head)
+            .map(|s| s.spec.inputs[0].name.clone())
+            .ok_or_else(|| fail("no head stage"))?;
+        // Device residency: the persistent residuals (and references) per
+        // lane, the shared step scratch.
+        let mut dev_slots: Option<DeviceSlots> = None;
+        if device {
+            let row = match slots.get("tokens") {
+                Some(Slot::Shared(i)) => pool[*i].shape().to_vec(),
+                _ => return Err(fail("no shared tokens buffer")),
+            };
+            let none = HostAccess::None;
+            let mut d = DeviceSlots {
+                head_in: add(&mut pool, placement.alloc("cache.head_in", &row, none)?),
+                next: add(&mut pool, placement.alloc("cache.next", &row, none)?),
+                computed: add(
+                    &mut pool,
+                    placement.alloc("cache.computed", &[b], HostAccess::ReadWrite)?,
+                ),
+                residual: [0; 2],
+                reference: [None; 2],
+            };
+            for lane in 0..lanes {
+                let name = format!("cache.residual.{lane}");
+                d.residual[lane] = add(&mut pool, placement.alloc(&name, &row, none)?);
+                if first_block {
+                    let name = format!("cache.first_ref.{lane}");
+                    d.reference[lane] = Some(add(&mut pool, placement.alloc(&name, &row, none)?));
+                }
+            }
+            dev_slots = Some(d);
         }
 
         // One binding per per-step stage and lane, in lane order (the lanes
@@ -521,7 +807,13 @@ impl<'s> BoundDit<'s> {
                     |e| Error::ort(format!("dit.{}", stage.role), OrtCall::Tensor, "binding", e);
                 let mut binding = stage.session.create_binding().map_err(bind_err)?;
                 for t in &stage.spec.inputs {
-                    let i = slot(&t.name)?;
+                    // Device residency: the head reads the cache's output.
+                    let i = match &dev_slots {
+                        Some(d) if stage.role == DitStage::Head && t.name == head_input => {
+                            d.head_in
+                        }
+                        _ => slot(&t.name)?,
+                    };
                     check_rows(&stage.role, t, &pool[i], b)?;
                     binding
                         .bind_input(&t.name, pool[i].tensor())
@@ -546,27 +838,49 @@ impl<'s> BoundDit<'s> {
             Some(Slot::Shared(i)) => Ok(*i),
             _ => Err(fail(format!("no shared {name} buffer"))),
         };
-        let head = dit
-            .stages
-            .iter()
-            .find(|s| s.role == DitStage::Head)
-            .ok_or_else(|| fail("no head stage"))?;
-        let last_name = head.spec.inputs[0].name.clone();
         let (tokens, first, last) = (
             shared("tokens")?,
             shared("hidden_first")?,
-            shared(&last_name)?,
+            shared(&head_input)?,
         );
         let m = pool[tokens].numel() / batch;
+        let branches = if cfg { 2 } else { 1 };
+        let mut dev = None;
         let cache = match cache {
-            Some(plan) => Some(Box::new(StepCache::new(
-                plan,
-                steps,
-                if cfg { 2 } else { 1 },
-                m,
-                &temb_table,
-                &proj_table,
-            )?)),
+            Some(plan) => {
+                let store = match dev_slots {
+                    Some(d) => {
+                        let base = if first_block { first } else { tokens };
+                        let built = DeviceCache::bind(
+                            dit, &mut pool, &d, lanes, batch, base, tokens, first, last,
+                        )?;
+                        let bytes = (0..lanes)
+                            .flat_map(|l| std::iter::once(d.residual[l]).chain(d.reference[l]))
+                            .map(|i| pool[i].bytes())
+                            .sum();
+                        let scratch_bytes = [d.head_in, d.next, d.computed]
+                            .into_iter()
+                            .map(|i| pool[i].bytes())
+                            .sum::<usize>()
+                            + 2 * batch * std::mem::size_of::<f64>();
+                        dev = Some(Box::new(built));
+                        CacheStore::Device {
+                            memory: placement.memory(),
+                            bytes,
+                            scratch_bytes,
+                        }
+                    }
+                    None => CacheStore::host(branches, m, first_block),
+                };
+                Some(Box::new(StepCache::new(
+                    plan,
+                    steps,
+                    branches,
+                    store,
+                    &temb_table,
+                    &proj_table,
+                )?))
+            }
             None => None,
         };
         Ok(BoundDit {
@@ -586,6 +900,7 @@ impl<'s> BoundDit<'s> {
             calls,
             steps,
             cache,
+            device: dev,
             tokens,
             first,
             last,
@@ -654,31 +969,24 @@ impl<'s> BoundDit<'s> {
     /// only where a row's branch computes (block 0 always for fbcache,
     /// which decides after it); then each row either stores its residual
     /// or takes `base + residual` as the block stack's output, and the head
-    /// runs as usual.
+    /// runs as usual. The decisions are [`StepCache`]'s; the arithmetic is
+    /// the host's or the step-cache graphs' (device residency).
     fn run_cached(&mut self, index: usize) -> Result<()> {
         let rows = if self.lanes == 2 { 1 } else { self.batch };
-        let (lanes, cfg, m) = (self.lanes, self.cfg, self.m);
-        let branch = |lane: usize, row: usize| {
-            if lanes == 2 {
-                lane
-            } else if cfg {
-                row.min(1)
-            } else {
-                0
-            }
-        };
         let fb = self
             .cache
             .as_ref()
             .is_some_and(|c| c.decides_after_first_block());
-        for lane in 0..lanes {
+        for lane in 0..self.lanes {
             let mut computed = [true; 2];
             if !fb {
                 let cache = self.cache.as_ref().ok_or_else(|| fail("no step cache"))?;
                 for (row, c) in computed.iter_mut().enumerate().take(rows) {
-                    *c = cache.planned(index, branch(lane, row)).ok_or_else(|| {
-                        fail(format!("the step cache has no decision for step {index}"))
-                    })?;
+                    *c = cache
+                        .planned(index, self.branch(lane, row))
+                        .ok_or_else(|| {
+                            fail(format!("the step cache has no decision for step {index}"))
+                        })?;
                 }
             }
             for ci in 0..self.calls.len() {
@@ -692,18 +1000,7 @@ impl<'s> BoundDit<'s> {
                             self.call(ci)?;
                         }
                         if fb {
-                            let cache = self.cache.as_mut().ok_or_else(|| fail("no step cache"))?;
-                            let (t, f) = two(&mut self.pool, self.tokens, self.first)?;
-                            let (t, f) = (t.read()?, f.read()?);
-                            for (row, c) in computed.iter_mut().enumerate().take(rows) {
-                                let span = row * m..(row + 1) * m;
-                                *c = cache.decide_first_block(
-                                    index,
-                                    branch(lane, row),
-                                    &t[span.clone()],
-                                    &f[span],
-                                )?;
-                            }
+                            computed = self.decide_first_block(index, lane, rows)?;
                         }
                     }
                     DitStage::BlockRest => {
@@ -712,24 +1009,7 @@ impl<'s> BoundDit<'s> {
                         }
                     }
                     DitStage::Head => {
-                        let base = if fb { self.first } else { self.tokens };
-                        let cache = self.cache.as_mut().ok_or_else(|| fail("no step cache"))?;
-                        let (b, out) = two(&mut self.pool, base, self.last)?;
-                        let b = b.read()?;
-                        out.read()?;
-                        let mut result = Ok(());
-                        out.write(|o| {
-                            result = (0..rows).try_for_each(|row| {
-                                let span = row * m..(row + 1) * m;
-                                cache.apply(
-                                    branch(lane, row),
-                                    computed[row],
-                                    &b[span.clone()],
-                                    &mut o[span],
-                                )
-                            });
-                        })?;
-                        result?;
+                        self.apply_cache(lane, rows, computed)?;
                         self.call(ci)?;
                     }
                     _ => self.call(ci)?,
@@ -740,6 +1020,128 @@ impl<'s> BoundDit<'s> {
             c.end_step();
         }
         Ok(())
+    }
+
+    /// The CFG branch of `row` of `lane`'s call.
+    fn branch(&self, lane: usize, row: usize) -> usize {
+        if self.lanes == 2 {
+            lane
+        } else if self.cfg {
+            row.min(1)
+        } else {
+            0
+        }
+    }
+
+    /// fbcache after block 0 of `lane`: each row's decision from its
+    /// change against the reference (summed by the host or by
+    /// `cache_fb_indicator`, whose `[B]` sums are the one read back), and
+    /// the reference kept where a row computed. A row that repeats row 0's
+    /// branch (a fixed batch of 2 without CFG) takes row 0's decision.
+    fn decide_first_block(&mut self, index: usize, lane: usize, rows: usize) -> Result<[bool; 2]> {
+        let branch = [self.branch(lane, 0), self.branch(lane, 1)];
+        let distinct = |row: usize| row == 0 || branch[row] != branch[0];
+        let m = self.m;
+        let cache = self.cache.as_mut().ok_or_else(|| fail("no step cache"))?;
+        let mut sums = [None; 2];
+        match self.device.as_deref_mut() {
+            None => {
+                let (t, f) = two(&mut self.pool, self.tokens, self.first)?;
+                let (t, f) = (t.read()?, f.read()?);
+                for (row, s) in sums.iter_mut().enumerate().take(rows) {
+                    let span = row * m..(row + 1) * m;
+                    if distinct(row) {
+                        *s = cache.host_fb_sums(branch[row], &t[span.clone()], &f[span])?;
+                    }
+                }
+            }
+            Some(dev) => {
+                if (0..rows).any(|r| cache.has_first_block_reference(branch[r])) {
+                    cache_call(&mut self.dit.cache_graphs, dev, lane, CacheOp::Indicator)?;
+                    let read = |t: &ort::value::Tensor<f64>| {
+                        t.try_extract_tensor::<f64>()
+                            .map(|(_, v)| v.to_vec())
+                            .map_err(|e| {
+                                Error::ort("dit.cache_fb_indicator", OrtCall::Tensor, "reading", e)
+                            })
+                    };
+                    let (diff, norm) = (read(&dev.diff)?, read(&dev.norm)?);
+                    for (row, s) in sums.iter_mut().enumerate().take(rows) {
+                        if cache.has_first_block_reference(branch[row]) {
+                            *s = Some((diff[row], norm[row]));
+                        }
+                    }
+                }
+            }
+        }
+        let mut computed = [true; 2];
+        for row in 0..rows {
+            computed[row] = if distinct(row) {
+                cache.decide_first_block_from(index, branch[row], sums[row])?
+            } else {
+                computed[0]
+            };
+        }
+        if !computed[..rows].iter().any(|&c| c) {
+            return Ok(computed);
+        }
+        match self.device.as_deref_mut() {
+            None => {
+                let (t, f) = two(&mut self.pool, self.tokens, self.first)?;
+                let (t, f) = (t.read()?, f.read()?);
+                for row in (0..rows).filter(|&r| distinct(r) && computed[r]) {
+                    let span = row * m..(row + 1) * m;
+                    cache.host_store_first_block(branch[row], &t[span.clone()], &f[span])?;
+                }
+            }
+            Some(dev) => {
+                write_computed(&mut self.pool[dev.computed], &computed)?;
+                let graphs = &mut self.dit.cache_graphs;
+                cache_call(graphs, dev, lane, CacheOp::StoreReference)?;
+                cache_call(graphs, dev, lane, CacheOp::CopyReference)?;
+            }
+        }
+        Ok(computed)
+    }
+
+    /// Before `lane`'s head: a computed row keeps its block-stack output
+    /// and stores `out − base` as its branch's residual, a skipped row
+    /// takes `base + residual` (host: in place in the block stack's
+    /// output; device: into the head's input, `cache_head`).
+    fn apply_cache(&mut self, lane: usize, rows: usize, computed: [bool; 2]) -> Result<()> {
+        let fb = self
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.decides_after_first_block());
+        let base = if fb { self.first } else { self.tokens };
+        let branch = [self.branch(lane, 0), self.branch(lane, 1)];
+        let m = self.m;
+        let cache = self.cache.as_mut().ok_or_else(|| fail("no step cache"))?;
+        match self.device.as_deref_mut() {
+            None => {
+                let (b, out) = two(&mut self.pool, base, self.last)?;
+                let b = b.read()?;
+                out.read()?;
+                let mut result = Ok(());
+                out.write(|o| {
+                    result = (0..rows).try_for_each(|row| {
+                        let span = row * m..(row + 1) * m;
+                        cache.apply(branch[row], computed[row], &b[span.clone()], &mut o[span])
+                    });
+                })?;
+                result
+            }
+            Some(dev) => {
+                write_computed(&mut self.pool[dev.computed], &computed)?;
+                let graphs = &mut self.dit.cache_graphs;
+                cache_call(graphs, dev, lane, CacheOp::Head)?;
+                if computed[..rows].iter().any(|&c| c) {
+                    cache_call(graphs, dev, lane, CacheOp::StoreResidual)?;
+                    cache_call(graphs, dev, lane, CacheOp::CopyResidual)?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// What the step cache did so far (`None` without one).
@@ -782,7 +1184,45 @@ impl<'s> BoundDit<'s> {
     }
 }
 
-fn check_rows(role: &DitStage, spec: &wanrt_core::TensorSpec, buf: &Buffer, b: u64) -> Result<()> {
+/// The decisions of a call's rows as `computed [B]` (1 computed, 0
+/// skipped): the one host→device write of a device step cache.
+fn write_computed(buf: &mut Buffer, computed: &[bool; 2]) -> Result<()> {
+    buf.write(|d| {
+        for (v, &c) in d.iter_mut().zip(computed) {
+            *v = if c { 1.0 } else { 0.0 };
+        }
+    })
+}
+
+/// Runs `lane`'s step-cache call `op`.
+fn cache_call(
+    graphs: &mut [CacheStage],
+    dev: &DeviceCache,
+    lane: usize,
+    op: CacheOp,
+) -> Result<()> {
+    let call = dev
+        .calls
+        .iter()
+        .find(|c| c.lane == lane && c.op == op)
+        .ok_or_else(|| fail(format!("no step-cache call {op:?} for lane {lane}")))?;
+    let stage = graphs
+        .get_mut(call.graph)
+        .ok_or_else(|| fail(format!("no step-cache graph {}", call.graph)))?;
+    let out = stage
+        .session
+        .run_binding(&call.binding)
+        .map_err(|e| Error::ort(format!("dit.{}", stage.graph), OrtCall::Run, "running", e))?;
+    drop(out);
+    Ok(())
+}
+
+fn check_rows(
+    role: &dyn std::fmt::Display,
+    spec: &wanrt_core::TensorSpec,
+    buf: &Buffer,
+    b: u64,
+) -> Result<()> {
     let want = spec.concrete_shape(b);
     let ok = buf.shape().len() == want.len()
         && buf.shape()[1..] == want[1..]

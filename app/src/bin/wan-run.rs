@@ -112,6 +112,12 @@ struct GenerateArgs {
     /// "e0": {...}}} (teacache: e, teacache-ret: e0).
     #[arg(long)]
     cache_table: Option<PathBuf>,
+    /// Where the cache's residuals live: auto (default: the device on the
+    /// GPU backends when the engines have the compiled step-cache graphs,
+    /// the host otherwise), host, or device (needs those graphs: engines
+    /// compiled before them are refused; docs/WAN.md §15).
+    #[arg(long, default_value = "auto")]
+    cache_residency: String,
     /// Seed of the initial noise (default: random; recorded in the sidecar).
     #[arg(long)]
     seed: Option<u64>,
@@ -423,6 +429,7 @@ fn cache_options(g: &GenerateArgs) -> Result<wanrt_runtime::cache::CacheOptions>
         max_skip: g.cache_max_skip,
         retention: g.cache_retention,
         table,
+        residency: g.cache_residency.parse()?,
     };
     if policy == CachePolicy::None && g.cache_table.is_some() {
         return Err(wanrt_runtime::Error::arg("--cache-table", "given without --cache").into());
@@ -623,8 +630,12 @@ fn generate(g: GenerateArgs) -> Result<()> {
     let c = &out.settings.cache;
     if c.plan.is_some() {
         eprintln!(
-            "cache {}: the block stack ran {} of {} calls",
-            c.policy, c.block_forwards, c.block_forwards_uncached
+            "cache {}: the block stack ran {} of {} calls; residuals on the {} ({} bytes)",
+            c.policy,
+            c.block_forwards,
+            c.block_forwards_uncached,
+            c.residency.map_or("host", |r| r.name()),
+            c.buffer_bytes
         );
     }
     Ok(())

@@ -100,7 +100,8 @@ pub fn build(
         // The DiT's stage graphs are what the runtime loads; the whole graph
         // (debug outputs, the stages' reference) is built only without them.
         if !entry.stages.is_empty() {
-            for st in &entry.stages {
+            // The step-cache graphs run beside them (tiny engines).
+            for st in entry.stages.iter().chain(&entry.cache_graphs) {
                 prefixes.push(build_graph(
                     staging,
                     *net,

@@ -491,6 +491,7 @@ pub fn export_graph(
         chunks: vec![],
         loras: vec![],
         stages: vec![],
+        cache_graphs: vec![],
         attention: AttentionKind::Onnx,
         quantization: None,
     };
@@ -624,6 +625,28 @@ fn export_dit(
             outputs: c.outputs,
         });
     }
+    // The step-cache graphs (no weights) beside the stages, which they
+    // serve (docs/WAN.md §15).
+    let mut cache_graphs = Vec::new();
+    if !stage_graphs.is_empty() {
+        for (graph, c) in NetworkContract::dit_cache_graphs(cfg, &opts.profile)? {
+            wanrt_graphs::cache::build(&mut builder, cfg, &opts.profile, graph)?;
+            let file = format!("{name}.{}.onnx", graph.name());
+            let model = builder.take_graph(
+                &format!("{name}_{}", graph.name()),
+                &format!("Wan2.1 DiT ({}), step cache: {graph}", cfg.task.name()),
+            );
+            let (digest, bytes, _) = write(&file, &model)?;
+            graph_bytes += bytes;
+            cache_graphs.push(wanrt_core::manifest::ChunkGraph {
+                role: graph.name().into(),
+                file,
+                graph_digest: digest,
+                inputs: c.inputs,
+                outputs: c.outputs,
+            });
+        }
+    }
     let (weights_digest, external_data_bytes, _) = builder.finish_external()?;
     pb.finish_and_clear();
     let mut contract = contract;
@@ -646,6 +669,7 @@ fn export_dit(
         tools: tools(),
         chunks: vec![],
         stages: stage_graphs,
+        cache_graphs,
         quantization: quant.cloned(),
         loras: vec![],
         attention,

@@ -160,6 +160,7 @@ fn vae_entry(
         chunks,
         loras: vec![],
         stages: vec![],
+        cache_graphs: vec![],
         attention: AttentionKind::Onnx,
         quantization: None,
     };

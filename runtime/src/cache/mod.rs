@@ -32,6 +32,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use wanrt_core::{DitConfig, Profile};
 
+use crate::buffer::Memory;
 use crate::error::{Error, Result};
 
 pub use decide::{Decision, magcache_schedule, resample_mag_ratios, teacache_schedule};
@@ -104,6 +105,61 @@ impl std::fmt::Display for CachePolicy {
     }
 }
 
+/// Where a step cache keeps its residuals and does its arithmetic
+/// (`--cache-residency`, `docs/WAN.md` §15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheResidency {
+    /// Device on the GPU backends when the engines have the step-cache
+    /// graphs, host otherwise (ort-cpu, whose device memory is the host's,
+    /// and engines compiled before the graphs).
+    #[default]
+    Auto,
+    /// Host vectors; the block stack's boundaries are mirrored on the host.
+    Host,
+    /// The backend's buffers and the compiled step-cache graphs; the host
+    /// writes the per-row decisions and reads fbcache's per-row indicator.
+    Device,
+}
+
+impl CacheResidency {
+    pub const ALL: [CacheResidency; 3] = [
+        CacheResidency::Auto,
+        CacheResidency::Host,
+        CacheResidency::Device,
+    ];
+
+    /// The `--cache-residency` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheResidency::Auto => "auto",
+            CacheResidency::Host => "host",
+            CacheResidency::Device => "device",
+        }
+    }
+}
+
+impl std::str::FromStr for CacheResidency {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                Error::arg(
+                    "--cache-residency",
+                    format!("'{s}': expected auto, host or device"),
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for CacheResidency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A model-specific table (`--cache-table`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -133,6 +189,8 @@ pub struct CacheOptions {
     pub retention: Option<f64>,
     /// `--cache-table`, already read ([`read_table`]).
     pub table: Option<CacheTable>,
+    /// `--cache-residency`.
+    pub residency: CacheResidency,
 }
 
 /// The reference implementations' command-line defaults, used where the
@@ -165,6 +223,8 @@ pub struct CachePlan {
     /// Where the table came from: `--cache-table` or the built-in model.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub table: Option<String>,
+    /// The residency asked for (the record says which one ran).
+    pub residency: CacheResidency,
 }
 
 fn check_threshold(t: f64) -> Result<f64> {
@@ -210,6 +270,7 @@ impl CacheOptions {
             (self.max_skip.is_some(), "--cache-max-skip"),
             (self.retention.is_some(), "--cache-retention"),
             (self.table.is_some(), "--cache-table"),
+            (self.residency != CacheResidency::Auto, "--cache-residency"),
         ] {
             if set {
                 return Err(Error::arg(flag, "given without --cache"));
@@ -341,6 +402,7 @@ impl CacheOptions {
             coefficients: None,
             mag_ratios: None,
             table: None,
+            residency: self.residency,
         };
         let threshold = match (self.threshold, p) {
             (Some(t), _) => t,
@@ -516,18 +578,65 @@ pub struct CacheRecord {
     /// Bytes of the cache's persistent buffers (residuals, first-block
     /// references).
     pub buffer_bytes: usize,
+    /// Where the cache ran: `host` or `device` (`None` without a cache).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub residency: Option<CacheResidency>,
+    /// The memory its buffers are in (device: the backend's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+    /// Device residency: bytes of the step scratch the branches share (the
+    /// head's input, the next residual, the per-row decisions).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub scratch_bytes: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Where a generation's step cache keeps its state, and so which code does
+/// its arithmetic; the decisions and the record are [`StepCache`]'s either
+/// way.
+#[derive(Debug)]
+pub enum CacheStore {
+    /// Host vectors, the arithmetic in [`StepCache::apply`] and
+    /// [`StepCache::host_fb_sums`].
+    Host {
+        /// Per branch: the residual of its last computed step (one row of
+        /// the block stack's output).
+        residual: Vec<Vec<f32>>,
+        /// fbcache, per branch: block 0's residual at its last computed
+        /// step.
+        first_ref: Vec<Vec<f32>>,
+    },
+    /// Buffers in the backend's memory, the arithmetic in the compiled
+    /// step-cache graphs (the runtime's DiT binding holds them).
+    Device {
+        memory: Memory,
+        /// Persistent: one residual (and fbcache reference) per branch.
+        bytes: usize,
+        scratch_bytes: usize,
+    },
+}
+
+impl CacheStore {
+    /// Host vectors for `branches` branches of rows of `m` values
+    /// (references only for the first-block cache).
+    pub fn host(branches: usize, m: usize, first_block: bool) -> Self {
+        CacheStore::Host {
+            residual: (0..branches).map(|_| vec![0.0; m]).collect(),
+            first_ref: (0..branches)
+                .map(|_| Vec::with_capacity(if first_block { m } else { 0 }))
+                .collect(),
+        }
+    }
 }
 
 /// A generation's step cache: the precomputed mask (TeaCache, MagCache) or
 /// the first-block state, one residual per branch, and the record.
 pub struct StepCache {
     plan: CachePlan,
-    /// Per branch: the residual of its last computed step (`m` values: one
-    /// row of the block stack's output).
-    residual: Vec<Vec<f32>>,
-    /// fbcache, per branch: block 0's residual at the last computed step
-    /// (empty until the branch's first call).
-    first_ref: Vec<Vec<f32>>,
+    store: CacheStore,
     record: Vec<BranchRecord>,
     /// Steps the generation has taken ([`StepCache::end_step`]).
     taken: usize,
@@ -535,14 +644,14 @@ pub struct StepCache {
 
 impl StepCache {
     /// The cache of one generation of `steps` steps with `branches` CFG
-    /// branches (1 or 2), block-stack rows of `m` values; `temb` `[S·d]`
-    /// and `proj` `[S·6d]` are the time stage's tables (TeaCache's
-    /// indicators). Allocates every buffer it will use.
+    /// branches (1 or 2), its state in `store` (allocated by the caller,
+    /// once); `temb` `[S·d]` and `proj` `[S·6d]` are the time stage's
+    /// tables (TeaCache's indicators).
     pub fn new(
         plan: &CachePlan,
         steps: usize,
         branches: usize,
-        m: usize,
+        store: CacheStore,
         temb: &[f32],
         proj: &[f32],
     ) -> Result<Self> {
@@ -591,13 +700,9 @@ impl StepCache {
             CachePolicy::FbCache => {}
             CachePolicy::None => return Err(fail("a step cache without a policy")),
         }
-        let fb = plan.policy == CachePolicy::FbCache;
         Ok(StepCache {
             plan: plan.clone(),
-            residual: (0..branches).map(|_| vec![0.0; m]).collect(),
-            first_ref: (0..branches)
-                .map(|_| Vec::with_capacity(if fb { m } else { 0 }))
-                .collect(),
+            store,
             record,
             taken: 0,
         })
@@ -620,17 +725,27 @@ impl StepCache {
         self.record.get(branch)?.computed.get(step).copied()
     }
 
-    /// fbcache: decides `branch` at `step` from block 0's input `tokens`
-    /// and output `first` (one row each) and records it; a compute keeps
-    /// this step's block-0 residual as the reference.
-    pub fn decide_first_block(
+    /// fbcache: whether `branch` has a block-0 reference to compare with
+    /// (it has computed before; the first call computes without one).
+    pub fn has_first_block_reference(&self, branch: usize) -> bool {
+        self.record
+            .get(branch)
+            .is_some_and(|r| r.computed.iter().any(|&c| c))
+    }
+
+    /// fbcache's decision for `branch` at `step`, recorded: `sums` are
+    /// `(Σ |r1 − ref|, Σ |ref|)` of block 0's residual `r1` against the
+    /// reference, in float64 (required once the branch has a reference,
+    /// ignored before). A compute means the caller keeps this step's `r1`
+    /// as the new reference.
+    pub fn decide_first_block_from(
         &mut self,
         step: usize,
         branch: usize,
-        tokens: &[f32],
-        first: &[f32],
+        sums: Option<(f64, f64)>,
     ) -> Result<bool> {
         let threshold = self.plan.threshold;
+        let has_reference = self.has_first_block_reference(branch);
         let rec = self
             .record
             .get_mut(branch)
@@ -641,33 +756,102 @@ impl StepCache {
                 rec.computed.len()
             )));
         }
-        let reference = &mut self.first_ref[branch];
-        let (computed, indicator) = if reference.is_empty() {
+        let (computed, indicator) = if !has_reference {
             (true, None)
         } else {
-            let (mut diff, mut norm) = (0f64, 0f64);
-            for ((t, f), r) in tokens.iter().zip(first).zip(reference.iter()) {
-                let r1 = f - t;
-                diff += f64::from((r1 - r).abs());
-                norm += f64::from(r.abs());
-            }
+            let (diff, norm) =
+                sums.ok_or_else(|| fail(format!("no first-block indicator for step {step}")))?;
             let ind = diff / norm;
             // diffusers: skip while the change is at most the threshold
             // (a NaN computes).
             let skip = ind <= threshold;
             (!skip, Some(ind))
         };
-        if computed {
-            reference.clear();
-            reference.extend(tokens.iter().zip(first).map(|(t, f)| f - t));
-        }
         rec.computed.push(computed);
         rec.indicator.push(indicator);
         Ok(computed)
     }
 
-    /// After the block stack: a computed row stores `out − base` as its
-    /// branch's residual; a skipped row becomes `base + residual`.
+    /// Host store: fbcache's sums for `branch` from block 0's input
+    /// `tokens` and output `first` (one row each): r1 = first − tokens in
+    /// float32, |r1 − ref| and |ref| summed in float64. `None` before the
+    /// branch has a reference.
+    pub fn host_fb_sums(
+        &self,
+        branch: usize,
+        tokens: &[f32],
+        first: &[f32],
+    ) -> Result<Option<(f64, f64)>> {
+        if !self.has_first_block_reference(branch) {
+            return Ok(None);
+        }
+        let reference = self.host_first_ref(branch)?;
+        if reference.len() != tokens.len() || first.len() != tokens.len() {
+            return Err(fail(format!(
+                "a block-0 reference of {} values for rows of {} and {}",
+                reference.len(),
+                tokens.len(),
+                first.len()
+            )));
+        }
+        let (mut diff, mut norm) = (0f64, 0f64);
+        for ((t, f), r) in tokens.iter().zip(first).zip(reference.iter()) {
+            let r1 = f - t;
+            diff += f64::from((r1 - r).abs());
+            norm += f64::from(r.abs());
+        }
+        Ok(Some((diff, norm)))
+    }
+
+    fn host_first_ref(&self, branch: usize) -> Result<&Vec<f32>> {
+        match &self.store {
+            CacheStore::Host { first_ref, .. } => first_ref
+                .get(branch)
+                .ok_or_else(|| fail(format!("no block-0 reference for branch {branch}"))),
+            CacheStore::Device { .. } => Err(fail("the cache's state is in device buffers")),
+        }
+    }
+
+    /// Host store, fbcache: keeps block 0's residual `first − tokens` as
+    /// `branch`'s reference (after a compute).
+    pub fn host_store_first_block(
+        &mut self,
+        branch: usize,
+        tokens: &[f32],
+        first: &[f32],
+    ) -> Result<()> {
+        let CacheStore::Host { first_ref, .. } = &mut self.store else {
+            return Err(fail("the cache's state is in device buffers"));
+        };
+        let reference = first_ref
+            .get_mut(branch)
+            .ok_or_else(|| fail(format!("no block-0 reference for branch {branch}")))?;
+        reference.clear();
+        reference.extend(tokens.iter().zip(first).map(|(t, f)| f - t));
+        Ok(())
+    }
+
+    /// fbcache on the host store: decides `branch` at `step` from block
+    /// 0's input `tokens` and output `first` (one row each) and records
+    /// it; a compute keeps this step's block-0 residual as the reference.
+    pub fn decide_first_block(
+        &mut self,
+        step: usize,
+        branch: usize,
+        tokens: &[f32],
+        first: &[f32],
+    ) -> Result<bool> {
+        let sums = self.host_fb_sums(branch, tokens, first)?;
+        let computed = self.decide_first_block_from(step, branch, sums)?;
+        if computed {
+            self.host_store_first_block(branch, tokens, first)?;
+        }
+        Ok(computed)
+    }
+
+    /// Host store, after the block stack: a computed row stores `out −
+    /// base` as its branch's residual; a skipped row becomes `base +
+    /// residual`.
     pub fn apply(
         &mut self,
         branch: usize,
@@ -675,8 +859,10 @@ impl StepCache {
         base: &[f32],
         out: &mut [f32],
     ) -> Result<()> {
-        let res = self
-            .residual
+        let CacheStore::Host { residual, .. } = &mut self.store else {
+            return Err(fail("the cache's state is in device buffers"));
+        };
+        let res = residual
             .get_mut(branch)
             .ok_or_else(|| fail(format!("no residual for branch {branch}")))?;
         if res.len() != base.len() || out.len() != base.len() {
@@ -702,15 +888,25 @@ impl StepCache {
     /// Bytes of the persistent buffers.
     pub fn buffer_bytes(&self) -> usize {
         let f = std::mem::size_of::<f32>();
-        self.residual
-            .iter()
-            .map(|r| r.capacity() * f)
-            .sum::<usize>()
-            + self
-                .first_ref
+        match &self.store {
+            CacheStore::Host {
+                residual,
+                first_ref,
+            } => residual
                 .iter()
+                .chain(first_ref)
                 .map(|r| r.capacity() * f)
-                .sum::<usize>()
+                .sum(),
+            CacheStore::Device { bytes, .. } => *bytes,
+        }
+    }
+
+    /// Where the state is: `host` or `device`.
+    pub fn residency(&self) -> CacheResidency {
+        match self.store {
+            CacheStore::Host { .. } => CacheResidency::Host,
+            CacheStore::Device { .. } => CacheResidency::Device,
+        }
     }
 
     /// Marks a step as taken (every branch decided and applied).
@@ -735,6 +931,15 @@ impl StepCache {
             block_forwards_uncached: branches.iter().map(|b| b.computed.len()).sum(),
             branches,
             buffer_bytes: self.buffer_bytes(),
+            residency: Some(self.residency()),
+            memory: Some(match self.store {
+                CacheStore::Host { .. } => Memory::Host,
+                CacheStore::Device { memory, .. } => memory,
+            }),
+            scratch_bytes: match self.store {
+                CacheStore::Host { .. } => 0,
+                CacheStore::Device { scratch_bytes, .. } => scratch_bytes,
+            },
         }
     }
 }
