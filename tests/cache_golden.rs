@@ -13,7 +13,7 @@ use std::process::Command;
 use common::{CASES, Case, assert_fp32, bin, run_cmd};
 use serde_json::Value;
 use wanrt::core::{BatchMode, Precision};
-use wanrt::runtime::cache::{BranchRecord, CacheOptions, CachePolicy, CacheResidency, read_table};
+use wanrt::runtime::cache::{CacheOptions, CachePolicy, CacheRecord, CacheResidency, read_table};
 use wanrt::runtime::pipeline::{GenerateOptions, Pipeline};
 use wanrt::runtime::schedule::Solver;
 use wanrt::runtime::{Artifacts, Backend, tensorfile};
@@ -107,7 +107,7 @@ fn check_run_in(
     run: &str,
     residency: CacheResidency,
     what: &str,
-) -> (Vec<f32>, Vec<BranchRecord>) {
+) -> (Vec<f32>, CacheRecord) {
     let golden = tensorfile::read(&cache_dir(case).join("cache_latents.safetensors")).unwrap();
     let r = &json["runs"][run];
     let mut opts = options(case, json);
@@ -164,7 +164,7 @@ fn check_run_in(
         &golden[&format!("{run}.latents_out")].to_f32().unwrap(),
         tight(case.name),
     );
-    (latents, rec.branches.clone())
+    (latents, rec.clone())
 }
 
 /// [`check_run_in`] with the cache on the host and then on the device (the
@@ -178,8 +178,10 @@ fn check_run(pipeline: &mut Pipeline, case: &Case, json: &Value, run: &str, what
     assert_bits(&dev_what, &device, &host);
     // The same decisions; fbcache's indicator is summed by the graph in
     // float64, as the host sums it.
+    // One residual (and fbcache reference) per branch, as on the host.
+    assert_eq!(dev_rec.buffer_bytes, host_rec.buffer_bytes, "{dev_what}");
     let mut worst = 0f64;
-    for (d, h) in dev_rec.iter().zip(&host_rec) {
+    for (d, h) in dev_rec.branches.iter().zip(&host_rec.branches) {
         assert_eq!(d.computed, h.computed, "{dev_what}/{}", d.branch);
         for (a, b) in d.indicator.iter().zip(&h.indicator) {
             match (a, b) {
@@ -252,6 +254,57 @@ fn one_batch_2_call_caches_each_row_by_its_branch() {
             &format!("t2v-tiny/batch-2/{run}"),
         );
     }
+}
+
+#[test]
+fn engines_without_the_cache_graphs_keep_the_cache_on_the_host() {
+    // What wan-compile wrote before the step-cache graphs: a manifest
+    // without `cache_graphs` (and no such files). Auto keeps the cache on
+    // the host; device is refused, naming the flag.
+    let case = Case::new("t2v-tiny");
+    let json = cache_json(&case);
+    let out = compile(&case, BatchMode::Fixed(1));
+    let path = out.path().join("manifest.json");
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let graphs = m["networks"]["dit"]
+        .as_object_mut()
+        .unwrap()
+        .remove("cache_graphs")
+        .expect("a new compile lists its step-cache graphs");
+    let graphs = graphs.as_array().unwrap();
+    let roles: Vec<&str> = graphs.iter().map(|g| g["role"].as_str().unwrap()).collect();
+    assert_eq!(
+        roles,
+        [
+            "cache_head",
+            "cache_store",
+            "cache_copy",
+            "cache_fb_indicator"
+        ]
+    );
+    for g in graphs {
+        std::fs::remove_file(out.path().join(g["file"].as_str().unwrap())).unwrap();
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+    let mut pipeline =
+        Pipeline::load(Artifacts::open(out.path()).unwrap(), Backend::OrtCpu).unwrap();
+    let mut opts = options(&case, &json);
+    opts.steps = Some(4);
+    opts.cache = cache_options(&case, "fbcache", &json["runs"]["fbcache"]["params"]);
+    let got = pipeline.generate(&opts, None, |_, _, _| {}).unwrap();
+    assert_eq!(got.settings.cache.residency, Some(CacheResidency::Host));
+    assert!(got.settings.cache.buffer_bytes > 0);
+    opts.cache.residency = CacheResidency::Device;
+    let e = pipeline
+        .generate(&opts, None, |_, _, _| {})
+        .err()
+        .expect("device residency without the graphs");
+    assert_eq!(e.kind(), wanrt::runtime::ErrorKind::InvalidArgument, "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("--cache-residency") && msg.contains("recompile"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -390,6 +443,11 @@ fn bad_tables_and_thresholds_name_the_flag() {
             "magcache",
         ),
         (vec!["lru".into()], "--cache", "lru"),
+        (
+            vec!["fbcache".into(), "--cache-residency".into(), "gpu".into()],
+            "--cache-residency",
+            "gpu",
+        ),
     ];
     for (args, flag, needle) in cases {
         let (ok, log) = run_cmd(
@@ -501,6 +559,7 @@ fn wan_run_cache_flags_save_latents_and_sidecar() {
             ])
             .arg("--cache-table")
             .arg(cache_dir(&case).join("teacache_table.json"))
+            .args(["--cache-residency", "device"])
             .arg("--latents-in")
             .arg(&noise)
             .arg("--save-latents")
@@ -510,7 +569,7 @@ fn wan_run_cache_flags_save_latents_and_sidecar() {
     );
     assert!(ok, "{log}");
     assert!(
-        log.contains("cache teacache: the block stack ran 10 of 24 calls"),
+        log.contains("cache teacache: the block stack ran 10 of 24 calls; residuals on the device"),
         "{log}"
     );
     let golden = tensorfile::read(&cache_dir(&case).join("cache_latents.safetensors")).unwrap();
@@ -528,6 +587,20 @@ fn wan_run_cache_flags_save_latents_and_sidecar() {
     let c = &side["settings"]["cache"];
     assert_eq!(c["policy"], "teacache");
     assert_eq!(c["plan"]["table"], "--cache-table");
+    assert_eq!(c["plan"]["residency"], "device");
+    assert_eq!(c["residency"], "device");
+    assert_eq!(c["memory"], "host", "ort-cpu's device memory is the host's");
+    // One residual per branch: a row of the block stack's boundary
+    // [1, n, d] in float32 for each of the two lanes.
+    let manifest = Artifacts::open(engines.path()).unwrap().manifest;
+    let row: u64 = manifest.networks[&wanrt::core::NetworkKind::Dit].cache_graphs[0].inputs[0]
+        .concrete_shape(1)
+        .iter()
+        .product();
+    assert_eq!(c["buffer_bytes"].as_u64(), Some(2 * row * 4));
+    // Scratch: the head's input and the next residual (a row each), the
+    // decisions [1] and fbcache's two float64 sums [1].
+    assert_eq!(c["scratch_bytes"].as_u64(), Some(2 * row * 4 + 4 + 16));
     for (i, b) in ["cond", "uncond"].into_iter().enumerate() {
         assert_eq!(c["branches"][i]["branch"], b);
         assert_eq!(
