@@ -9,7 +9,8 @@
 //! copy of the latents or of a prediction would be counted; the whole-graph
 //! path (host tensors built every step, as before the stage graphs) is
 //! measured alongside and must show such allocations, which proves the
-//! counter sees them.
+//! counter sees them. The first-block cache is measured with its state on
+//! the host and on the device (its compiled graphs, forced on ort-cpu).
 
 mod common;
 
@@ -139,26 +140,40 @@ fn a_denoising_step_makes_no_large_host_allocation() {
                 // The first-block cache (a decision per call from block
                 // 0's output, residuals kept or applied): its buffers are
                 // allocated at bind time, none per step.
-                let fb = wanrt::runtime::cache::CacheOptions {
-                    policy: wanrt::runtime::cache::CachePolicy::FbCache,
-                    ..Default::default()
-                };
-                let (big, all, bytes) = per_step(&mut p, 2, 4, fb);
-                eprintln!(
-                    "{batch:?} {graphs:?} fbcache: per step {big} allocations >= 64 KiB, {all} allocations, {:.1} KiB allocated",
-                    bytes / 1024.0
-                );
-                assert_eq!(
-                    big, 0.0,
-                    "{batch:?}: a cached step allocated {big} blocks of >= 64 KiB"
-                );
-                // Nor anything smaller: a row of the block stack here is
-                // 30 KiB, and the uncached step's few bytes are ONNX
-                // Runtime's.
-                assert!(
-                    bytes <= uncached + 1024.0,
-                    "{batch:?}: a cached step allocated {bytes} bytes, an uncached one {uncached}"
-                );
+                // On the host or on the device (the step-cache graphs,
+                // forced here on ort-cpu).
+                use wanrt::runtime::cache::CacheResidency;
+                for residency in [CacheResidency::Host, CacheResidency::Device] {
+                    let fb = wanrt::runtime::cache::CacheOptions {
+                        policy: wanrt::runtime::cache::CachePolicy::FbCache,
+                        residency,
+                        ..Default::default()
+                    };
+                    let (big, all, bytes) = per_step(&mut p, 2, 4, fb);
+                    eprintln!(
+                        "{batch:?} {graphs:?} fbcache on the {residency}: per step {big} allocations >= 64 KiB, {all} allocations, {:.1} KiB allocated",
+                        bytes / 1024.0
+                    );
+                    assert_eq!(
+                        big, 0.0,
+                        "{batch:?}: a cached step allocated {big} blocks of >= 64 KiB"
+                    );
+                    // Nor anything smaller: a row of the block stack here is
+                    // 30 KiB, and the uncached step's few bytes are ONNX
+                    // Runtime's.
+                    // On the device, the up to 6 step-cache graph calls
+                    // per lane add ONNX Runtime's per-run bookkeeping
+                    // (measured: 3.6 KiB a step with CFG as two calls),
+                    // still far under one row.
+                    let slack = match residency {
+                        CacheResidency::Host => 1024.0,
+                        CacheResidency::Device | CacheResidency::Auto => 8192.0,
+                    };
+                    assert!(
+                        bytes <= uncached + slack,
+                        "{batch:?} {residency}: a cached step allocated {bytes} bytes, an uncached one {uncached}"
+                    );
+                }
             }
         }
     }
