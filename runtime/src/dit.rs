@@ -1058,14 +1058,7 @@ impl<'s> BoundDit<'s> {
             Some(dev) => {
                 if (0..rows).any(|r| cache.has_first_block_reference(branch[r])) {
                     cache_call(&mut self.dit.cache_graphs, dev, lane, CacheOp::Indicator)?;
-                    let read = |t: &ort::value::Tensor<f64>| {
-                        t.try_extract_tensor::<f64>()
-                            .map(|(_, v)| v.to_vec())
-                            .map_err(|e| {
-                                Error::ort("dit.cache_fb_indicator", OrtCall::Tensor, "reading", e)
-                            })
-                    };
-                    let (diff, norm) = (read(&dev.diff)?, read(&dev.norm)?);
+                    let (diff, norm) = (read_sums(&dev.diff)?, read_sums(&dev.norm)?);
                     for (row, s) in sums.iter_mut().enumerate().take(rows) {
                         if cache.has_first_block_reference(branch[row]) {
                             *s = Some((diff[row], norm[row]));
@@ -1192,6 +1185,13 @@ fn write_computed(buf: &mut Buffer, computed: &[bool; 2]) -> Result<()> {
             *v = if c { 1.0 } else { 0.0 };
         }
     })
+}
+
+/// fbcache's per-row sums as the indicator graph left them.
+fn read_sums(t: &ort::value::Tensor<f64>) -> Result<&[f64]> {
+    t.try_extract_tensor::<f64>()
+        .map(|(_, v)| v)
+        .map_err(|e| Error::ort("dit.cache_fb_indicator", OrtCall::Tensor, "reading", e))
 }
 
 /// Runs `lane`'s step-cache call `op`.
