@@ -210,3 +210,25 @@ fn dit_quantized_dumps_match() {
         }
     }
 }
+
+/// The DiT's step-cache graphs (`docs/WAN.md` §15): each dump is checked
+/// in, and the manifest lists each graph with the I/O of its contract.
+#[test]
+fn dit_cache_graph_dumps_match_their_contract() {
+    use wanrt::core::{DitConfig, NetworkContract, NetworkKind};
+    let c = Case::new("t2v-tiny");
+    let out = c.compile_dit(false, Precision::Fp32, BatchMode::Fixed(1));
+    let a = wanrt::runtime::Artifacts::open(out.path()).unwrap();
+    let entry = &a.manifest.networks[&NetworkKind::Dit];
+    let cfg: DitConfig = serde_json::from_value(entry.config.clone()).unwrap();
+    let want = NetworkContract::dit_cache_graphs(&cfg, &entry.profile).unwrap();
+    assert_eq!(entry.cache_graphs.len(), want.len());
+    for (g, (graph, contract)) in entry.cache_graphs.iter().zip(&want) {
+        assert_eq!(g.role, graph.name());
+        assert_eq!(g.inputs, contract.inputs, "{}", g.role);
+        assert_eq!(g.outputs, contract.outputs, "{}", g.role);
+        let model =
+            ModelProto::from_bytes(&std::fs::read(out.path().join(&g.file)).unwrap()).unwrap();
+        check_text(&format!("dit-t2v-tiny-{}", g.role), &dump(&model));
+    }
+}
