@@ -145,3 +145,119 @@ fn bound_steps_equal_the_whole_graph() {
         }
     }
 }
+
+/// A one-layer DiT (no `block_rest`: the head reads block 0's output) with
+/// a step cache on the host and on the device (the step-cache graphs,
+/// forced on ort-cpu): the same skip schedule and the same predictions bit
+/// for bit on every step, for CFG as two batch-1 calls and as one batch-2
+/// call. Random weights at the tiny T2V config with `num_layers` 1.
+#[test]
+fn a_one_layer_dit_caches_alike_on_host_and_device() {
+    use wanrt::compiler::{CompileOptions, ModelSource, compile};
+    use wanrt::core::DitConfig;
+    use wanrt::runtime::cache::{CacheOptions, CachePolicy, CacheResidency, CacheTable};
+    let case = Case::new("t2v-tiny");
+    let tiny = case.compile_dit(false, Precision::Fp32, BatchMode::Fixed(1));
+    let entry = Artifacts::open(tiny.path())
+        .unwrap()
+        .entry(NetworkKind::Dit)
+        .unwrap()
+        .clone();
+    let mut cfg: DitConfig = serde_json::from_value(entry.config.clone()).unwrap();
+    cfg.num_layers = 1;
+    let steps = 8;
+    let timesteps: Vec<f32> = (0..steps).map(|i| 999.0 - 120.0 * i as f32).collect();
+    // MagCache with a table whose ratios fall away from 1: some steps skip.
+    let ratios: Vec<f64> = (0..steps).flat_map(|i| [1.0 - 0.01 * i as f64; 2]).collect();
+    for batch in [BatchMode::Fixed(1), BatchMode::Fixed(2)] {
+        let profile = entry.profile.clone().with_batch(batch).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        compile(
+            &CompileOptions::new(
+                ModelSource::SyntheticConfig {
+                    name: "one-layer".into(),
+                    config: cfg.clone(),
+                },
+                dir.path(),
+                profile.clone(),
+            )
+            .with_precision(Precision::Fp32)
+            .with_networks([NetworkKind::Dit]),
+        )
+        .unwrap();
+        let a = Artifacts::open(dir.path()).unwrap();
+        let e = a.entry(NetworkKind::Dit).unwrap();
+        let roles: Vec<&str> = e.stages.iter().map(|s| s.role.as_str()).collect();
+        assert_eq!(roles, ["context", "time", "embed", "block_first", "head"]);
+        let spec = &e.stage(wanrt::core::DitStage::Context).unwrap().inputs[0];
+        let mut text = spec.concrete_shape(1);
+        text[0] = 1;
+        let numel = text.iter().product::<u64>() as usize;
+        let cond = HostTensor::from_f32(text.clone(), &gaussian_noise(5, numel));
+        let uncond = HostTensor::from_f32(text, &gaussian_noise(6, numel));
+        let latent = e.stage(wanrt::core::DitStage::Embed).unwrap().inputs[0].concrete_shape(1);
+        let n = latent[1..].iter().product::<u64>() as usize;
+        let mut runs = Vec::new();
+        for residency in [CacheResidency::Host, CacheResidency::Device] {
+            let plan = CacheOptions {
+                policy: CachePolicy::MagCache,
+                threshold: Some(0.06),
+                max_skip: Some(2),
+                retention: Some(0.0),
+                table: Some(CacheTable::MagRatios(ratios.clone())),
+                residency,
+                ..Default::default()
+            }
+            .resolve(&cfg, &profile, steps)
+            .unwrap()
+            .unwrap();
+            let mut net = a.load(NetworkKind::Dit, Backend::OrtCpu).unwrap();
+            let mut bound = net
+                .staged_dit()
+                .unwrap()
+                .bind_cached(
+                    &Conditioning {
+                        cond: &cond,
+                        uncond: Some(&uncond),
+                        image: None,
+                        y: None,
+                        timesteps: &timesteps,
+                    },
+                    &[],
+                    Some(&plan),
+                )
+                .unwrap();
+            let mut preds = Vec::new();
+            for i in 0..steps {
+                bound.run(i, &gaussian_noise(200 + i as u64, n)).unwrap();
+                preds.push(
+                    bound
+                        .with_prediction(|c, u| Ok([c.to_vec(), u.unwrap().to_vec()]))
+                        .unwrap(),
+                );
+            }
+            let rec = bound.cache_record().unwrap();
+            assert_eq!(rec.residency, Some(residency), "{batch:?}");
+            runs.push((preds, rec));
+        }
+        let ((host, host_rec), (dev, dev_rec)) = (&runs[0], &runs[1]);
+        for (h, d) in host_rec.branches.iter().zip(&dev_rec.branches) {
+            assert_eq!(h.computed, d.computed, "{batch:?} {}", h.branch);
+            assert!(
+                h.computed.contains(&false),
+                "{batch:?} {}: no step skipped ({:?})",
+                h.branch,
+                h.computed
+            );
+        }
+        for (i, (h, d)) in host.iter().zip(dev).enumerate() {
+            for (branch, (h, d)) in h.iter().zip(d).enumerate() {
+                let bad = h.iter().zip(d).position(|(a, b)| a.to_bits() != b.to_bits());
+                assert!(
+                    bad.is_none(),
+                    "{batch:?} step {i} branch {branch}: element {bad:?} differs on the device"
+                );
+            }
+        }
+    }
+}
