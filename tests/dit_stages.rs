@@ -168,7 +168,9 @@ fn a_one_layer_dit_caches_alike_on_host_and_device() {
     let steps = 8;
     let timesteps: Vec<f32> = (0..steps).map(|i| 999.0 - 120.0 * i as f32).collect();
     // MagCache with a table whose ratios fall away from 1: some steps skip.
-    let ratios: Vec<f64> = (0..steps).flat_map(|i| [1.0 - 0.01 * i as f64; 2]).collect();
+    let ratios: Vec<f64> = (0..steps)
+        .flat_map(|i| [1.0 - 0.01 * i as f64; 2])
+        .collect();
     for batch in [BatchMode::Fixed(1), BatchMode::Fixed(2)] {
         let profile = entry.profile.clone().with_batch(batch).unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -252,7 +254,10 @@ fn a_one_layer_dit_caches_alike_on_host_and_device() {
         }
         for (i, (h, d)) in host.iter().zip(dev).enumerate() {
             for (branch, (h, d)) in h.iter().zip(d).enumerate() {
-                let bad = h.iter().zip(d).position(|(a, b)| a.to_bits() != b.to_bits());
+                let bad = h
+                    .iter()
+                    .zip(d)
+                    .position(|(a, b)| a.to_bits() != b.to_bits());
                 assert!(
                     bad.is_none(),
                     "{batch:?} step {i} branch {branch}: element {bad:?} differs on the device"

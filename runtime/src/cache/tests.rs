@@ -308,3 +308,69 @@ fn a_threshold_argument_is_a_number_or_a_preset_name() {
         assert!(e.to_string().starts_with("--cache-threshold"), "{e}");
     }
 }
+
+#[test]
+fn residency_parses_and_needs_a_policy() {
+    assert_eq!(CacheResidency::default(), CacheResidency::Auto);
+    for r in CacheResidency::ALL {
+        assert_eq!(r.name().parse::<CacheResidency>().unwrap(), r);
+    }
+    let e = "gpu".parse::<CacheResidency>().unwrap_err();
+    assert!(e.to_string().contains("--cache-residency"), "{e}");
+    // Without --cache, only the default is accepted.
+    let mut o = CacheOptions::default();
+    o.check_none().unwrap();
+    o.residency = CacheResidency::Device;
+    let e = o.check_none().unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("--cache-residency: given without --cache"),
+        "{e}"
+    );
+    // The plan carries what was asked for.
+    let (cfg, profile) = tiny();
+    o.policy = CachePolicy::FbCache;
+    let plan = o.resolve(&cfg, &profile, 4).unwrap().unwrap();
+    assert_eq!(plan.residency, CacheResidency::Device);
+}
+
+#[test]
+fn first_block_decisions_are_the_same_from_either_store() {
+    // The host store's composed decision and the decision from sums (what
+    // the device path reads back) agree, and a compute keeps the reference.
+    let (cfg, profile) = tiny();
+    let plan = CacheOptions {
+        policy: CachePolicy::FbCache,
+        threshold: Some(0.1),
+        ..Default::default()
+    }
+    .resolve(&cfg, &profile, 3)
+    .unwrap()
+    .unwrap();
+    let device = || CacheStore::Device {
+        memory: Memory::Host,
+        bytes: 8,
+        scratch_bytes: 0,
+    };
+    let mut host = StepCache::new(&plan, 3, 1, CacheStore::host(1, 2, true), &[], &[]).unwrap();
+    let mut dev = StepCache::new(&plan, 3, 1, device(), &[], &[]).unwrap();
+    let tokens = [1.0f32, 2.0];
+    // Step 0: no reference yet, both compute without sums.
+    assert!(!dev.has_first_block_reference(0));
+    assert!(host.decide_first_block(0, 0, &tokens, &[2.0, 4.0]).unwrap());
+    assert!(dev.decide_first_block_from(0, 0, None).unwrap());
+    // Step 1: r1 = [1.05, 2.1] vs ref [1, 2]: (0.15 / 3) = 0.05 ≤ 0.1 skips.
+    let first = [2.05f32, 4.1];
+    let sums = host.host_fb_sums(0, &tokens, &first).unwrap();
+    assert!(dev.has_first_block_reference(0));
+    assert!(!host.decide_first_block(1, 0, &tokens, &first).unwrap());
+    assert!(!dev.decide_first_block_from(1, 0, sums).unwrap());
+    // A branch with a reference needs its sums.
+    assert!(dev.decide_first_block_from(2, 0, None).is_err());
+    assert_eq!(host.record().branches, dev.record().branches);
+    assert_eq!(dev.record().residency, Some(CacheResidency::Device));
+    assert_eq!(dev.record().buffer_bytes, 8);
+    // The host store's arithmetic is refused on the device store.
+    let mut out = [0.0f32; 2];
+    assert!(dev.apply(0, true, &tokens, &mut out).is_err());
+}
