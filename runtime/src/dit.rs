@@ -21,6 +21,13 @@
 //! and the sampler update run on the host, and the context, the image
 //! context, `y` and every intermediate (`tokens`, `hidden_first`,
 //! `hidden`) stay on the device.
+//!
+//! With a step cache (`docs/WAN.md` §15) the decisions are
+//! [`StepCache`]'s and the arithmetic runs where the residency says: on the
+//! host (the block stack's boundaries then get host mirrors and cross the
+//! bus per call on a GPU), or in the compiled step-cache graphs on buffers
+//! in the backend's memory, where a step adds only the `computed [B]`
+//! write and, for fbcache, the read of its `[B]` sums.
 
 use std::collections::BTreeMap;
 use std::path::Path;
