@@ -254,6 +254,26 @@ fn one_batch_2_call_caches_each_row_by_its_branch() {
             &format!("t2v-tiny/batch-2/{run}"),
         );
     }
+    // Without CFG a batch-2 engine runs the prompt in both rows: one
+    // branch, decided once per step (row 1 takes row 0's decision), the
+    // same on the host and on the device.
+    let mut opts = options(&case, &json);
+    opts.guidance_scale = Some(1.0);
+    opts.steps = Some(6);
+    opts.cache = cache_options(&case, "fbcache", &json["runs"]["fbcache"]["params"]);
+    let mut runs = Vec::new();
+    for residency in [CacheResidency::Host, CacheResidency::Device] {
+        opts.cache.residency = residency;
+        let got = pipeline
+            .generate(&opts, None, |_, _, _| {})
+            .unwrap_or_else(|e| panic!("no CFG, {residency}: {e}"));
+        let rec = &got.settings.cache;
+        assert_eq!(rec.branches.len(), 1, "no CFG, {residency}");
+        assert_eq!(rec.branches[0].computed.len(), 6, "no CFG, {residency}");
+        runs.push((got.latents.to_f32().unwrap(), rec.branches.clone()));
+    }
+    assert_eq!(runs[0].1, runs[1].1, "no CFG: host and device decisions");
+    assert_bits("no CFG, batch 2, device", &runs[1].0, &runs[0].0);
 }
 
 #[test]
