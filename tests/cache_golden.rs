@@ -4,7 +4,11 @@
 //! the per-branch skip schedule equals the reference's exactly, the
 //! indicators agree, and the final latents (what `--save-latents` writes)
 //! match `<run>.latents_out`; `--cache none` is the uncached path bit for
-//! bit; bad tables and thresholds are errors naming the flag.
+//! bit; bad tables and thresholds are errors naming the flag. Every run
+//! also runs with `--cache-residency device` (the compiled step-cache
+//! graphs, forced on ort-cpu): the same schedule and indicators, and the
+//! host path's latents bit for bit; engines without those graphs fall back
+//! to the host under `auto` and refuse `device`.
 
 mod common;
 
