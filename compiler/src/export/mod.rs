@@ -308,7 +308,7 @@ fn files_of_manifest(out: &Path) -> std::collections::HashSet<String> {
     let plain = |s: &str| !s.is_empty() && !s.contains('/') && s != "..";
     if let Some(nets) = v.get("networks").and_then(|n| n.as_object()) {
         for net in nets.values() {
-            let chunks = ["chunks", "stages"]
+            let chunks = ["chunks", "stages", "cache_graphs"]
                 .iter()
                 .filter_map(|k| net.get(*k).and_then(|c| c.as_array()))
                 .flatten();
