@@ -60,8 +60,14 @@ struct CacheStage {
 /// The DiT's stage sessions.
 pub struct StagedDit {
     stages: Vec<Stage>,
-    /// The step-cache graphs (none in engines compiled before them).
+    /// The step-cache graphs' sessions, created by the first generation
+    /// that keeps its cache on the device (a DiT that never does loads
+    /// none, and builds no engine for them).
     cache_graphs: Vec<CacheStage>,
+    /// Where the sessions come from: the artifact directory, the DiT's
+    /// entry (its `cache_graphs`: none in engines compiled before them) and
+    /// the execution settings.
+    source: Box<(std::path::PathBuf, NetworkEntry, ExecutionSettings)>,
     /// The engine's batch when it is static (every stage but `time`).
     fixed_batch: Option<u64>,
     backend: Backend,
@@ -143,34 +149,21 @@ impl StagedDit {
                 reason: "dit: the stage graphs have no 'embed' stage".into(),
             })?;
         let latent_channels = embed.spec.inputs[0].concrete_shape(1)[1];
-        let mut cache_graphs = Vec::new();
         for spec in &entry.cache_graphs {
-            let graph = CacheGraph::from_name(&spec.role).ok_or_else(|| Error::Artifacts {
-                dir: dir.to_path_buf(),
-                reason: format!(
-                    "dit: unknown step-cache graph '{}' in manifest.json",
-                    spec.role
-                ),
-            })?;
-            let session = crate::session::create_artifact_graph_with(
-                dir,
-                NetworkKind::Dit.name(),
-                &spec.file,
-                &spec.graph_digest,
-                entry,
-                backend,
-                settings,
-                SessionRole::DitStage,
-            )?;
-            cache_graphs.push(CacheStage {
-                graph,
-                spec: spec.clone(),
-                session,
-            });
+            if CacheGraph::from_name(&spec.role).is_none() {
+                return Err(Error::Artifacts {
+                    dir: dir.to_path_buf(),
+                    reason: format!(
+                        "dit: unknown step-cache graph '{}' in manifest.json",
+                        spec.role
+                    ),
+                });
+            }
         }
         Ok(StagedDit {
             stages,
-            cache_graphs,
+            cache_graphs: Vec::new(),
+            source: Box::new((dir.to_path_buf(), entry.clone(), settings.clone())),
             fixed_batch: entry.profile.batch.fixed().map(u64::from),
             backend,
             device_id: settings.device_id,
@@ -216,10 +209,44 @@ impl StagedDit {
     /// Whether the engines have the step-cache graphs `policy` needs (the
     /// first-block cache also needs its indicator).
     pub fn has_cache_graphs(&self, first_block: bool) -> bool {
+        let entry = &self.source.1;
         CacheGraph::ALL
             .into_iter()
             .filter(|g| first_block || *g != CacheGraph::FbIndicator)
-            .all(|g| self.cache_graphs.iter().any(|c| c.graph == g))
+            .all(|g| entry.cache_graph(g).is_some())
+    }
+
+    /// Creates the step-cache graphs' sessions, once.
+    fn load_cache_graphs(&mut self) -> Result<()> {
+        if !self.cache_graphs.is_empty() {
+            return Ok(());
+        }
+        let (dir, entry, settings) = &*self.source;
+        for spec in &entry.cache_graphs {
+            let graph = CacheGraph::from_name(&spec.role).ok_or_else(|| Error::Artifacts {
+                dir: dir.clone(),
+                reason: format!(
+                    "dit: unknown step-cache graph '{}' in manifest.json",
+                    spec.role
+                ),
+            })?;
+            let session = crate::session::create_artifact_graph_with(
+                dir,
+                NetworkKind::Dit.name(),
+                &spec.file,
+                &spec.graph_digest,
+                entry,
+                self.backend,
+                settings,
+                SessionRole::DitStage,
+            )?;
+            self.cache_graphs.push(CacheStage {
+                graph,
+                spec: spec.clone(),
+                session,
+            });
+        }
+        Ok(())
     }
 
     /// Whether a step cache of `plan` runs on the device: `auto` does on
@@ -602,6 +629,9 @@ impl<'s> BoundDit<'s> {
             Some(plan) => dit.cache_on_device(plan)?,
             None => false,
         };
+        if device {
+            dit.load_cache_graphs()?;
+        }
         let first_block = cache.is_some_and(|p| p.policy == crate::cache::CachePolicy::FbCache);
         let mut pool: Vec<Buffer> = Vec::new();
         let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
