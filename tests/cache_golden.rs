@@ -510,8 +510,9 @@ fn bad_tables_and_thresholds_name_the_flag() {
 }
 
 /// The figures of `docs/MEASUREMENTS.md` ("Step caching"): block-stack
-/// calls and denoising wall time per policy vs none, best and median of 7
-/// runs, on the tiny cases (12 steps, CFG). A measurement, not a check.
+/// calls and denoising wall time per policy (host and device residency) vs
+/// none, best and median of 7 runs, on the tiny cases (12 steps, CFG). A
+/// measurement, not a check.
 #[test]
 #[ignore = "measurement: cargo test --test cache_golden -- --ignored --nocapture"]
 fn measure_policies() {
@@ -521,10 +522,21 @@ fn measure_policies() {
         let out = compile(&case, BatchMode::Fixed(1));
         let mut pipeline =
             Pipeline::load(Artifacts::open(out.path()).unwrap(), Backend::OrtCpu).unwrap();
-        for run in ["nocache", "fbcache", "magcache", "teacache", "teacache_ret"] {
+        for (run, residency) in [
+            ("nocache", CacheResidency::Auto),
+            ("fbcache", CacheResidency::Host),
+            ("fbcache", CacheResidency::Device),
+            ("magcache", CacheResidency::Host),
+            ("magcache", CacheResidency::Device),
+            ("teacache", CacheResidency::Host),
+            ("teacache", CacheResidency::Device),
+            ("teacache_ret", CacheResidency::Host),
+            ("teacache_ret", CacheResidency::Device),
+        ] {
             let mut opts = options(&case, &json);
             if run != "nocache" {
                 opts.cache = cache_options(&case, run, &json["runs"][run]["params"]);
+                opts.cache.residency = residency;
             }
             let mut times = Vec::new();
             let mut forwards = 24;
@@ -537,7 +549,7 @@ fn measure_policies() {
             }
             times.sort_by(f64::total_cmp);
             eprintln!(
-                "| {name} | {run} | {forwards} / 24 | {:.1} ms | {:.1} ms |",
+                "| {name} | {run} | {residency} | {forwards} / 24 | {:.1} ms | {:.1} ms |",
                 times[0] * 1e3,
                 times[3] * 1e3
             );
