@@ -433,6 +433,8 @@ fn parse_cache<'a>(get: &dyn Fn(&str) -> Option<&'a Value>) -> Result<CacheOptio
         max_skip,
         retention,
         table: None,
+        // The job API has no residency field: the engine's default (auto).
+        residency: Default::default(),
     };
     opts.validate().map_err(|e| runtime_field_error(&e))?;
     Ok(opts)
