@@ -150,7 +150,8 @@ fn bound_steps_equal_the_whole_graph() {
 /// a step cache on the host and on the device (the step-cache graphs,
 /// forced on ort-cpu): the same skip schedule and the same predictions bit
 /// for bit on every step, for CFG as two batch-1 calls and as one batch-2
-/// call. Random weights at the tiny T2V config with `num_layers` 1.
+/// call (fixed and dynamic batch). Random weights at the tiny T2V config
+/// with `num_layers` 1.
 #[test]
 fn a_one_layer_dit_caches_alike_on_host_and_device() {
     use wanrt::compiler::{CompileOptions, ModelSource, compile};
@@ -171,7 +172,7 @@ fn a_one_layer_dit_caches_alike_on_host_and_device() {
     let ratios: Vec<f64> = (0..steps)
         .flat_map(|i| [1.0 - 0.01 * i as f64; 2])
         .collect();
-    for batch in [BatchMode::Fixed(1), BatchMode::Fixed(2)] {
+    for batch in [BatchMode::Fixed(1), BatchMode::Fixed(2), BatchMode::Dynamic] {
         let profile = entry.profile.clone().with_batch(batch).unwrap();
         let dir = tempfile::tempdir().unwrap();
         compile(
