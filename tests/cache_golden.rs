@@ -645,3 +645,40 @@ fn wan_run_cache_flags_save_latents_and_sidecar() {
         );
     }
 }
+
+#[test]
+fn wan_run_checks_the_cache_against_the_model_before_loading_engines() {
+    // The tiny model is none of the official checkpoints: magcache without
+    // --cache-table has no ratios, a preset name has nothing to name, and
+    // --zero-init-steps runs no DiT to cache. Each is refused from the
+    // manifest, before "loading engines", with nothing written.
+    let case = Case::new("t2v-tiny");
+    let engines = compile(&case, BatchMode::Fixed(1));
+    let tmp = tempfile::tempdir().unwrap();
+    let video = tmp.path().join("v.mp4");
+    for (args, flag) in [
+        (vec!["--cache", "magcache"], "--cache-table"),
+        (
+            vec!["--cache", "teacache", "--cache-threshold", "slow"],
+            "--cache-threshold",
+        ),
+        (
+            vec!["--cache", "fbcache", "--zero-init-steps", "1"],
+            "--cache",
+        ),
+    ] {
+        let (ok, log) = run_cmd(
+            Command::new(bin("wan-run"))
+                .arg("--engines")
+                .arg(engines.path())
+                .args(["--prompt", "x", "--steps", "2"])
+                .args(&args)
+                .arg("--output")
+                .arg(&video),
+        );
+        assert!(!ok, "{args:?} succeeded: {log}");
+        assert!(log.contains(&format!("{flag}:")), "{args:?}: {log}");
+        assert!(!log.contains("loading engines"), "{args:?}: checked late: {log}");
+        assert!(!video.exists(), "{args:?}: wrote {}", video.display());
+    }
+}

@@ -291,6 +291,19 @@ pub struct Generated {
     pub timings: Timings,
 }
 
+/// The step count a generation runs: the `--timesteps` list's length
+/// (`timesteps`), else `steps`, else the task's official default
+/// ([`defaults`]).
+pub fn steps_to_run(
+    task: Task,
+    width: u32,
+    height: u32,
+    steps: Option<usize>,
+    timesteps: Option<usize>,
+) -> usize {
+    timesteps.unwrap_or_else(|| steps.unwrap_or_else(|| defaults(task, width, height).0))
+}
+
 /// Default sampling settings of the official code (`docs/WAN.md` §9.2,
 /// §13, §14): 50 steps (40 for I2V), guidance 5, shift 5 (3 for I2V at
 /// 480P areas, 16 for FLF2V and VACE).
@@ -881,11 +894,14 @@ impl Pipeline {
     /// A `--timesteps` list sets the step count.
     fn sampling(&self, opts: &GenerateOptions) -> (usize, f32, f64) {
         let p = self.profile();
-        let (d_steps, d_guidance, d_shift) = defaults(self.task, p.width, p.height);
-        let steps = match &opts.timesteps {
-            Some(list) => list.len(),
-            None => opts.steps.unwrap_or(d_steps),
-        };
+        let (_, d_guidance, d_shift) = defaults(self.task, p.width, p.height);
+        let steps = steps_to_run(
+            self.task,
+            p.width,
+            p.height,
+            opts.steps,
+            opts.timesteps.as_ref().map(Vec::len),
+        );
         (
             steps,
             opts.guidance_scale.unwrap_or(d_guidance),

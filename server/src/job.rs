@@ -109,12 +109,13 @@ impl JobRequest {
     /// `steps`, else the task's official default.
     pub fn steps_to_run(&self) -> usize {
         let p = &self.profile;
-        match &self.timesteps {
-            Some(list) => list.len(),
-            None => self
-                .steps
-                .unwrap_or(wanrt_runtime::pipeline::defaults(p.task, p.width, p.height).0),
-        }
+        wanrt_runtime::pipeline::steps_to_run(
+            p.task,
+            p.width,
+            p.height,
+            self.steps,
+            self.timesteps.as_ref().map(Vec::len),
+        )
     }
 }
 

@@ -533,6 +533,22 @@ fn generate(g: GenerateArgs) -> Result<()> {
         .profile
         .clone();
     let vace = vace_inputs(&g, &profile)?;
+    // The step cache against the model (its tables and presets) and the
+    // step count, before the engines load.
+    let steps = wanrt_runtime::pipeline::steps_to_run(
+        task,
+        profile.width,
+        profile.height,
+        g.steps,
+        g.timesteps.as_ref().map(Vec::len),
+    );
+    wanrt_runtime::pipeline::cache_plan_for(
+        &artifacts,
+        wanrt_runtime::pipeline::DitGraphs::Stages,
+        &cache,
+        steps,
+        g.zero_init_steps,
+    )?;
     let decode = |p: &Option<PathBuf>| -> Result<Option<InputImage>> {
         Ok(match p {
             Some(path) => Some(InputImage::new(
