@@ -678,7 +678,10 @@ fn wan_run_checks_the_cache_against_the_model_before_loading_engines() {
         );
         assert!(!ok, "{args:?} succeeded: {log}");
         assert!(log.contains(&format!("{flag}:")), "{args:?}: {log}");
-        assert!(!log.contains("loading engines"), "{args:?}: checked late: {log}");
+        assert!(
+            !log.contains("loading engines"),
+            "{args:?}: checked late: {log}"
+        );
         assert!(!video.exists(), "{args:?}: wrote {}", video.display());
     }
 }

@@ -212,6 +212,14 @@ fn placement_counts_every_node_on_the_cpu_provider() {
     }
     assert!(lines[0].contains("dit.onnx"), "{log}");
     assert!(lines[1].contains("vae_decoder.first.onnx"), "{log}");
+    // Every graph file of the manifest is listed with its tensors.
+    for needle in [
+        "stage block_first: dit.block_first.onnx (tokens, timestep_proj, context → hidden_first)",
+        "step-cache graph cache_head: dit.cache_head.onnx",
+        "chunk first: vae_decoder.first.onnx",
+    ] {
+        assert!(log.contains(needle), "{needle}: {log}");
+    }
     // Without --load there is nothing to place.
     let (ok, log) = run_cmd(
         Command::new(bin("wan-run"))

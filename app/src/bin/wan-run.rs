@@ -853,6 +853,27 @@ fn run() -> Result<()> {
                 for t in e.outputs.iter() {
                     println!("    out {} {} {}", t.name, t.dtype, t.shape_string());
                 }
+                for (what, graphs) in [
+                    ("chunk", &e.chunks),
+                    ("stage", &e.stages),
+                    ("step-cache graph", &e.cache_graphs),
+                ] {
+                    for g in graphs {
+                        let io = |ts: &[wanrt_core::TensorSpec]| {
+                            ts.iter()
+                                .map(|t| t.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        };
+                        println!(
+                            "    {what} {}: {} ({} → {})",
+                            g.role,
+                            g.file,
+                            io(&g.inputs),
+                            io(&g.outputs)
+                        );
+                    }
+                }
                 if load {
                     let start = std::time::Instant::now();
                     artifacts.load(*kind, backend)?;
