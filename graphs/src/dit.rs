@@ -101,7 +101,7 @@ pub(crate) struct Dit<'a, 'b, 'i> {
     quant: Option<QuantPlan>,
     taps: Option<QuantLayers>,
     /// Calibration taps built so far: (linear weight path, amax `[b]`).
-    pub(crate) tapped: Vec<(String, Value)>,
+    tapped: Vec<(String, Value)>,
 }
 
 pub(crate) const F32: DType = DType::Float32;
@@ -253,6 +253,39 @@ impl Dit<'_, '_, '_> {
             taps,
             tapped: Vec::new(),
         })
+    }
+
+    /// The whole graph's front: the patch embedding `x [b, n, d]`, the
+    /// time embedding `e` and modulation input `e0`, the text context
+    /// `[b, L, d]`; `(n, d, L)` size the debug outputs.
+    pub(crate) fn inputs(
+        &mut self,
+        hidden: &Value,
+        timestep: &Value,
+        text: &Value,
+        (n, dd, l): (i64, i64, i64),
+        debug: &mut Debug,
+    ) -> Result<(Value, Value, Value, Value)> {
+        let x = self.embed(hidden)?;
+        debug.push(("patch_embedding".into(), x.clone(), vec![n, dd]));
+        let (e, e0) = self.time(timestep, debug)?;
+        let ctx = self.text_context(text)?;
+        debug.push(("text_context".into(), ctx.clone(), vec![l, dd]));
+        Ok((x, e, e0, ctx))
+    }
+
+    /// The whole graph's outputs: `noise_pred`, the debug intermediates
+    /// when asked, and the calibration taps built on the way.
+    pub(crate) fn finish(
+        mut self,
+        contract: &NetworkContract,
+        noise: &Value,
+        debug: Debug,
+        debug_outputs: bool,
+    ) {
+        let tapped = std::mem::take(&mut self.tapped);
+        emit_outputs(self.b, contract, noise, debug, debug_outputs);
+        emit_taps(self.b, contract, tapped);
     }
 
     /// Patch embedding (Conv3d, kernel = stride = (1, 2, 2)) → `[b, n, d]`
@@ -545,11 +578,7 @@ pub fn build(
         opts.calibration_taps,
     )?;
 
-    let mut x = dit.embed(hidden)?;
-    debug.push(("patch_embedding".into(), x.clone(), vec![n, dd]));
-    let (e, e0) = dit.time(timestep, &mut debug)?;
-    let ctx = dit.text_context(text)?;
-    debug.push(("text_context".into(), ctx.clone(), vec![l, dd]));
+    let (mut x, e, e0, ctx) = dit.inputs(hidden, timestep, text, (n, dd, l), &mut debug)?;
     let img_ctx = match image {
         Some(image) if cfg.task.has_image() => {
             let y = dit.image_context(image, &mut debug)?;
@@ -569,18 +598,12 @@ pub fn build(
         debug.push((format!("block_{i}_out"), x.clone(), vec![n, dd]));
     }
     let noise = dit.head(&x, &e, grid, &mut debug)?;
-    let tapped = std::mem::take(&mut dit.tapped);
-    emit_outputs(dit.b, &contract, &noise, debug, opts.debug_outputs);
-    emit_taps(dit.b, &contract, tapped);
+    dit.finish(&contract, &noise, debug, opts.debug_outputs);
     Ok(())
 }
 
 /// The calibration taps as `calibration.<linear>` outputs `[batch]`.
-pub(crate) fn emit_taps(
-    b: &mut GraphBuilder<'_>,
-    contract: &NetworkContract,
-    tapped: Vec<(String, Value)>,
-) {
+fn emit_taps(b: &mut GraphBuilder<'_>, contract: &NetworkContract, tapped: Vec<(String, Value)>) {
     let batch = io_dims(&contract.outputs[0].shape)[0].clone();
     for (prefix, amax) in tapped {
         b.output(

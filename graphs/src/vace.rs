@@ -26,7 +26,7 @@
 use wanrt_core::{DitConfig, DitStage, NetworkContract, Profile};
 
 use crate::builder::{GraphBuilder, Value};
-use crate::dit::{Debug, Dit, Rope, declare_inputs, declare_outputs, emit_outputs, emit_taps};
+use crate::dit::{Debug, Dit, Rope, declare_inputs, declare_outputs};
 use crate::dit::{DitOptions, F32};
 use crate::error::{Error, Result};
 use crate::weights::Weights;
@@ -120,11 +120,7 @@ pub fn build(
         opts.calibration_taps,
     )?;
 
-    let mut x = dit.embed(hidden)?;
-    debug.push(("patch_embedding".into(), x.clone(), vec![n, dd]));
-    let (e, e0) = dit.time(timestep, &mut debug)?;
-    let ctx = dit.text_context(text)?;
-    debug.push(("text_context".into(), ctx.clone(), vec![l, dd]));
+    let (mut x, e, e0, ctx) = dit.inputs(hidden, timestep, text, (n, dd, l), &mut debug)?;
     let rope = dit.rope(grid, &x)?;
     let hints = dit.vace_hints(control, &x, &e0, &ctx, &rope, n, &mut debug)?;
     let scales = split_scales(dit.b, scale, hints.len())?;
@@ -137,9 +133,7 @@ pub fn build(
         debug.push((format!("block_{i}_out"), x.clone(), vec![n, dd]));
     }
     let noise = dit.head(&x, &e, grid, &mut debug)?;
-    let tapped = std::mem::take(&mut dit.tapped);
-    emit_outputs(dit.b, &contract, &noise, debug, opts.debug_outputs);
-    emit_taps(dit.b, &contract, tapped);
+    dit.finish(&contract, &noise, debug, opts.debug_outputs);
     Ok(())
 }
 
