@@ -39,24 +39,7 @@ fn compile_run_compare_i2v_original_layout() {
     assert!(ok, "{log}");
     let output = tmp.path().join("noise_pred.safetensors");
     let golden = case.dir.join("golden/dit.safetensors");
-    let (ok, log) = run_cmd(
-        Command::new(bin("wan-run"))
-            .args(["component", "dit", "--engines"])
-            .arg(&engines)
-            .arg("--input")
-            .arg(&golden)
-            .arg("--output")
-            .arg(&output),
-    );
-    assert!(ok, "{log}");
-    let (ok, log) = run_cmd(
-        Command::new(bin("wan-run"))
-            .args(["compare", "--tensor", "noise_pred", "--input"])
-            .arg(&output)
-            .arg("--reference")
-            .arg(&golden),
-    );
-    assert!(ok && log.contains("ok"), "{log}");
+    common::cli_dit_matches_golden(&engines, &golden, &output);
 
     // The output exists now: no overwrite without being asked.
     let (ok, log) = run_cmd(

@@ -517,24 +517,7 @@ fn cli_component_dit_takes_the_reference_layout() {
     assert!(ok, "{log}");
     let golden = case.dir.join("golden/dit.safetensors");
     let output = tmp.path().join("noise_pred.safetensors");
-    let (ok, log) = run_cmd(
-        Command::new(bin("wan-run"))
-            .args(["component", "dit", "--backend", "ort-cpu", "--engines"])
-            .arg(&engines)
-            .arg("--input")
-            .arg(&golden)
-            .arg("--output")
-            .arg(&output),
-    );
-    assert!(ok, "{log}");
-    let (ok, log) = run_cmd(
-        Command::new(bin("wan-run"))
-            .args(["compare", "--tensor", "noise_pred", "--input"])
-            .arg(&output)
-            .arg("--reference")
-            .arg(&golden),
-    );
-    assert!(ok && log.contains("ok"), "{log}");
+    common::cli_dit_matches_golden(&engines, &golden, &output);
 }
 
 /// CFG as one batch-2 call (engines compiled with `--batch 2`): the bound

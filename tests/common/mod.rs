@@ -314,3 +314,27 @@ impl Case {
         }
     }
 }
+
+/// `wan-run component dit` of `engines` on `golden` (a golden
+/// `dit.safetensors`) into `output`, then `wan-run compare` of its
+/// `noise_pred` with the golden's: both commands must succeed.
+pub fn cli_dit_matches_golden(engines: &Path, golden: &Path, output: &Path) {
+    let (ok, log) = run_cmd(
+        std::process::Command::new(bin("wan-run"))
+            .args(["component", "dit", "--backend", "ort-cpu", "--engines"])
+            .arg(engines)
+            .arg("--input")
+            .arg(golden)
+            .arg("--output")
+            .arg(output),
+    );
+    assert!(ok, "{log}");
+    let (ok, log) = run_cmd(
+        std::process::Command::new(bin("wan-run"))
+            .args(["compare", "--tensor", "noise_pred", "--input"])
+            .arg(output)
+            .arg("--reference")
+            .arg(golden),
+    );
+    assert!(ok && log.contains("ok"), "{log}");
+}
