@@ -449,6 +449,81 @@ pub struct Denoiser<'p> {
     shape: Vec<u64>,
 }
 
+impl<'p> Denoiser<'p> {
+    /// A denoising loop on a loaded DiT alone (what [`Pipeline::denoiser`]
+    /// starts; the benches drive it on a DiT compiled without the other
+    /// networks). With the stage graphs it binds the generation's buffers:
+    /// the context stage runs for each CFG branch and the time stage for
+    /// the whole schedule, once. `shape` is the latent shape
+    /// `[1, C, F', H', W']` of `inputs.latents`.
+    pub fn new(dit: &'p mut Network, inputs: DenoiseInputs, shape: Vec<u64>) -> Result<Self> {
+        let n = inputs.latents.len();
+        let want: u64 = shape.iter().product();
+        if want != n as u64 {
+            return Err(Error::arg(
+                "latents",
+                format!("{n} initial latents for a latent shape {shape:?}"),
+            ));
+        }
+        let sampler = Sampler::with_schedule(inputs.solver, inputs.schedule.clone(), n)?
+            .with_noise_seed(inputs.seed);
+        let guidance = inputs.guidance;
+        let (cfg_zero_star, inputs_zero) = (inputs.cfg_zero_star, inputs.zero_init_steps);
+        let latents = inputs.latents.clone();
+        let path = if dit.staged_dit().is_some() {
+            let staged = dit.staged_dit().expect("checked just above");
+            {
+                let timesteps = sampler.schedule().dit_timesteps().to_vec();
+                let (image, y) = match &inputs.image {
+                    Some((tok, y)) => (Some(tok), Some(y)),
+                    None => (None, None),
+                };
+                let c = Conditioning {
+                    cond: &inputs.cond,
+                    uncond: inputs.uncond.as_ref(),
+                    image,
+                    y,
+                    timesteps: &timesteps,
+                };
+                let constants: Vec<(&str, &HostTensor)> = match &inputs.vace {
+                    Some((ctl, scale)) => vec![
+                        ("control_hidden_states", ctl),
+                        ("control_hidden_states_scale", scale),
+                    ],
+                    None => Vec::new(),
+                };
+                StepPath::Bound(Box::new(staged.bind_cached(
+                    &c,
+                    &constants,
+                    inputs.cache.as_ref(),
+                )?))
+            }
+        } else {
+            if inputs.cache.is_some() {
+                return Err(Error::arg(
+                    "--cache",
+                    "step caching runs on the DiT's stage graphs, which these engines lack",
+                ));
+            }
+            StepPath::Whole {
+                dit,
+                inputs: Box::new(inputs),
+            }
+        };
+        let zeros = vec![0.0; if inputs_zero > 0 { n } else { 0 }];
+        Ok(Denoiser {
+            path,
+            sampler,
+            latents,
+            guidance,
+            cfg_zero_star,
+            zero_init_steps: inputs_zero,
+            zeros,
+            shape,
+        })
+    }
+}
+
 impl Denoiser<'_> {
     pub fn is_finished(&self) -> bool {
         self.sampler.is_finished()
@@ -1022,63 +1097,7 @@ impl Pipeline {
     /// branch and the time stage for the whole schedule, once.
     pub fn denoiser(&mut self, inputs: DenoiseInputs) -> Result<Denoiser<'_>> {
         let shape = self.latent_shape();
-        let n = inputs.latents.len();
-        let sampler = Sampler::with_schedule(inputs.solver, inputs.schedule.clone(), n)?
-            .with_noise_seed(inputs.seed);
-        let guidance = inputs.guidance;
-        let (cfg_zero_star, inputs_zero) = (inputs.cfg_zero_star, inputs.zero_init_steps);
-        let latents = inputs.latents.clone();
-        let path = if self.dit.staged_dit().is_some() {
-            let staged = self.dit.staged_dit().expect("checked just above");
-            {
-                let timesteps = sampler.schedule().dit_timesteps().to_vec();
-                let (image, y) = match &inputs.image {
-                    Some((tok, y)) => (Some(tok), Some(y)),
-                    None => (None, None),
-                };
-                let c = Conditioning {
-                    cond: &inputs.cond,
-                    uncond: inputs.uncond.as_ref(),
-                    image,
-                    y,
-                    timesteps: &timesteps,
-                };
-                let constants: Vec<(&str, &HostTensor)> = match &inputs.vace {
-                    Some((ctl, scale)) => vec![
-                        ("control_hidden_states", ctl),
-                        ("control_hidden_states_scale", scale),
-                    ],
-                    None => Vec::new(),
-                };
-                StepPath::Bound(Box::new(staged.bind_cached(
-                    &c,
-                    &constants,
-                    inputs.cache.as_ref(),
-                )?))
-            }
-        } else {
-            if inputs.cache.is_some() {
-                return Err(Error::arg(
-                    "--cache",
-                    "step caching runs on the DiT's stage graphs, which these engines lack",
-                ));
-            }
-            StepPath::Whole {
-                dit: &mut self.dit,
-                inputs: Box::new(inputs),
-            }
-        };
-        let zeros = vec![0.0; if inputs_zero > 0 { n } else { 0 }];
-        Ok(Denoiser {
-            path,
-            sampler,
-            latents,
-            guidance,
-            cfg_zero_star,
-            zero_init_steps: inputs_zero,
-            zeros,
-            shape,
-        })
+        Denoiser::new(&mut self.dit, inputs, shape)
     }
 
     /// Runs the whole generation. `on_step(i, n, seconds)` reports progress;
