@@ -2,6 +2,7 @@
 # One-command GPU check: ONNX Runtime CUDA vs PyTorch on the same DiT weights.
 #
 #   scripts/gpu-check.sh [--dry-run] [--out FILE] [--configs "small 1.3b"] [--iters N]
+#                        [--cache-steps N]
 #
 # On a machine with an NVIDIA GPU, the CUDA libraries and ONNX Runtime's GPU
 # build (ORT_DYLIB_PATH → onnxruntime-gpu 1.31.1's libonnxruntime.so; see
@@ -14,8 +15,19 @@
 #     into the bound buffer), pinned vs pageable copies;
 #   - PyTorch (diffusers, SDPA flash and cuDNN) on the same inputs, and the
 #     output difference;
+#   - the step cache (docs/WAN.md §15): the pipeline's bound denoising loop
+#     (stage graphs, CFG, UniPC) over --cache-steps steps (default 10) from
+#     one random start, without a cache and with MagCache at the published
+#     T2V-1.3B ratios (resampled to those steps) and preset: block-stack
+#     calls, wall time, speed-up. On random weights MagCache's schedule is the
+#     real model's (it depends only on the table and the step count); the
+#     residuals live on the host (device residency is not on this build);
 # and appends one table per config to --out (default out/gpu-check.md), the
-# ratio printed last. Budget: under 7 minutes on an H100/H200.
+# ratio printed last. Budget: under 8 minutes on an H100/H200. The step-cache
+# item adds 2 (warm-up) + 2·N + MagCache's calls (8 at N = 10) DiT forwards
+# per config: 30 at N = 10, i.e. about 30 times the plain run the table
+# reports, plus the stage sessions' creation. When `--cache-residency device`
+# lands (helper branch "devres"), add its MagCache run here.
 #
 # --dry-run runs everything but the GPU calls on this CPU box: the tiny
 # fixture model, fp32, ort-cpu (bound host buffers; CUDA graphs and pinned
@@ -25,18 +37,20 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-dry=0; out="$ROOT/out/gpu-check.md"; configs="small 1.3b"; iters=10
+dry=0; out="$ROOT/out/gpu-check.md"; configs="small 1.3b"; iters=10; cache_steps=10
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry=1; shift ;;
     --out) out="$2"; shift 2 ;;
     --configs) configs="$2"; shift 2 ;;
     --iters) iters="$2"; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    --cache-steps) cache_steps="$2"; shift 2 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 case "$iters" in ''|*[!0-9]*|0) echo "gpu-check: --iters must be a positive integer" >&2; exit 2 ;; esac
+case "$cache_steps" in ''|*[!0-9]*|0) echo "gpu-check: --cache-steps must be a positive integer" >&2; exit 2 ;; esac
 
 if [ "$dry" = 1 ]; then
   configs="fixture"; backend="ort-cpu"; precision="fp32"; device="cpu"
@@ -78,7 +92,8 @@ for c in $configs; do
   echo "== $c: ONNX Runtime ($backend)" >&2
   ref=(); [ -f "$d/torch.safetensors" ] && ref=(--reference "$d/torch.safetensors")
   "$BIN/wan-gpu-check" --engines "$d/engines" --input "$d/inputs.safetensors" \
-    --output "$d/ort.safetensors" --json "$d/ort.json" --backend "$backend" --iters "$iters" "${ref[@]}"
+    --output "$d/ort.safetensors" --json "$d/ort.json" --backend "$backend" --iters "$iters" \
+    --cache-steps "$cache_steps" "${ref[@]}"
   r="$(python3 "$ROOT/scripts/gpu_check.py" table --dir "$d" --label "$c" --table "$out" | tail -1)"
   ratios+=("$r")
 done

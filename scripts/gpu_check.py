@@ -19,7 +19,8 @@ first backend's output). Without torch/diffusers it writes why into
 DIR/torch.json and exits 0: the table says the half was skipped.
 
 `table` appends the config's rows to FILE (markdown) from DIR/ort.json and
-DIR/torch.json, and prints the PyTorch/ORT ratio.
+DIR/torch.json (with the step-cache rows where ort.json has them), and
+prints the PyTorch/ORT ratio.
 """
 
 import argparse
@@ -161,6 +162,14 @@ def table(a):
               "graph_replay_stale_vs_plain_max_abs", "vs_reference_rel_l2", "vs_reference_max_abs"]:
         if k in ort:
             rows.append(f"| {k.replace('_', ' ')} | {ort[k]:.3e} |")
+    if "cache_steps" in ort:
+        n = ort["cache_steps"]
+        for name in ("none", "magcache"):
+            rows.append(f"| step cache {name}, {n} UniPC steps | {ort[f'cache_{name}_calls']} block-stack calls, "
+                        f"{ort[f'cache_{name}_s']:.3f} s |")
+        rows.append(f"| step cache magcache speed-up | {ort['cache_magcache_speedup']:.2f}x "
+                    f"(table: {ort['cache_table']}; residuals: {ort['cache_residency']}, "
+                    f"{ort['cache_buffer_bytes']} B) |")
     if "skipped" in tor:
         rows.append(f"| PyTorch | {tor['skipped']} |")
     for k, v in tor.items():

@@ -1,7 +1,8 @@
 //! `scripts/gpu-check.sh`: its argument handling, and its `--dry-run`, which
 //! runs every step but the GPU calls on this CPU box (the tiny fixture DiT
 //! through wan-compile and wan-gpu-check on ort-cpu, the PyTorch half on the
-//! CPU where torch is installed) and writes its table.
+//! CPU where torch is installed, the step-cache loop with and without
+//! MagCache) and writes its table.
 
 mod common;
 
@@ -9,6 +10,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{bin, run_cmd};
+use wanrt::core::{DitConfig, Profile};
+use wanrt::runtime::cache::{CacheOptions, CachePolicy, magcache_schedule};
 
 fn script() -> Command {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -23,6 +26,7 @@ fn script() -> Command {
 fn bad_arguments_are_refused_with_the_flag() {
     for (args, needle) in [
         (vec!["--iters", "0"], "--iters"),
+        (vec!["--cache-steps", "x"], "--cache-steps"),
         (vec!["--bogus"], "unknown argument '--bogus'"),
     ] {
         let (ok, log) = run_cmd(script().args(&args));
@@ -62,6 +66,39 @@ fn dry_run_exercises_every_step_but_the_gpu_calls() {
         "| bound vs plain max abs | 0.000e+00 |",
     ] {
         assert!(text.contains(want), "missing '{want}' in:\n{text}");
+    }
+    // The step cache: the bound loop over the default 10 steps, every
+    // call without a cache, and MagCache's calls exactly those of the
+    // published T2V-1.3B schedule at 10 steps.
+    let published = CacheOptions {
+        policy: CachePolicy::MagCache,
+        ..Default::default()
+    }
+    .resolve(
+        &DitConfig::t2v_1_3b(),
+        &Profile::custom(832, 480, 81, 512).unwrap(),
+        10,
+    )
+    .unwrap()
+    .unwrap();
+    let ratios = published.mag_ratios.as_deref().unwrap();
+    let (k, r) = (published.max_skip.unwrap(), published.retention.unwrap());
+    let calls: usize = (0..2)
+        .map(|b| {
+            magcache_schedule(ratios, published.threshold, k, r, 10, b)
+                .iter()
+                .filter(|d| d.computed)
+                .count()
+        })
+        .sum();
+    assert!(calls < 20, "the published schedule skips at 10 steps");
+    for want in [
+        "| step cache none, 10 UniPC steps | 20 / 20 block-stack calls, ".to_string(),
+        format!("| step cache magcache, 10 UniPC steps | {calls} / 20 block-stack calls, "),
+        "| step cache magcache speed-up | ".to_string(),
+        "table: published T2V-1.3B, given explicitly".to_string(),
+    ] {
+        assert!(text.contains(&want), "missing '{want}' in:\n{text}");
     }
     // The PyTorch half ran on the CPU, or the table says why it did not.
     assert!(

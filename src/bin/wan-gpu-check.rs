@@ -11,6 +11,10 @@
 //! tensor. Every figure is written as JSON (`--json`); the plain run's
 //! output is written to `--output` for the comparison with PyTorch.
 //!
+//! With `--cache-steps N` it also times the step cache: the pipeline's
+//! bound denoising loop over N steps without a cache and with MagCache at
+//! the published T2V-1.3B table ([`step_cache`]).
+//!
 //! On `ort-cpu` (the script's `--dry-run`) the device parts run on host
 //! memory where that is meaningful (bound buffers) and are reported as
 //! skipped, with the reason, where they need a GPU (CUDA graphs, pinned
@@ -26,7 +30,14 @@ use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, Memory
 use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorValueType};
 use serde_json::{Value, json};
-use wanrt::core::NetworkKind;
+use wanrt::core::{DitConfig, NetworkKind, Profile};
+use wanrt::runtime::cache::{
+    CacheOptions, CachePlan, CachePolicy, CacheTable, KnownModel, known_model,
+};
+use wanrt::runtime::pipeline::{
+    DenoiseInputs, Denoiser, DitGraphs, cache_plan_for, gaussian_noise,
+};
+use wanrt::runtime::schedule::{Schedule, Solver};
 use wanrt::runtime::{Artifacts, Backend, HostTensor, tensorfile};
 
 struct Args {
@@ -39,6 +50,8 @@ struct Args {
     /// Another implementation's output on the same inputs (PyTorch's), to
     /// compare with.
     reference: Option<PathBuf>,
+    /// Steps of the step-cache item (0: skipped).
+    cache_steps: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -70,6 +83,10 @@ fn parse_args() -> Result<Args> {
         backend,
         iters: take("iters")?.parse().context("--iters")?,
         reference: get.get("reference").map(PathBuf::from),
+        cache_steps: match get.get("cache-steps") {
+            Some(v) => v.parse().context("--cache-steps")?,
+            None => 0,
+        },
     })
 }
 
@@ -178,6 +195,133 @@ fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
     let t = Instant::now();
     let r = f()?;
     Ok((r, t.elapsed().as_secs_f64()))
+}
+
+/// The step-cache item: the pipeline's bound denoising loop ([`Denoiser`]:
+/// the DiT's stage graphs, CFG as the engine runs it, UniPC, shift 5,
+/// guidance 5) over `steps` steps from one random start, without a cache
+/// and with MagCache at the published T2V-1.3B magnitude ratios (resampled
+/// to `steps`) and preset (threshold 0.12, K 4, retention 0.2). MagCache's
+/// schedule depends only on the table and the step count, so on random
+/// weights it skips the calls it skips on the real model. A model
+/// recognised as T2V-1.3B takes the built-in table, as `wan-run --cache
+/// magcache` would; any other (the dry run's fixture) is given the same
+/// table and settings explicitly. One untimed step first (session warm-up).
+fn step_cache(
+    artifacts: &Artifacts,
+    backend: Backend,
+    steps: usize,
+    report: &mut serde_json::Map<String, Value>,
+) -> Result<()> {
+    let mut dit = artifacts.load(NetworkKind::Dit, backend)?;
+    let cfg: DitConfig =
+        serde_json::from_value(dit.entry.config.clone()).context("dit config in manifest.json")?;
+    let profile = dit.entry.profile.clone();
+    let [c, f, h, w] = profile.dit_latent_shape(cfg.out_dim);
+    let shape = vec![1, u64::from(c), u64::from(f), u64::from(h), u64::from(w)];
+    let n = shape.iter().product::<u64>() as usize;
+    let text = vec![1, u64::from(profile.text_len), u64::from(cfg.text_dim)];
+    let m = text.iter().product::<u64>() as usize;
+    let mut inputs = DenoiseInputs {
+        cond: HostTensor::from_f32(text.clone(), &gaussian_noise(5, m)),
+        uncond: Some(HostTensor::from_f32(text, &gaussian_noise(6, m))),
+        image: None,
+        vace: None,
+        latents: gaussian_noise(0, n),
+        solver: Solver::UniPc,
+        schedule: Schedule::for_solver(Solver::UniPc, steps, 5.0)?,
+        seed: 0,
+        guidance: 5.0,
+        cfg_zero_star: false,
+        zero_init_steps: 0,
+        cache: None,
+    };
+    let published: CachePlan = CacheOptions {
+        policy: CachePolicy::MagCache,
+        ..Default::default()
+    }
+    .resolve(
+        &DitConfig::t2v_1_3b(),
+        &Profile::custom(832, 480, 81, 512)?,
+        steps,
+    )?
+    .context("MagCache resolves to a plan")?;
+    let (opts, table) = if known_model(&cfg, &profile) == Some(KnownModel::T2v1_3b) {
+        let opts = CacheOptions {
+            policy: CachePolicy::MagCache,
+            ..Default::default()
+        };
+        (opts, "built-in T2V-1.3B (the model is recognised)")
+    } else {
+        let opts = CacheOptions {
+            policy: CachePolicy::MagCache,
+            threshold: Some(published.threshold),
+            max_skip: published.max_skip,
+            retention: published.retention,
+            table: published.mag_ratios.clone().map(CacheTable::MagRatios),
+            preset: None,
+        };
+        (
+            opts,
+            "published T2V-1.3B, given explicitly (not a T2V-1.3B model)",
+        )
+    };
+    let plan = cache_plan_for(artifacts, DitGraphs::Stages, &opts, steps, 0)?
+        .context("MagCache resolves to a plan")?;
+    if (
+        &plan.mag_ratios,
+        plan.threshold,
+        plan.max_skip,
+        plan.retention,
+    ) != (
+        &published.mag_ratios,
+        published.threshold,
+        published.max_skip,
+        published.retention,
+    ) {
+        bail!("the engines' MagCache plan is not the published T2V-1.3B one: {plan:?}");
+    }
+    report.insert("cache_steps".into(), json!(steps));
+    report.insert("cache_table".into(), json!(table));
+    {
+        let mut d = Denoiser::new(&mut dit, inputs.clone(), shape.clone())?;
+        d.step()?;
+    }
+    let mut none_s = None;
+    for (name, cache) in [("none", None), ("magcache", Some(plan))] {
+        inputs.cache = cache;
+        let t = Instant::now();
+        let mut d = Denoiser::new(&mut dit, inputs.clone(), shape.clone())?;
+        while !d.is_finished() {
+            d.step()?;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let r = d.cache_record();
+        // Without a cache every call runs the blocks: one per CFG branch
+        // and step.
+        let (ran, of) = if r.block_forwards_uncached == 0 {
+            (2 * steps, 2 * steps)
+        } else {
+            (r.block_forwards, r.block_forwards_uncached)
+        };
+        report.insert(
+            format!("cache_{name}_calls"),
+            json!(format!("{ran} / {of}")),
+        );
+        report.insert(format!("cache_{name}_s"), json!(secs));
+        match none_s {
+            None => none_s = Some(secs),
+            Some(base) => {
+                report.insert(format!("cache_{name}_speedup"), json!(base / secs));
+                report.insert("cache_buffer_bytes".into(), json!(r.buffer_bytes));
+            }
+        }
+    }
+    report.insert(
+        "cache_residency".into(),
+        json!("host (device residency: not on this build)"),
+    );
+    Ok(())
 }
 
 fn run() -> Result<()> {
@@ -358,6 +502,9 @@ fn run() -> Result<()> {
             "vs_reference_max_abs".into(),
             json!(max_abs(&reference, &want)),
         );
+    }
+    if a.cache_steps > 0 {
+        step_cache(&artifacts, a.backend, a.cache_steps, &mut report)?;
     }
     let text = serde_json::to_string_pretty(&Value::Object(report))?;
     println!("{text}");
