@@ -45,7 +45,7 @@ while [ $# -gt 0 ]; do
     --configs) configs="$2"; shift 2 ;;
     --iters) iters="$2"; shift 2 ;;
     --cache-steps) cache_steps="$2"; shift 2 ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
