@@ -18,16 +18,16 @@
 #   - the step cache (docs/WAN.md §15): the pipeline's bound denoising loop
 #     (stage graphs, CFG, UniPC) over --cache-steps steps (default 10) from
 #     one random start, without a cache and with MagCache at the published
-#     T2V-1.3B ratios (resampled to those steps) and preset: block-stack
-#     calls, wall time, speed-up. On random weights MagCache's schedule is the
-#     real model's (it depends only on the table and the step count); the
-#     residuals live on the host (device residency is not on this build);
+#     T2V-1.3B ratios (resampled to those steps) and preset, its residuals on
+#     the host and then on the device (--cache-residency host, device):
+#     block-stack calls, wall time, speed-up, cache bytes. On random weights
+#     MagCache's schedule is the real model's (it depends only on the table
+#     and the step count);
 # and appends one table per config to --out (default out/gpu-check.md), the
 # ratio printed last. Budget: under 8 minutes on an H100/H200. The step-cache
-# item adds 2 (warm-up) + 2·N + MagCache's calls (8 at N = 10) DiT forwards
-# per config: 30 at N = 10, i.e. about 30 times the plain run the table
-# reports, plus the stage sessions' creation. When `--cache-residency device`
-# lands (helper branch "devres"), add its MagCache run here.
+# item adds 2 (warm-up) + 2·N + 2 × MagCache's calls (8 at N = 10) DiT
+# forwards per config: 38 at N = 10, i.e. about 38 times the plain run the
+# table reports, plus the stage and step-cache sessions' creation.
 #
 # --dry-run runs everything but the GPU calls on this CPU box: the tiny
 # fixture model, fp32, ort-cpu (bound host buffers; CUDA graphs and pinned

@@ -164,12 +164,14 @@ def table(a):
             rows.append(f"| {k.replace('_', ' ')} | {ort[k]:.3e} |")
     if "cache_steps" in ort:
         n = ort["cache_steps"]
-        for name in ("none", "magcache"):
-            rows.append(f"| step cache {name}, {n} UniPC steps | {ort[f'cache_{name}_calls']} block-stack calls, "
+        for name in ("none", "magcache_host", "magcache_device"):
+            label = name.replace("_", " ")
+            rows.append(f"| step cache {label}, {n} UniPC steps | {ort[f'cache_{name}_calls']} block-stack calls, "
                         f"{ort[f'cache_{name}_s']:.3f} s |")
-        rows.append(f"| step cache magcache speed-up | {ort['cache_magcache_speedup']:.2f}x "
-                    f"(table: {ort['cache_table']}; residuals: {ort['cache_residency']}, "
-                    f"{ort['cache_buffer_bytes']} B) |")
+            if f"cache_{name}_speedup" in ort:
+                rows.append(f"| step cache {label} speed-up | {ort[f'cache_{name}_speedup']:.2f}x "
+                            f"({ort[f'cache_{name}_bytes']} B of cache buffers) |")
+        rows.append(f"| step cache table | {ort['cache_table']} |")
     if "skipped" in tor:
         rows.append(f"| PyTorch | {tor['skipped']} |")
     for k, v in tor.items():

@@ -68,8 +68,9 @@ fn dry_run_exercises_every_step_but_the_gpu_calls() {
         assert!(text.contains(want), "missing '{want}' in:\n{text}");
     }
     // The step cache: the bound loop over the default 10 steps, every
-    // call without a cache, and MagCache's calls exactly those of the
-    // published T2V-1.3B schedule at 10 steps.
+    // call without a cache, and MagCache's calls (residuals on the host and
+    // on the device) exactly those of the published T2V-1.3B schedule at 10
+    // steps.
     let published = CacheOptions {
         policy: CachePolicy::MagCache,
         ..Default::default()
@@ -94,9 +95,11 @@ fn dry_run_exercises_every_step_but_the_gpu_calls() {
     assert!(calls < 20, "the published schedule skips at 10 steps");
     for want in [
         "| step cache none, 10 UniPC steps | 20 / 20 block-stack calls, ".to_string(),
-        format!("| step cache magcache, 10 UniPC steps | {calls} / 20 block-stack calls, "),
-        "| step cache magcache speed-up | ".to_string(),
-        "table: published T2V-1.3B, given explicitly".to_string(),
+        format!("| step cache magcache host, 10 UniPC steps | {calls} / 20 block-stack calls, "),
+        format!("| step cache magcache device, 10 UniPC steps | {calls} / 20 block-stack calls, "),
+        "| step cache magcache host speed-up | ".to_string(),
+        "| step cache magcache device speed-up | ".to_string(),
+        "| step cache table | published T2V-1.3B, given explicitly".to_string(),
     ] {
         assert!(text.contains(&want), "missing '{want}' in:\n{text}");
     }
