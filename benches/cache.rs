@@ -6,7 +6,10 @@
 //! - `none`;
 //! - `magcache` with the published T2V-1.3B magnitude ratios and preset
 //!   (threshold 0.12, K 4, retention 0.2): its schedule depends only on the
-//!   table and the step count, so its calls are the real model's;
+//!   table and the step count, so its calls are the real model's. Its
+//!   residuals on the host (`auto` on ort-cpu), and once more on the
+//!   "device" (`--cache-residency device`: the compiled step-cache graphs,
+//!   here on the CPU provider);
 //! - `fbcache` at 0.05 (diffusers' default): data-dependent, on random
 //!   weights its decisions show the mechanics only;
 //! - `teacache` / `teacache-ret` with the published T2V-1.3B polynomials
@@ -21,7 +24,7 @@
 //! table: block-stack calls per video (of 2·steps), the range of the
 //! indicator the policy compared with its threshold, criterion's best and
 //! median, the interleaved speed-up, and the bytes the step cache
-//! allocates.
+//! allocates (persistent buffers, plus the device path's step scratch).
 //!
 //! `source scripts/env.sh && cargo bench --bench cache`; figures in
 //! docs/MEASUREMENTS.md.
@@ -34,7 +37,9 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use wanrt::core::{BatchMode, DitConfig, Profile};
 use wanrt::runtime::Artifacts;
-use wanrt::runtime::cache::{CacheOptions, CachePlan, CachePolicy, CacheTable, magcache_schedule};
+use wanrt::runtime::cache::{
+    CacheOptions, CachePlan, CachePolicy, CacheResidency, CacheTable, magcache_schedule,
+};
 use wanrt::runtime::pipeline::{
     DenoiseInputs, Denoiser, DitGraphs, cache_plan_for, gaussian_noise,
 };
@@ -90,6 +95,8 @@ fn as_options(plan: &CachePlan) -> CacheOptions {
             CachePolicy::MagCache => plan.mag_ratios.clone().map(CacheTable::MagRatios),
             _ => plan.coefficients.map(CacheTable::Coefficients),
         },
+        // `auto`: the host on ort-cpu.
+        ..Default::default()
     }
 }
 
@@ -138,7 +145,7 @@ fn video(dit: &mut Network, inputs: &DenoiseInputs, shape: &[u64]) -> Video {
         time,
         forwards: r.block_forwards,
         of: r.block_forwards_uncached,
-        buffer_bytes: r.buffer_bytes,
+        buffer_bytes: r.buffer_bytes + r.scratch_bytes,
         indicator,
     }
 }
@@ -178,6 +185,13 @@ fn bench(c: &mut Criterion) {
     let runs: Vec<(String, CacheOptions)> = vec![
         ("none".into(), CacheOptions::default()),
         ("magcache-E012K4R02".into(), as_options(&mag)),
+        (
+            "magcache-E012K4R02-device".into(),
+            CacheOptions {
+                residency: CacheResidency::Device,
+                ..as_options(&mag)
+            },
+        ),
         ("fbcache-0.05".into(), fb(0.05)),
         (
             "teacache-slow".into(),
