@@ -164,7 +164,30 @@ fn fp32_every_attention_formulation_matches_reference() {
                     .count()
             };
             assert!(count(domain, op) > 0, "{name}/{kind}: no {domain}{op} node");
+            // An `mha` graph runs MultiHeadAttention on the self-attention
+            // only: its cross-attention (a few hundred keys) takes the
+            // Attention op, faster there on the CPU.
+            let in_block = |d: &str, o: &str, part: &str| {
+                nodes
+                    .iter()
+                    .filter(|n| n.domain == d && n.op_type == o)
+                    .all(|n| n.name.contains(part))
+            };
+            if kind == AttentionKind::Mha {
+                assert!(
+                    in_block(domain, op, ".self_attn/"),
+                    "{name}: mha outside self_attn"
+                );
+                let (d, o) = marker(AttentionKind::Onnx);
+                assert!(
+                    count(d, o) > 0 && in_block(d, o, ".cross_attn/"),
+                    "{name}: mha cross"
+                );
+            }
             for other in AttentionKind::ALL.into_iter().filter(|k| *k != kind) {
+                if kind == AttentionKind::Mha && other == AttentionKind::Onnx {
+                    continue;
+                }
                 let (d, o) = marker(other);
                 assert_eq!(count(d, o), 0, "{name}/{kind}: has {other}'s {o}");
             }

@@ -40,6 +40,27 @@ impl GraphBuilder<'_> {
         }
     }
 
+    /// Cross-attention (the video's queries over the text or image tokens,
+    /// a few hundred keys): as [`GraphBuilder::sdpa`], except that an
+    /// `mha` graph takes the `Attention` op here. ONNX Runtime's CPU
+    /// provider runs the op faster than `MultiHeadAttention` for 128 keys at
+    /// every query count measured, 480 to 3,000 queries, by 1.25–1.4×
+    /// (`docs/MEASUREMENTS.md`, "Attention formulations alone"); the flash
+    /// kernel pays off on long key sequences only.
+    pub fn sdpa_cross(
+        &mut self,
+        q: &Value,
+        k: &Value,
+        v: &Value,
+        heads: u32,
+        head_dim: u32,
+    ) -> Value {
+        match self.attention_kind() {
+            AttentionKind::Mha => self.attention(q, k, v, heads),
+            _ => self.sdpa(q, k, v, heads, head_dim),
+        }
+    }
+
     /// `MatMul → Softmax → MatMul` on `[b, heads, s, d]`, with `1/√d`
     /// applied to q (`s_q·heads·d` multiplies instead of `heads·s_q·s_kv`)
     /// and kᵀ taken by the transpose that splits the heads.

@@ -206,7 +206,7 @@ impl Dit<'_, '_, '_> {
         let mut o = self.b.scoped(p, |b| {
             let q = b.cast(&q, c);
             let k = b.cast(&k, c);
-            Ok(b.sdpa(&q, &k, &v, heads, hd))
+            Ok(b.sdpa_cross(&q, &k, &v, heads, hd))
         })?;
         if let Some(img) = img {
             let ki = self.linear_rms(&format!("{p}.k_img"), &format!("{p}.norm_k_img"), img, d)?;
@@ -215,7 +215,7 @@ impl Dit<'_, '_, '_> {
             o = self.b.scoped(p, |b| {
                 let q = b.cast(&q, c);
                 let ki = b.cast(&ki, c);
-                let oi = b.sdpa(&q, &ki, &vi, heads, hd);
+                let oi = b.sdpa_cross(&q, &ki, &vi, heads, hd);
                 // The two results are summed before the shared projection.
                 Ok(b.add(&o, &oi))
             })?;
