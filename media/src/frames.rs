@@ -104,35 +104,60 @@ pub fn read_frames(path: &Path, flag: &str, expect: Option<&Profile>) -> Result<
         Some(p) => check_frame_size(flag, i, w, h, p),
         None => Ok(()),
     };
-    let frames = if is_mp4(path) && !path.is_dir() {
-        let bytes = read_mp4_bytes(path, flag)?;
-        let max = expect.map_or(MAX_FRAME_FILES, |p| {
-            (p.frames as usize).min(MAX_FRAME_FILES)
-        });
-        let mut frames = Vec::new();
-        decode_mp4_with(&bytes, path, flag, max, |i, w, h, rgb| {
-            check_size(i, w as u32, h as u32)?;
-            frames.push(RgbImage::new(w as u32, h as u32, rgb.to_vec())?);
-            Ok(())
-        })?;
-        frames
-    } else {
-        let files = frame_files(path, flag)?;
+    if is_mp4(path) && !path.is_dir() {
+        return decode_mp4_frames(&read_mp4_bytes(path, flag)?, path, flag, expect);
+    }
+    let files = frame_files(path, flag)?;
+    if let Some(p) = expect {
+        check_frame_count(flag, files.len(), p)?;
+    }
+    let mut frames = Vec::with_capacity(files.len());
+    for (i, f) in files.iter().enumerate() {
+        let image = load_image(f)?;
+        check_size(i, image.width(), image.height())?;
+        frames.push(image);
+    }
+    Ok(frames)
+}
+
+/// Decodes the bytes of an H.264 MP4 (`file` names it in errors; a
+/// server's upload, a file's contents) into frames, checked against
+/// `expect` while decoding as [`read_frames`] checks an `.mp4` file: a
+/// track of more frames than the profile's is refused before its first is
+/// decoded, a frame of the wrong size as soon as it is.
+pub fn decode_mp4_frames(
+    bytes: &[u8],
+    file: &Path,
+    flag: &str,
+    expect: Option<&Profile>,
+) -> Result<Vec<RgbImage>> {
+    let max = expect.map_or(MAX_FRAME_FILES, |p| {
+        (p.frames as usize).min(MAX_FRAME_FILES)
+    });
+    let mut frames = Vec::new();
+    decode_mp4_with(bytes, file, flag, max, |i, w, h, rgb| {
         if let Some(p) = expect {
-            check_frame_count(flag, files.len(), p)?;
+            check_frame_size(flag, i, w as u32, h as u32, p)?;
         }
-        let mut frames = Vec::with_capacity(files.len());
-        for (i, f) in files.iter().enumerate() {
-            let image = load_image(f)?;
-            check_size(i, image.width(), image.height())?;
-            frames.push(image);
-        }
-        frames
-    };
+        frames.push(RgbImage::new(w as u32, h as u32, rgb.to_vec())?);
+        Ok(())
+    })?;
     if let Some(p) = expect {
         check_frame_count(flag, frames.len(), p)?;
     }
     Ok(frames)
+}
+
+/// Checks the bytes of an H.264 MP4 against the engines' profile as
+/// [`decode_mp4_frames`] does, keeping no frame (a server's check of an
+/// upload before it stores it): each frame's size as it is decoded, the
+/// count before the first (too many) or after the last (too few).
+pub fn check_mp4_frames(bytes: &[u8], file: &Path, flag: &str, expect: &Profile) -> Result<()> {
+    let max = (expect.frames as usize).min(MAX_FRAME_FILES);
+    let (_, _, n) = decode_mp4_with(bytes, file, flag, max, |i, w, h, _| {
+        check_frame_size(flag, i, w as u32, h as u32, expect)
+    })?;
+    check_frame_count(flag, n, expect)
 }
 
 #[cfg(test)]
@@ -271,6 +296,23 @@ mod tests {
         let short = Profile::custom(64, 48, 5, 16).unwrap();
         let e = read_frames(&path, "--control-video", Some(&short)).unwrap_err();
         assert!(e.to_string().contains("9 frames; at most 5"), "{e}");
+        // The bytes-level check (a server's upload) applies the same rules.
+        check_mp4_frames(&bytes, Path::new("control_video"), "--control-video", &fits).unwrap();
+        for (p, want) in [
+            (&narrow, "frame 0 is 64x48"),
+            (&short, "9 frames; at most 5"),
+            (
+                &Profile::custom(64, 48, 13, 16).unwrap(),
+                "9 frames; these engines were compiled for 13",
+            ),
+        ] {
+            let e = check_mp4_frames(&bytes, Path::new("control_video"), "--control-video", p)
+                .unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        let e =
+            check_mp4_frames(b"not an mp4", Path::new("x"), "--control-mask", &fits).unwrap_err();
+        assert!(e.to_string().contains("--control-mask"), "{e}");
         // A directory of the wrong length is refused before any file is
         // decoded (these are not even images).
         let frames = tempfile::tempdir().unwrap();

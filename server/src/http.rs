@@ -21,7 +21,7 @@ use wanrt_runtime::pipeline::{DitGraphs, cache_plan_for, check_last_image_size};
 
 use crate::error::{ApiError, Result};
 use crate::job::{
-    Job, JobRequest, ProfileInfo, Status, parse_request, runtime_field_error, valid_id,
+    Job, JobRequest, ProfileInfo, Status, VaceParts, parse_request, runtime_field_error, valid_id,
 };
 use crate::metrics::Metrics;
 use crate::queue::{Deleted, Queue};
@@ -119,6 +119,9 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// Most `reference_image` parts read (the most any engines take).
+const MAX_REFERENCE_PARTS: usize = wanrt_core::profile::MAX_REFERENCE_IMAGES as usize;
+
 fn too_large(param: Option<&str>, limit: usize) -> ApiError {
     ApiError {
         param: param.map(str::to_string),
@@ -163,10 +166,84 @@ pub struct Upload {
     pub image: Option<ImagePart>,
     /// `last_image`: the last frame (FLF2V).
     pub last_image: Option<ImagePart>,
+    /// VACE: `control_video` and `control_mask` (MP4 bytes, checked once
+    /// the engines are chosen) and the `reference_image` parts in order.
+    pub control_video: Option<Vec<u8>>,
+    pub control_mask: Option<Vec<u8>>,
+    pub reference_images: Vec<ImagePart>,
+}
+
+impl Upload {
+    fn vace_parts(&self) -> VaceParts {
+        VaceParts {
+            control_video: self.control_video.is_some(),
+            control_mask: self.control_mask.is_some(),
+            reference_images: self.reference_images.len(),
+        }
+    }
 }
 
 /// The image parts of a multipart request.
 const IMAGE_PARTS: [&str; 2] = ["input_reference", "last_image"];
+/// The video parts (H.264 MP4) of a multipart request (VACE).
+const VIDEO_PARTS: [&str; 2] = ["control_video", "control_mask"];
+
+/// Reads one video part (at most `max` bytes); its frames are checked
+/// against the chosen engines by [`check_videos`].
+async fn read_video_part(
+    field: axum::extract::multipart::Field<'_>,
+    name: &'static str,
+    max: usize,
+    fail: impl Fn(axum::extract::multipart::MultipartError) -> ApiError,
+) -> Result<Vec<u8>, ApiError> {
+    let bytes = field.bytes().await.map_err(fail)?;
+    if bytes.len() > max {
+        return Err(too_large(Some(name), max));
+    }
+    Ok(bytes.to_vec())
+}
+
+/// Decodes the VACE video parts as wan-run decodes `--control-video` /
+/// `--control-mask` MP4 files, checked against the engines' profile while
+/// decoding (a wrong size stops at its first frame, too many frames before
+/// any is decoded); a refusal is a 422 naming the part, before anything is
+/// stored. No frame is kept: the worker decodes the stored copy again.
+async fn check_videos(
+    profile: wanrt_core::Profile,
+    videos: Vec<(&'static str, Vec<u8>)>,
+) -> Result<Vec<(&'static str, Vec<u8>)>, ApiError> {
+    let checked = tokio::task::spawn_blocking(move || {
+        for (part, bytes) in &videos {
+            let flag = format!("--{}", part.replace('_', "-"));
+            if let Err(e) = wanrt_media::frames::check_mp4_frames(
+                bytes,
+                std::path::Path::new(part),
+                &flag,
+                &profile,
+            ) {
+                let refused = runtime_field_error(&e);
+                return Err(ApiError {
+                    code: if refused.status == StatusCode::UNPROCESSABLE_ENTITY {
+                        "invalid_video"
+                    } else {
+                        refused.code
+                    },
+                    ..refused
+                });
+            }
+        }
+        Ok(videos)
+    })
+    .await;
+    match checked {
+        Ok(r) => r,
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            e.to_string(),
+        )),
+    }
+}
 
 /// Reads one image part (at most `max` bytes) and decodes it as wan-run
 /// decodes an image file, so that bad bytes are a 422 naming the part
@@ -225,6 +302,8 @@ async fn read_fields(s: &AppState, req: Request) -> Result<Upload, ApiError> {
         })?;
         let mut fields = Map::new();
         let (mut image, mut last_image) = (None, None);
+        let (mut control_video, mut control_mask) = (None, None);
+        let mut reference_images = Vec::new();
         let fail = |e: axum::extract::multipart::MultipartError| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 too_large(None, limit)
@@ -248,6 +327,32 @@ async fn read_fields(s: &AppState, req: Request) -> Result<Upload, ApiError> {
                     ));
                 }
                 *slot = Some(read_image(field, part, s.limits.max_image_bytes, fail).await?);
+            } else if let Some(part) = VIDEO_PARTS.into_iter().find(|p| *p == name) {
+                let slot = if part == "control_video" {
+                    &mut control_video
+                } else {
+                    &mut control_mask
+                };
+                if slot.is_some() {
+                    return Err(ApiError::field(
+                        part,
+                        "duplicate_field",
+                        format!("{part} given twice"),
+                    ));
+                }
+                *slot = Some(read_video_part(field, part, s.limits.max_image_bytes, fail).await?);
+            } else if name == "reference_image" {
+                // Repeatable: the order of the parts is the images' order.
+                if reference_images.len() == MAX_REFERENCE_PARTS {
+                    return Err(ApiError::field(
+                        "reference_image",
+                        "invalid_value",
+                        format!("reference_image: more than {MAX_REFERENCE_PARTS} parts"),
+                    ));
+                }
+                reference_images.push(
+                    read_image(field, "reference_image", s.limits.max_image_bytes, fail).await?,
+                );
             } else {
                 let text = field.text().await.map_err(fail)?;
                 if fields.insert(name.clone(), Value::String(text)).is_some() {
@@ -263,6 +368,9 @@ async fn read_fields(s: &AppState, req: Request) -> Result<Upload, ApiError> {
             fields,
             image,
             last_image,
+            control_video,
+            control_mask,
+            reference_images,
         })
     } else if ct.is_empty() || ct.starts_with("application/json") {
         let bytes = axum::body::to_bytes(req.into_body(), limit)
@@ -280,6 +388,9 @@ async fn read_fields(s: &AppState, req: Request) -> Result<Upload, ApiError> {
                 fields,
                 image: None,
                 last_image: None,
+                control_video: None,
+                control_mask: None,
+                reference_images: Vec::new(),
             }),
             _ => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -333,11 +444,16 @@ async fn create_job(s: &AppState, req: Request) -> Result<Job, ApiError> {
             )
         });
     }
+    let upload = read_fields(s, req).await?;
+    let vace_parts = upload.vace_parts();
     let Upload {
         fields,
         image,
         last_image,
-    } = read_fields(s, req).await?;
+        control_video,
+        control_mask,
+        reference_images,
+    } = upload;
     let q = s.queue.clone();
     let advertised = blocking(move || q.profiles()).await?;
     let profiles = profiles_of(s, advertised);
@@ -345,6 +461,7 @@ async fn create_job(s: &AppState, req: Request) -> Result<Job, ApiError> {
         &fields,
         image.is_some(),
         last_image.is_some(),
+        vace_parts,
         &profiles,
         random_seed,
     )?;
@@ -357,16 +474,37 @@ async fn create_job(s: &AppState, req: Request) -> Result<Job, ApiError> {
         .map_err(|e| runtime_field_error(&e))?;
     }
     check_cache(s, &request)?;
+    let videos = if request.vace.is_some() {
+        let videos: Vec<(&'static str, Vec<u8>)> = [
+            ("control_video", control_video),
+            ("control_mask", control_mask),
+        ]
+        .into_iter()
+        .filter_map(|(part, bytes)| Some((part, bytes?)))
+        .collect();
+        check_videos(request.profile.profile()?, videos).await?
+    } else {
+        Vec::new()
+    };
     let job = Job::new(request);
     let (q, store, j) = (s.queue.clone(), s.store.clone(), job.clone());
     let submitted = blocking(move || {
-        let uploads = image.is_some() || last_image.is_some();
+        let uploads = image.is_some()
+            || last_image.is_some()
+            || !videos.is_empty()
+            || !reference_images.is_empty();
         let saved = (|| {
             if let Some(img) = &image {
                 store.save_image(&j.id, &img.bytes)?;
             }
             if let Some(img) = &last_image {
                 store.save_last_image(&j.id, &img.bytes)?;
+            }
+            for (part, bytes) in &videos {
+                store.save_video_part(&j.id, part, bytes)?;
+            }
+            for (i, img) in reference_images.iter().enumerate() {
+                store.save_reference_image(&j.id, i, &img.bytes)?;
             }
             Ok::<_, crate::error::Error>(())
         })();

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use wanrt_core::Task;
 use wanrt_runtime::cache::{CacheOptions, CachePolicy, CacheRecord, parse_threshold};
-use wanrt_runtime::pipeline::{check_task_image, check_task_last_image};
+use wanrt_runtime::pipeline::{check_task_image, check_task_last_image, check_task_vace};
 use wanrt_runtime::schedule::Solver;
 
 use crate::error::ApiError;
@@ -51,6 +51,14 @@ pub struct ProfileInfo {
     pub width: u32,
     pub height: u32,
     pub frames: u32,
+    /// VACE: the reference images the engines take (`wan-compile
+    /// --reference-images`); 0 for every other task.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reference_images: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl ProfileInfo {
@@ -62,6 +70,20 @@ impl ProfileInfo {
             self.height,
             self.frames
         )
+    }
+
+    /// The engines' profile as the runtime's frame checks read it (size,
+    /// frame count, reference images).
+    pub fn profile(&self) -> Result<wanrt_core::Profile, ApiError> {
+        wanrt_core::Profile::custom(self.width, self.height, self.frames, 1)
+            .and_then(|p| p.with_reference_images(self.reference_images))
+            .map_err(|e| {
+                ApiError::new(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    format!("the profile of engines {}: {e}", self.key()),
+                )
+            })
     }
 
     /// Seconds of video at 16 fps: `frames = 16·seconds + 1`.
@@ -102,6 +124,50 @@ pub struct JobRequest {
     /// apply, a request never names a table file).
     #[serde(default, skip_serializing_if = "CacheOptions::is_none")]
     pub cache: CacheOptions,
+    /// VACE inputs came with it (stored beside the job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vace: Option<VaceRequest>,
+}
+
+/// The VACE parts of a job (wan-run's `--control-video`, `--control-mask`,
+/// `--reference-image`, `--context-scale`); the files are stored beside
+/// the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VaceRequest {
+    pub control_video: bool,
+    pub control_mask: bool,
+    /// How many `reference_image` parts, in the order sent.
+    pub reference_images: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_scale: Option<f32>,
+}
+
+/// The VACE file parts a multipart request carried (`context_scale` is a
+/// field).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VaceParts {
+    pub control_video: bool,
+    pub control_mask: bool,
+    pub reference_images: usize,
+}
+
+impl VaceParts {
+    fn any(&self) -> bool {
+        self.control_video || self.control_mask || self.reference_images > 0
+    }
+
+    /// The first part given (the one a refusal names).
+    fn first(&self) -> &'static str {
+        if self.control_video {
+            "control_video"
+        } else if self.control_mask {
+            "control_mask"
+        } else if self.reference_images > 0 {
+            "reference_image"
+        } else {
+            "context_scale"
+        }
+    }
 }
 
 impl JobRequest {
@@ -323,7 +389,7 @@ impl Job {
 
 /// The fields of `POST /v1/videos`, as JSON values (a multipart form's text
 /// fields arrive as strings and are parsed the same way).
-pub const FIELDS: [&str; 19] = [
+pub const FIELDS: [&str; 23] = [
     "prompt",
     "negative_prompt",
     "size",
@@ -343,17 +409,34 @@ pub const FIELDS: [&str; 19] = [
     "cache_retention",
     "input_reference",
     "last_image",
+    "control_video",
+    "control_mask",
+    "reference_image",
+    "context_scale",
+];
+
+/// The file parts of a multipart request (never JSON fields).
+pub const FILE_PARTS: [&str; 5] = [
+    "input_reference",
+    "last_image",
+    "control_video",
+    "control_mask",
+    "reference_image",
 ];
 
 /// The runtime's flags and the request fields they are (its errors name
 /// flags; the API names fields). Longest first: a flag's text is replaced
 /// in messages before any flag it starts with.
-const FLAG_FIELDS: [(&str, &str); 10] = [
+const FLAG_FIELDS: [(&str, &str); 14] = [
+    ("--reference-image", "reference_image"),
     ("--cache-threshold", "cache_threshold"),
     ("--cache-retention", "cache_retention"),
     ("--zero-init-steps", "zero_init_steps"),
     ("--cache-max-skip", "cache_max_skip"),
     ("--guidance-scale", "guidance_scale"),
+    ("--context-scale", "context_scale"),
+    ("--control-video", "control_video"),
+    ("--control-mask", "control_mask"),
     ("--last-image", "last_image"),
     ("--timesteps", "timesteps"),
     ("--image", "input_reference"),
@@ -488,12 +571,13 @@ fn range_err(name: &str, what: &str) -> ApiError {
 
 /// Validates the request fields against the profiles the workers serve.
 /// `has_image`, `has_last_image`: an `input_reference` image, a
-/// `last_image` came with the request. `seed` draws the seed when the
-/// request has none.
+/// `last_image` came with the request; `vace`: its VACE file parts. `seed`
+/// draws the seed when the request has none.
 pub fn parse_request(
     fields: &Map<String, Value>,
     has_image: bool,
     has_last_image: bool,
+    vace: VaceParts,
     profiles: &[ProfileInfo],
     seed: impl FnOnce() -> u64,
 ) -> Result<JobRequest, ApiError> {
@@ -511,14 +595,21 @@ pub fn parse_request(
             format!("unknown field '{k}' (known: {})", FIELDS.join(", ")),
         ));
     }
-    for part in ["input_reference", "last_image"] {
+    for part in FILE_PARTS {
         if fields.contains_key(part) {
             return Err(ApiError::field(
                 part,
                 "invalid_type",
-                format!("{part} must be an image file part of a multipart/form-data request"),
+                format!("{part} must be a file part of a multipart/form-data request"),
             ));
         }
+    }
+    if vace.control_mask && !vace.control_video {
+        return Err(ApiError::field(
+            "control_mask",
+            "missing_control_video",
+            "control_mask is the mask of a control video: send the control_video too",
+        ));
     }
     if has_last_image && !has_image {
         return Err(ApiError::field(
@@ -639,6 +730,30 @@ pub fn parse_request(
         },
     };
     let cache = parse_cache(&get)?;
+    let context_scale = match get("context_scale") {
+        None => None,
+        Some(v) => {
+            let s = as_f64("context_scale", v)? as f32;
+            // The runtime's rule (a finite f32), as wan-run applies it.
+            wanrt_runtime::vace::hint_scales(Some(s), 1).map_err(|e| runtime_field_error(&e))?;
+            Some(s)
+        }
+    };
+    let is_vace = vace.any() || context_scale.is_some();
+    if is_vace && (has_image || has_last_image) {
+        let part = if has_image {
+            "input_reference"
+        } else {
+            "last_image"
+        };
+        return Err(ApiError::field(
+            part,
+            "unsupported_task",
+            format!(
+                "a VACE job (control_video, control_mask, reference_image, context_scale) takes no {part}: give the reference images as reference_image"
+            ),
+        ));
+    }
     let seed = match get("seed") {
         None => seed(),
         Some(v) => match as_u64("seed", v)? {
@@ -647,15 +762,31 @@ pub fn parse_request(
         },
     };
 
-    // The profile: the task from the images (the runtime's rules of which
-    // task takes which image), then size and length. VACE engines take
-    // inputs the job API has no fields for.
+    // The profile: the task from the images and VACE parts (the runtime's
+    // rules of which task takes which input), then size and length. A job
+    // without VACE parts never goes to VACE engines.
     let takes = |p: &&ProfileInfo| {
-        matches!(p.task, Task::T2v | Task::I2v | Task::Flf2v)
+        (p.task == Task::Vace) == is_vace
+            && check_task_vace(p.task, is_vace).is_ok()
             && check_task_image(p.task, has_image).is_ok()
             && check_task_last_image(p.task, has_last_image).is_ok()
     };
     let mut candidates: Vec<&ProfileInfo> = profiles.iter().filter(takes).collect();
+    if candidates.is_empty() && is_vace {
+        let keys = profiles
+            .iter()
+            .map(ProfileInfo::key)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let part = vace.first();
+        return Err(ApiError::field(
+            part,
+            "unsupported_task",
+            format!(
+                "{part} is a VACE input and no VACE (video creation and editing) engines are loaded; loaded: {keys}"
+            ),
+        ));
+    }
     if candidates.is_empty() {
         let keys = profiles
             .iter()
@@ -741,6 +872,28 @@ pub fn parse_request(
             ));
         }
     };
+    let vace = if is_vace {
+        let refs = vace.reference_images;
+        if refs != profile.reference_images as usize {
+            return Err(ApiError::field(
+                "reference_image",
+                "invalid_value",
+                format!(
+                    "reference_image: {refs} given; the engines {} take {} (one part per image, in order)",
+                    profile.key(),
+                    profile.reference_images
+                ),
+            ));
+        }
+        Some(VaceRequest {
+            control_video: vace.control_video,
+            control_mask: vace.control_mask,
+            reference_images: refs as u32,
+            context_scale,
+        })
+    } else {
+        None
+    };
     Ok(JobRequest {
         prompt: prompt.to_string(),
         negative_prompt,
@@ -756,6 +909,7 @@ pub fn parse_request(
         has_image,
         has_last_image,
         cache,
+        vace,
     })
 }
 
@@ -770,18 +924,27 @@ mod tests {
                 width: 32,
                 height: 32,
                 frames: 9,
+                reference_images: 0,
             },
             ProfileInfo {
                 task: Task::T2v,
                 width: 64,
                 height: 32,
                 frames: 9,
+                reference_images: 0,
             },
         ]
     }
 
     fn parse(v: Value) -> Result<JobRequest, ApiError> {
-        parse_request(v.as_object().unwrap(), false, false, &profiles(), || 7)
+        parse_request(
+            v.as_object().unwrap(),
+            false,
+            false,
+            VaceParts::default(),
+            &profiles(),
+            || 7,
+        )
     }
 
     #[test]
@@ -873,6 +1036,7 @@ mod tests {
             serde_json::json!({"prompt": "x"}).as_object().unwrap(),
             true,
             false,
+            VaceParts::default(),
             &profiles(),
             || 0,
         )
@@ -1124,17 +1288,19 @@ mod tests {
             width,
             height: 32,
             frames: 9,
+            reference_images: 0,
         };
         let all = [p(Task::T2v, 32), p(Task::I2v, 64), p(Task::Flf2v, 32)];
         let body = serde_json::json!({"prompt": "x"});
         let body = body.as_object().unwrap();
         let task = |image, last, profiles: &[ProfileInfo]| {
-            parse_request(body, image, last, profiles, || 0).map(|r| r.profile.task)
+            parse_request(body, image, last, VaceParts::default(), profiles, || 0)
+                .map(|r| r.profile.task)
         };
         assert_eq!(task(false, false, &all).unwrap(), Task::T2v);
         assert_eq!(task(true, false, &all).unwrap(), Task::I2v);
         assert_eq!(task(true, true, &all).unwrap(), Task::Flf2v);
-        let r = parse_request(body, true, true, &all, || 0).unwrap();
+        let r = parse_request(body, true, true, VaceParts::default(), &all, || 0).unwrap();
         assert!(r.has_image && r.has_last_image);
         for (image, last, profiles, param, code) in [
             (false, true, &all[..], "last_image", "missing_first_frame"),
@@ -1172,6 +1338,7 @@ mod tests {
                 .unwrap(),
             false,
             false,
+            VaceParts::default(),
             &all,
             || 0,
         )

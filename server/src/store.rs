@@ -73,6 +73,18 @@ impl Store {
         self.job_dir(id).join("last_image")
     }
 
+    /// An uploaded VACE video part (`control_video`, `control_mask`) as
+    /// `PART.mp4` (read back as wan-run reads an MP4 file).
+    pub fn video_part(&self, id: &str, part: &str) -> PathBuf {
+        self.job_dir(id).join(format!("{part}.mp4"))
+    }
+
+    /// The uploaded VACE `reference_image` number `index` (from 0, in the
+    /// order sent).
+    pub fn reference_image(&self, id: &str, index: usize) -> PathBuf {
+        self.job_dir(id).join(format!("reference_image_{index}"))
+    }
+
     /// Creates the job's folder (results of a Redis deployment's jobs,
     /// whose records live in Redis).
     pub fn ensure_dir(&self, id: &str) -> Result<()> {
@@ -97,6 +109,16 @@ impl Store {
     pub fn save_last_image(&self, id: &str, bytes: &[u8]) -> Result<()> {
         self.ensure_dir(id)?;
         write_atomic(&self.last_image(id), bytes)
+    }
+
+    pub fn save_video_part(&self, id: &str, part: &str, bytes: &[u8]) -> Result<()> {
+        self.ensure_dir(id)?;
+        write_atomic(&self.video_part(id, part), bytes)
+    }
+
+    pub fn save_reference_image(&self, id: &str, index: usize, bytes: &[u8]) -> Result<()> {
+        self.ensure_dir(id)?;
+        write_atomic(&self.reference_image(id, index), bytes)
     }
 
     /// Every job record under `jobs/` (folders without one, e.g. of a

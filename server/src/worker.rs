@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use wanrt_media::frames::read_frames;
 use wanrt_media::video::{RgbFrames, VideoOptions, write_video};
 use wanrt_runtime::backend::{Resolved, check_precisions};
 use wanrt_runtime::pipeline::{GenerateOptions, InputImage, Pipeline, defaults};
 use wanrt_runtime::sidecar::{RunRecord, sidecar_json};
+use wanrt_runtime::vace::VaceInputs;
 use wanrt_runtime::{Artifacts, Backend};
 
 use crate::error::{Error, Result};
@@ -62,6 +64,7 @@ impl EngineSlot {
                 width: p.width,
                 height: p.height,
                 frames: p.frames,
+                reference_images: p.reference_images,
             },
             dir,
             artifacts,
@@ -219,6 +222,18 @@ fn run_job(pipeline: &mut Pipeline, claim: &Claim, env: &WorkerEnv) -> Result<()
         env.store.last_image(&job.id),
         "last_image",
     )?;
+    let vace = match vace_inputs(&job, env) {
+        Ok(v) => v,
+        Err(Error::Engine(e @ wanrt_runtime::Error::InvalidArgument { .. })) => {
+            // Stored inputs these engines refuse (a job another server's
+            // engines of the same key accepted).
+            let refused = crate::job::runtime_field_error(&e);
+            job.fail(refused.code, refused.message);
+            return settle(claim, job, env);
+        }
+        Err(e) => return Err(e),
+    };
+    let r = &job.request;
     let opts = GenerateOptions {
         prompt: r.prompt.clone(),
         negative_prompt: r.negative_prompt.clone(),
@@ -233,7 +248,7 @@ fn run_job(pipeline: &mut Pipeline, claim: &Claim, env: &WorkerEnv) -> Result<()
         timesteps: r.timesteps.clone(),
         cfg_zero_star: r.cfg_zero_star,
         zero_init_steps: r.zero_init_steps,
-        vace: None,
+        vace,
         cache: r.cache.clone(),
     };
     let key = r.profile.key();
@@ -337,6 +352,42 @@ fn run_job(pipeline: &mut Pipeline, claim: &Claim, env: &WorkerEnv) -> Result<()
     job.status = Status::Completed;
     job.completed_at = Some(now_s());
     settle(claim, job, env)
+}
+
+/// The VACE inputs of a job, decoded again from its stored parts as
+/// wan-run decodes `--control-video`/`--control-mask` MP4 files and
+/// `--reference-image` files (`None`: not a VACE job).
+fn vace_inputs(job: &Job, env: &WorkerEnv) -> Result<Option<VaceInputs>> {
+    let Some(v) = &job.request.vace else {
+        return Ok(None);
+    };
+    let profile = job
+        .request
+        .profile
+        .profile()
+        .map_err(|e| Error::Engine(wanrt_runtime::Error::arg("--control-video", e.message)))?;
+    let frames = |given: bool, part: &str| -> Result<_> {
+        if !given {
+            return Ok(None);
+        }
+        let flag = format!("--{}", part.replace('_', "-"));
+        let path = env.store.video_part(&job.id, part);
+        Ok(Some(
+            read_frames(&path, &flag, Some(&profile)).map_err(Error::Engine)?,
+        ))
+    };
+    let reference_images = (0..v.reference_images as usize)
+        .map(|i| {
+            wanrt_media::image::load_image(&env.store.reference_image(&job.id, i))
+                .map_err(Error::Engine)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(VaceInputs {
+        video: frames(v.control_video, "control_video")?,
+        mask: frames(v.control_mask, "control_mask")?,
+        reference_images,
+        context_scale: v.context_scale,
+    }))
 }
 
 fn settle_cancelled(claim: &Claim, mut job: Job, env: &WorkerEnv) -> Result<()> {
