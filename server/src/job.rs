@@ -1350,6 +1350,138 @@ mod tests {
     }
 
     #[test]
+    fn vace_parts_route_to_vace_engines() {
+        let p = |task, refs| ProfileInfo {
+            task,
+            width: 32,
+            height: 32,
+            frames: 9,
+            reference_images: refs,
+        };
+        let all = [p(Task::T2v, 0), p(Task::Vace, 2)];
+        let parts = |video, mask, refs| VaceParts {
+            control_video: video,
+            control_mask: mask,
+            reference_images: refs,
+        };
+        let run = |body: Value, image, vace, profiles: &[ProfileInfo]| {
+            parse_request(
+                body.as_object().unwrap(),
+                image,
+                false,
+                vace,
+                profiles,
+                || 0,
+            )
+        };
+        let x = serde_json::json!({"prompt": "x"});
+        let r = run(x.clone(), false, parts(true, true, 2), &all).unwrap();
+        assert_eq!(r.profile.task, Task::Vace);
+        assert_eq!(
+            r.vace,
+            Some(VaceRequest {
+                control_video: true,
+                control_mask: true,
+                reference_images: 2,
+                context_scale: None,
+            })
+        );
+        let with_scale = serde_json::json!({"prompt": "x", "context_scale": "0.75"});
+        let r = run(with_scale, false, parts(false, false, 2), &all).unwrap();
+        assert_eq!(r.vace.as_ref().unwrap().context_scale, Some(0.75));
+        // A request without VACE parts goes to the T2V engines.
+        let r = run(x.clone(), false, VaceParts::default(), &all).unwrap();
+        assert_eq!((r.profile.task, r.vace), (Task::T2v, None));
+        // A VACE request round-trips; older records without `vace` read.
+        let r = run(x.clone(), false, parts(true, false, 2), &all).unwrap();
+        let back: JobRequest = serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        for (body, image, vace, profiles, param, code) in [
+            (
+                x.clone(),
+                false,
+                parts(true, false, 2),
+                &all[..1],
+                "control_video",
+                "unsupported_task",
+            ),
+            (
+                x.clone(),
+                false,
+                parts(false, false, 1),
+                &all[..1],
+                "reference_image",
+                "unsupported_task",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "context_scale": 1}),
+                false,
+                VaceParts::default(),
+                &all[..1],
+                "context_scale",
+                "unsupported_task",
+            ),
+            (
+                x.clone(),
+                false,
+                parts(true, false, 1),
+                &all[..],
+                "reference_image",
+                "invalid_value",
+            ),
+            (
+                x.clone(),
+                false,
+                parts(false, true, 2),
+                &all[..],
+                "control_mask",
+                "missing_control_video",
+            ),
+            (
+                x.clone(),
+                true,
+                parts(true, false, 2),
+                &all[..],
+                "input_reference",
+                "unsupported_task",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "context_scale": "1e39"}),
+                false,
+                parts(true, false, 2),
+                &all[..],
+                "context_scale",
+                "invalid_value",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "context_scale": "NaN"}),
+                false,
+                parts(true, false, 2),
+                &all[..],
+                "context_scale",
+                "invalid_type",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "control_video": "/etc/hostname"}),
+                false,
+                VaceParts::default(),
+                &all[..],
+                "control_video",
+                "invalid_type",
+            ),
+        ] {
+            let e = run(body.clone(), image, vace, profiles).unwrap_err();
+            assert_eq!(
+                (e.param.as_deref(), e.code),
+                (Some(param), code),
+                "{body} {vace:?}: {}",
+                e.message
+            );
+            assert!(!e.message.contains("--"), "{}", e.message);
+        }
+    }
+
+    #[test]
     fn ids_are_fresh_and_checked() {
         let (a, b) = (new_id(), new_id());
         assert_ne!(a, b);

@@ -31,6 +31,7 @@ pub fn document() -> Value {
         "cache_max_skip": {"type": "integer", "minimum": 1, "description": "magcache only: the most consecutive skips (K)"},
         "cache_retention": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "description": "magcache only: the fraction of initial calls always computed"},
         "seed": {"type": "integer", "minimum": 0, "maximum": 9007199254740991u64, "description": "default: random, reported in the job"},
+        "context_scale": {"type": ["number", "string"], "description": "VACE: scale of the hints added to the main blocks (wan-run --context-scale; a finite 32-bit float, default 1.0); makes the job a VACE job"},
     });
     let cache = json!({"type": ["object", "null"], "description": "the step cache asked for (null: none); once completed also what it did",
                         "properties": {"policy": {"type": "string"}, "threshold": {"type": ["number", "string", "null"]},
@@ -43,6 +44,9 @@ pub fn document() -> Value {
     let mut multipart_props = request_props.clone();
     multipart_props["input_reference"] = json!({"type": "string", "format": "binary", "description": "PNG, JPEG or WebP image: image-to-video, or the first frame of first-last-frame-to-video"});
     multipart_props["last_image"] = json!({"type": "string", "format": "binary", "description": "PNG, JPEG or WebP image of the size of input_reference: the last frame (first-last-frame-to-video engines; needs input_reference)"});
+    multipart_props["control_video"] = json!({"type": "string", "format": "binary", "description": "VACE: H.264 MP4 control video (pose, depth, a video to edit) of the engines' size and frame count (wan-run --control-video); checked while decoding, before the job is accepted"});
+    multipart_props["control_mask"] = json!({"type": "string", "format": "binary", "description": "VACE: H.264 MP4 mask of the control video, its size and frame count (white = generate, black = keep; wan-run --control-mask); needs control_video; default: generate everywhere"});
+    multipart_props["reference_image"] = json!({"type": "string", "format": "binary", "description": "VACE: PNG, JPEG or WebP reference image (subject, background), letterboxed onto a white canvas of the video size; repeat the part once per image, in order, exactly as many as the engines take (wan-compile --reference-images)"});
     json!({
         "openapi": "3.1.0",
         "info": {"title": "wan-serve", "version": env!("CARGO_PKG_VERSION"),
@@ -54,7 +58,7 @@ pub fn document() -> Value {
                 "CreateVideoMultipart": {"type": "object", "required": ["prompt"], "properties": multipart_props},
                 "Video": {"type": "object", "properties": {
                     "id": {"type": "string"}, "object": {"const": "video"},
-                    "model": {"type": "string", "description": "the profile: task-WIDTHxHEIGHTxFRAMES (task t2v, i2v or flf2v)"},
+                    "model": {"type": "string", "description": "the profile: task-WIDTHxHEIGHTxFRAMES (task t2v, i2v, flf2v or vace)"},
                     "status": {"enum": ["queued", "in_progress", "completed", "failed", "cancelled"]},
                     "progress": {"type": "integer", "minimum": 0, "maximum": 100},
                     "created_at": {"type": "integer"}, "completed_at": {"type": ["integer", "null"]},
@@ -79,7 +83,7 @@ pub fn document() -> Value {
                         "application/json": {"schema": {"$ref": "#/components/schemas/CreateVideo"}},
                         "multipart/form-data": {"schema": {"$ref": "#/components/schemas/CreateVideoMultipart"}}}},
                     "responses": {"200": job_ok("The job, queued"), "400": err("Not JSON / not a form"),
-                        "401": err("Missing or wrong bearer token"), "413": err("Body or image too large"),
+                        "401": err("Missing or wrong bearer token"), "413": err("Body, image or video part too large"),
                         "415": err("Neither JSON nor multipart"), "422": err("A field is invalid (named in error.param)"),
                         "429": err("Queue full; see Retry-After"), "503": err("Shutting down")}},
                 "get": {"summary": "List jobs, newest first",

@@ -43,12 +43,27 @@ pub fn flf2v_engines() -> &'static Path {
     compiled(&DIR, "flf2v-tiny")
 }
 
+/// The tiny VACE fixture, compiled as [`engines`] for 2 reference images
+/// (`wan-compile --reference-images 2`).
+pub fn vace_engines() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    compiled_with(&DIR, "vace-tiny", &["--reference-images", "2"])
+}
+
 /// A fixture file (`tests/fixtures/...`).
 pub fn fixture(path: &str) -> PathBuf {
     workspace().join("tests/fixtures").join(path)
 }
 
 fn compiled(dir: &'static OnceLock<tempfile::TempDir>, case: &str) -> &'static Path {
+    compiled_with(dir, case, &[])
+}
+
+fn compiled_with(
+    dir: &'static OnceLock<tempfile::TempDir>,
+    case: &str,
+    extra: &[&str],
+) -> &'static Path {
     dir.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(bin("wan-compile"))
@@ -68,6 +83,7 @@ fn compiled(dir: &'static OnceLock<tempfile::TempDir>, case: &str) -> &'static P
                 "--precision",
                 "fp32",
             ])
+            .args(extra)
             .output()
             .unwrap();
         assert!(
