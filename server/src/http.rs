@@ -482,7 +482,14 @@ async fn create_job(s: &AppState, req: Request) -> Result<Job, ApiError> {
         .into_iter()
         .filter_map(|(part, bytes)| Some((part, bytes?)))
         .collect();
-        check_videos(request.profile.profile()?, videos).await?
+        let profile = request.profile.profile().map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                format!("the profile of engines {}: {e}", request.profile.key()),
+            )
+        })?;
+        check_videos(profile, videos).await?
     } else {
         Vec::new()
     };

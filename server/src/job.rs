@@ -74,16 +74,9 @@ impl ProfileInfo {
 
     /// The engines' profile as the runtime's frame checks read it (size,
     /// frame count, reference images).
-    pub fn profile(&self) -> Result<wanrt_core::Profile, ApiError> {
-        wanrt_core::Profile::custom(self.width, self.height, self.frames, 1)
-            .and_then(|p| p.with_reference_images(self.reference_images))
-            .map_err(|e| {
-                ApiError::new(
-                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
-                    format!("the profile of engines {}: {e}", self.key()),
-                )
-            })
+    pub fn profile(&self) -> wanrt_core::error::Result<wanrt_core::Profile> {
+        wanrt_core::Profile::custom(self.width, self.height, self.frames, 1)?
+            .with_reference_images(self.reference_images)
     }
 
     /// Seconds of video at 16 fps: `frames = 16·seconds + 1`.
@@ -374,6 +367,7 @@ impl Job {
             "error": self.error,
             "worker": self.worker,
             "cache": self.cache_api(),
+            "vace": self.request.vace,
         })
     }
 

@@ -66,6 +66,9 @@ pub fn document() -> Value {
                     "seed": {"type": "integer"}, "steps": {"type": ["integer", "null"]},
                     "worker": {"type": ["string", "null"], "description": "the server that runs or ran it"},
                     "cache": cache,
+                    "vace": {"type": ["object", "null"], "description": "VACE inputs of the job (null: not a VACE job)",
+                             "properties": {"control_video": {"type": "boolean"}, "control_mask": {"type": "boolean"},
+                                 "reference_images": {"type": "integer"}, "context_scale": {"type": "number"}}},
                     "error": {"type": ["object", "null"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
                 "VideoList": {"type": "object", "properties": {
                     "object": {"const": "list"}, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Video"}},

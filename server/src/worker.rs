@@ -222,7 +222,7 @@ fn run_job(pipeline: &mut Pipeline, claim: &Claim, env: &WorkerEnv) -> Result<()
         env.store.last_image(&job.id),
         "last_image",
     )?;
-    let vace = match vace_inputs(&job, env) {
+    let vace = match vace_inputs(&job, pipeline.profile(), env) {
         Ok(v) => v,
         Err(Error::Engine(e @ wanrt_runtime::Error::InvalidArgument { .. })) => {
             // Stored inputs these engines refuse (a job another server's
@@ -357,15 +357,16 @@ fn run_job(pipeline: &mut Pipeline, claim: &Claim, env: &WorkerEnv) -> Result<()
 /// The VACE inputs of a job, decoded again from its stored parts as
 /// wan-run decodes `--control-video`/`--control-mask` MP4 files and
 /// `--reference-image` files (`None`: not a VACE job).
-fn vace_inputs(job: &Job, env: &WorkerEnv) -> Result<Option<VaceInputs>> {
+/// `profile`: the engines' (the frames are checked against it while they
+/// are decoded).
+fn vace_inputs(
+    job: &Job,
+    profile: &wanrt_core::Profile,
+    env: &WorkerEnv,
+) -> Result<Option<VaceInputs>> {
     let Some(v) = &job.request.vace else {
         return Ok(None);
     };
-    let profile = job
-        .request
-        .profile
-        .profile()
-        .map_err(|e| Error::Engine(wanrt_runtime::Error::arg("--control-video", e.message)))?;
     let frames = |given: bool, part: &str| -> Result<_> {
         if !given {
             return Ok(None);
@@ -373,7 +374,7 @@ fn vace_inputs(job: &Job, env: &WorkerEnv) -> Result<Option<VaceInputs>> {
         let flag = format!("--{}", part.replace('_', "-"));
         let path = env.store.video_part(&job.id, part);
         Ok(Some(
-            read_frames(&path, &flag, Some(&profile)).map_err(Error::Engine)?,
+            read_frames(&path, &flag, Some(profile)).map_err(Error::Engine)?,
         ))
     };
     let reference_images = (0..v.reference_images as usize)

@@ -112,6 +112,11 @@ fn a_vace_job_equals_wan_run_and_its_refusals_name_the_part() {
     let (code, job) = submit_multipart(&s, &texts, &parts);
     assert_eq!(code, 200, "{job}");
     assert_eq!(job["model"], "vace-32x32x9", "{job}");
+    assert_eq!(
+        job["vace"],
+        json!({"control_video": true, "control_mask": true, "reference_images": 2, "context_scale": 0.75}),
+        "{job}"
+    );
     let id = job["id"].as_str().unwrap().to_string();
     // Every part is stored beside the job, as sent.
     let dir = data.join("jobs").join(&id);
@@ -162,6 +167,7 @@ fn a_vace_job_equals_wan_run_and_its_refusals_name_the_part() {
         json!({"prompt": PROMPT, "size": "32x32", "seconds": "0.5", "steps": 1}),
     );
     assert_eq!((code, t2v["model"].as_str()), (200, Some("t2v-32x32x9")));
+    assert!(t2v["vace"].is_null(), "{t2v}");
     let t2v_id = t2v["id"].as_str().unwrap().to_string();
 
     // Refusals name the part, and nothing of them is stored.
