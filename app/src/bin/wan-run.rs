@@ -51,8 +51,8 @@ struct GenerateArgs {
     #[arg(long)]
     control_video: Option<PathBuf>,
     /// VACE: the mask of the control video, a directory of numbered PNG
-    /// frames (grayscale; white = generate, black = keep; grey levels are
-    /// kept fractional). Default: generate everywhere.
+    /// frames or an H.264 MP4 (grayscale; white = generate, black = keep;
+    /// grey levels are kept fractional). Default: generate everywhere.
     #[arg(long, requires = "control_video")]
     control_mask: Option<PathBuf>,
     /// VACE: a reference image (subject, background), letterboxed onto a
