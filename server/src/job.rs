@@ -62,9 +62,17 @@ fn is_zero(n: &u32) -> bool {
 }
 
 impl ProfileInfo {
+    /// The routing key: task, size and length, and for VACE engines with
+    /// reference images their count (`vace-832x480x81-r2`), so that servers
+    /// sharing a Redis queue never take a job their engines cannot run.
     pub fn key(&self) -> String {
+        let refs = if self.reference_images > 0 {
+            format!("-r{}", self.reference_images)
+        } else {
+            String::new()
+        };
         format!(
-            "{}-{}x{}x{}",
+            "{}-{}x{}x{}{refs}",
             self.task.name(),
             self.width,
             self.height,
@@ -781,6 +789,29 @@ pub fn parse_request(
             ),
         ));
     }
+    if is_vace {
+        // VACE engines take a fixed number of reference images: the count
+        // given chooses among them.
+        let refs = vace.reference_images;
+        let mut counts: Vec<u32> = candidates.iter().map(|p| p.reference_images).collect();
+        counts.sort_unstable();
+        counts.dedup();
+        candidates.retain(|p| p.reference_images as usize == refs);
+        if candidates.is_empty() {
+            let counts = counts
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(" or ");
+            return Err(ApiError::field(
+                "reference_image",
+                "invalid_value",
+                format!(
+                    "reference_image: {refs} given; the loaded VACE engines take {counts} (one part per image, in order)"
+                ),
+            ));
+        }
+    }
     if candidates.is_empty() {
         let keys = profiles
             .iter()
@@ -868,17 +899,6 @@ pub fn parse_request(
     };
     let vace = if is_vace {
         let refs = vace.reference_images;
-        if refs != profile.reference_images as usize {
-            return Err(ApiError::field(
-                "reference_image",
-                "invalid_value",
-                format!(
-                    "reference_image: {refs} given; the engines {} take {} (one part per image, in order)",
-                    profile.key(),
-                    profile.reference_images
-                ),
-            ));
-        }
         Some(VaceRequest {
             control_video: vace.control_video,
             control_mask: vace.control_mask,
@@ -1386,6 +1406,24 @@ mod tests {
         // A request without VACE parts goes to the T2V engines.
         let r = run(x.clone(), false, VaceParts::default(), &all).unwrap();
         assert_eq!((r.profile.task, r.vace), (Task::T2v, None));
+        // VACE engines of one size with 1 and 2 reference images: the count
+        // given picks one, and their keys (the queues) differ.
+        let two_vace = [p(Task::Vace, 1), p(Task::Vace, 2)];
+        assert_eq!(
+            two_vace.iter().map(ProfileInfo::key).collect::<Vec<_>>(),
+            ["vace-32x32x9-r1", "vace-32x32x9-r2"]
+        );
+        assert_eq!(p(Task::Vace, 0).key(), "vace-32x32x9");
+        for refs in [1, 2] {
+            let r = run(x.clone(), false, parts(true, false, refs), &two_vace).unwrap();
+            assert_eq!(r.profile.reference_images as usize, refs);
+        }
+        let e = run(x.clone(), false, parts(true, false, 3), &two_vace).unwrap_err();
+        assert_eq!(
+            (e.param.as_deref(), e.code),
+            (Some("reference_image"), "invalid_value")
+        );
+        assert!(e.message.contains("take 1 or 2"), "{}", e.message);
         // A VACE request round-trips; older records without `vace` read.
         let r = run(x.clone(), false, parts(true, false, 2), &all).unwrap();
         let back: JobRequest = serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();

@@ -111,7 +111,7 @@ fn a_vace_job_equals_wan_run_and_its_refusals_name_the_part() {
     // The VACE engines, not the T2V ones of the same size.
     let (code, job) = submit_multipart(&s, &texts, &parts);
     assert_eq!(code, 200, "{job}");
-    assert_eq!(job["model"], "vace-32x32x9", "{job}");
+    assert_eq!(job["model"], "vace-32x32x9-r2", "{job}");
     assert_eq!(
         job["vace"],
         json!({"control_video": true, "control_mask": true, "reference_images": 2, "context_scale": 0.75}),
