@@ -8,48 +8,13 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
 use common::{
-    Server, bin, client, engines, fixture, flf2v_engines, json, status_is, stored_jobs, submit,
-    submit_multipart, wait_for,
+    Server, client, download, engines, fixture, flf2v_engines, json, status_is, stored_jobs,
+    submit, submit_multipart, wait_for, wan_run,
 };
 use serde_json::{Value, json};
 
 const PROMPT: &str = "A cat and a dog baking a cake in a kitchen.";
-
-/// Runs `wan-run --engines DIR ARGS --output OUT`; returns the MP4 and its
-/// sidecar.
-fn wan_run(dir: &Path, out: &Path, args: &[&str]) -> (Vec<u8>, Value) {
-    let run = Command::new(bin("wan-run"))
-        .arg("--engines")
-        .arg(dir)
-        .args(args)
-        .arg("--output")
-        .arg(out)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let side = std::fs::read_to_string(out.with_extension("mp4.json")).unwrap();
-    (
-        std::fs::read(out).unwrap(),
-        serde_json::from_str(&side).unwrap(),
-    )
-}
-
-fn download(s: &Server, id: &str, variant: &str) -> Vec<u8> {
-    let r = client()
-        .get(s.url(&format!("/v1/videos/{id}/content?variant={variant}")))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.bytes().unwrap().to_vec()
-}
 
 fn with(extra: Value) -> Value {
     let mut v = json!({"prompt": PROMPT, "size": "32x32", "seconds": "0.5", "steps": 6, "seed": 7});

@@ -12,11 +12,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::{
-    Server, bin, client, engines, fixture, json, status_is, stored_jobs, submit, submit_multipart,
-    vace_engines, wait_for,
+    Server, client, download, engines, fixture, json, status_is, stored_jobs, submit,
+    submit_multipart, vace_engines, wait_for, wan_run,
 };
 use serde_json::{Value, json};
 use wanrt_media::video::{Mp4Options, RgbFrames, write_mp4};
@@ -58,15 +57,6 @@ fn mp4(dir: &Path, name: &str, frames: &RgbFrames) -> (std::path::PathBuf, Vec<u
     write_mp4(&path, frames, &Mp4Options::default(), false, None).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     (path, bytes)
-}
-
-fn download(s: &Server, id: &str, variant: &str) -> Vec<u8> {
-    let r = client()
-        .get(s.url(&format!("/v1/videos/{id}/content?variant={variant}")))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.bytes().unwrap().to_vec()
 }
 
 #[test]
@@ -128,35 +118,33 @@ fn a_vace_job_equals_wan_run_and_its_refusals_name_the_part() {
     wait_for(&s, None, &id, status_is("completed"));
 
     let out = tmp.path().join("wan-run.mp4");
-    let run = Command::new(bin("wan-run"))
-        .arg("--engines")
-        .arg(vace_engines())
-        .args(["--prompt", PROMPT, "--steps", "3", "--seed", "11"])
-        .arg("--control-video")
-        .arg(&video_path)
-        .arg("--control-mask")
-        .arg(&mask_path)
-        .arg("--reference-image")
-        .arg(&ref_paths[0])
-        .arg("--reference-image")
-        .arg(&ref_paths[1])
-        .args(["--context-scale", "0.75", "--output"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    let (mp4_bytes, want) = wan_run(
+        vace_engines(),
+        &out,
+        [
+            "--prompt".as_ref(),
+            PROMPT.as_ref(),
+            "--steps".as_ref(),
+            "3".as_ref(),
+            "--seed".as_ref(),
+            "11".as_ref(),
+            "--control-video".as_ref(),
+            video_path.as_os_str(),
+            "--control-mask".as_ref(),
+            mask_path.as_os_str(),
+            "--reference-image".as_ref(),
+            ref_paths[0].as_os_str(),
+            "--reference-image".as_ref(),
+            ref_paths[1].as_os_str(),
+            "--context-scale".as_ref(),
+            "0.75".as_ref(),
+        ],
     );
-    let want: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.with_extension("mp4.json")).unwrap())
-            .unwrap();
     let side: Value = serde_json::from_slice(&download(&s, &id, "sidecar")).unwrap();
     assert_eq!(side["settings"]["task"], "vace");
     assert_eq!(side["settings"], want["settings"]);
     assert!(
-        download(&s, &id, "video") == std::fs::read(&out).unwrap(),
+        download(&s, &id, "video") == mp4_bytes,
         "the VACE job's MP4 differs from wan-run's with the same control video, mask and references"
     );
 

@@ -333,3 +333,40 @@ pub fn stored_jobs(data: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Runs `wan-run --engines DIR ARGS --output OUT`; returns the MP4 and its
+/// sidecar.
+pub fn wan_run<I>(dir: &Path, out: &Path, args: I) -> (Vec<u8>, Value)
+where
+    I: IntoIterator,
+    I::Item: AsRef<std::ffi::OsStr>,
+{
+    let run = Command::new(bin("wan-run"))
+        .arg("--engines")
+        .arg(dir)
+        .args(args)
+        .arg("--output")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let side = std::fs::read_to_string(out.with_extension("mp4.json")).unwrap();
+    (
+        std::fs::read(out).unwrap(),
+        serde_json::from_str(&side).unwrap(),
+    )
+}
+
+/// A finished job's `variant` (`video`, `sidecar`), which must be there.
+pub fn download(s: &Server, id: &str, variant: &str) -> Vec<u8> {
+    let r = client()
+        .get(s.url(&format!("/v1/videos/{id}/content?variant={variant}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().unwrap().to_vec()
+}
