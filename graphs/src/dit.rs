@@ -255,6 +255,24 @@ impl Dit<'_, '_, '_> {
         })
     }
 
+    /// The builder of a whole DiT graph: `opts`' precision and
+    /// quantization, and its calibration taps when asked.
+    pub(crate) fn whole_graph<'a, 'b, 'i>(
+        b: &'a mut GraphBuilder<'i>,
+        w: Weights<'b>,
+        cfg: &'a DitConfig,
+        opts: &DitOptions,
+    ) -> Result<Dit<'a, 'b, 'i>> {
+        Dit::new(
+            b,
+            w,
+            cfg,
+            opts.precision.compute_dtype(),
+            opts.quant.clone(),
+            opts.calibration_taps,
+        )
+    }
+
     /// The whole graph's front: the patch embedding `x [b, n, d]`, the
     /// time embedding `e` and modulation input `e0`, the text context
     /// `[b, L, d]`; `(n, d, L)` size the debug outputs.
@@ -569,14 +587,7 @@ pub fn build(
     let image = inputs.get(3);
     let mut debug: Debug = Vec::new();
     let (dd, l) = (cfg.dim as i64, profile.text_len as i64);
-    let mut dit = Dit::new(
-        b,
-        w,
-        cfg,
-        opts.precision.compute_dtype(),
-        opts.quant.clone(),
-        opts.calibration_taps,
-    )?;
+    let mut dit = Dit::whole_graph(b, w, cfg, opts)?;
 
     let (mut x, e, e0, ctx) = dit.inputs(hidden, timestep, text, (n, dd, l), &mut debug)?;
     let img_ctx = match image {

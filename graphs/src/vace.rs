@@ -111,14 +111,7 @@ pub fn build(
     let (dd, l) = (cfg.dim as i64, profile.text_len as i64);
     // The main and the VACE blocks' linears are quantized as the plan says
     // (`QuantLayers::covers`), and tapped for calibration when asked.
-    let mut dit = Dit::new(
-        b,
-        w,
-        cfg,
-        opts.precision.compute_dtype(),
-        opts.quant.clone(),
-        opts.calibration_taps,
-    )?;
+    let mut dit = Dit::whole_graph(b, w, cfg, opts)?;
 
     let (mut x, e, e0, ctx) = dit.inputs(hidden, timestep, text, (n, dd, l), &mut debug)?;
     let rope = dit.rope(grid, &x)?;
